@@ -1,0 +1,75 @@
+"""The aiohttp application factory: routes, middleware, and the resources they share."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from federation.api import regions, system
+from federation.api.context import CONFIG, ELECTION, STORE, ServerConfig
+from federation.api.errors import error_middleware
+from federation.controller import Controller
+from federation.model.token import Role, TokenRecord, hash_secret, new_secret
+from federation.store import Store
+from federation.store import tokens as store_tokens
+from federation.store.election import LeaderElection
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_NOTICE = "admin token (shown once, store it now): "
+
+
+async def bootstrap_admin(store: Store, config: ServerConfig) -> str | None:
+    """Make sure an admin token exists. Returns a newly made secret, to print once."""
+    now = datetime.now(UTC)
+    if config.admin_token:
+        record = TokenRecord(
+            id="tok-admin-env",
+            role=Role.ADMIN,
+            created_at=now,
+            description="FEDERATION_ADMIN_TOKEN",
+        )
+        await store_tokens.ensure(store, hash_secret(config.admin_token), record)
+        return None
+    secret = new_secret()
+    record = TokenRecord(
+        id=f"tok-{secrets.token_hex(6)}",
+        role=Role.ADMIN,
+        created_at=now,
+        description="first admin token",
+    )
+    made = await store_tokens.bootstrap_admin(store, hash_secret(secret), record)
+    return secret if made else None
+
+
+def create_app(config: ServerConfig, *, announce: bool = True) -> web.Application:
+    """Build the API application; its cleanup context owns the store and the controller."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app[CONFIG] = config
+    app.add_routes(system.routes)
+    app.add_routes(regions.routes)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        store = Store(list(config.etcd_endpoints), prefix=config.prefix)
+        await store.connect()
+        app[STORE] = store
+        election = LeaderElection(store, identity=config.identity, ttl=config.election_ttl)
+        app[ELECTION] = election
+        secret = await bootstrap_admin(store, config)
+        if secret and announce:
+            # Printed, never logged: logs are shipped and kept; stdout is the operator's.
+            print(BOOTSTRAP_NOTICE + secret, flush=True)
+        controller = Controller(election)
+        await controller.start()
+        try:
+            yield
+        finally:
+            await controller.stop()
+            await store.close()
+
+    app.cleanup_ctx.append(resources)
+    return app

@@ -1,0 +1,104 @@
+"""Request bodies (JSON or YAML) into validated models; paths and headers checked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import yaml
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from federation.api.errors import ApiError, from_validation, invalid
+from federation.model.names import is_valid_name
+
+M = TypeVar("M", bound=BaseModel)
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+MAX_YAML_DEPTH = 32
+
+
+def _depth(value: Any, limit: int) -> int:
+    depth, frontier = 0, [value]
+    while frontier:
+        depth += 1
+        if depth > limit:
+            return depth
+        nxt: list[Any] = []
+        for item in frontier:
+            if isinstance(item, dict):
+                nxt.extend(item.values())
+            elif isinstance(item, list):
+                nxt.extend(item)
+        frontier = nxt
+    return depth
+
+
+async def read_document(request: web.Request) -> Any:
+    """The body as plain data: JSON, or YAML (safe_load) when the content type says so."""
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "request body is empty")
+    if request.content_type in YAML_TYPES:
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ApiError(400, f"body is not valid YAML{where}") from None
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    if _depth(data, MAX_YAML_DEPTH) > MAX_YAML_DEPTH:
+        raise ApiError(400, f"body nests deeper than {MAX_YAML_DEPTH} levels")
+    return data
+
+
+async def read_model(request: web.Request, model: type[M], **overrides: Any) -> M:
+    """The body validated as `model`; a 422 naming every bad field otherwise."""
+    data = await read_document(request)
+    if not isinstance(data, dict):
+        raise ApiError(422, "body: must be an object", details=[{"field": "body"}])
+    data.update(overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+
+
+async def read_optional_model(request: web.Request, model: type[M]) -> M:
+    """Like read_model, but an empty body means the model's defaults."""
+    if not (await request.read()).strip():
+        return model()
+    return await read_model(request, model)
+
+
+def path_name(request: web.Request, param: str) -> str:
+    """A name from the URL path, validated before it can reach an etcd key."""
+    value = request.match_info[param]
+    if not is_valid_name(value):
+        raise invalid(param, "must be a DNS-1123 label (lowercase letters, digits, '-')")
+    return value
+
+
+def if_match(request: web.Request) -> int | None:
+    """The revision in `If-Match`, if one was sent."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    value = header.strip().strip('"').removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise invalid("If-Match", "must be a revision number")
+    return int(value)
+
+
+def json_response(data: Any, *, status: int = 200, revision: int | None = None) -> web.Response:
+    """JSON response; `revision` also goes out as the ETag."""
+    headers = {"ETag": f'"{revision}"'} if revision is not None else None
+    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, default=str)

@@ -1,0 +1,30 @@
+"""Typed application state shared by the routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from federation.store import Store
+from federation.store.election import LeaderElection
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What `federation serve` was started with."""
+
+    etcd_endpoints: tuple[str, ...]
+    prefix: str = "/federation/"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    region_ttl: int = 10
+    election_ttl: int = 10
+    identity: str = "server"
+    admin_token: str | None = field(default=None, repr=False)
+    max_body_bytes: int = 1024 * 1024
+
+
+CONFIG = web.AppKey("config", ServerConfig)
+STORE = web.AppKey("store", Store)
+ELECTION = web.AppKey("election", LeaderElection)

@@ -1,0 +1,109 @@
+"""API errors and the middleware that turns every failure into the JSON error shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from federation.store import Conflict, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error a client should see: status, a stable code, a readable message."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, details: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or _CODES.get(status, "error")
+        self.message = message
+        self.details = details
+
+
+def invalid(field: str, message: str, **extra: Any) -> ApiError:
+    """A 422 naming the offending field."""
+    return ApiError(
+        422,
+        f"{field}: {message}",
+        details=[{"field": field, "message": message, **extra}],
+    )
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def from_validation(exc: ValidationError, *, prefix: str = "") -> ApiError:
+    """A 422 listing every invalid field of a pydantic validation failure."""
+    details = []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = _field(tuple(err["loc"]))
+        if prefix:
+            field = f"{prefix}.{field}" if field != "body" else prefix
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        details.append({"field": field, "message": msg})
+    first = details[0] if details else {"field": "body", "message": "invalid"}
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return ApiError(422, f"{first['field']}: {first['message']}{more}", details=details)
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every exception to the JSON error shape; log unexpected ones without secrets."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    except ValidationError as exc:
+        err = from_validation(exc)
+        return error_response(err.status, err.code, err.message, err.details)
+    except Conflict as exc:
+        return error_response(
+            409,
+            "conflict",
+            f"revision conflict: expected {exc.expected}, current {exc.actual}",
+            {"expected": exc.expected, "current": exc.actual},
+        )
+    except StoreUnavailable:
+        log.warning("store unavailable during %s %s", request.method, request.path)
+        return error_response(503, "unavailable", "the federation store (etcd) is unavailable")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, _CODES.get(exc.status, "error"), exc.reason)
+    except Exception:
+        # Log the traceback on our side; the client gets no internals.
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error")

@@ -1,0 +1,165 @@
+"""Region registry routes: register, list, cordon, delete, and the agents' heartbeat."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from federation.api.auth import require, require_region
+from federation.api.body import if_match, json_response, path_name, read_model
+from federation.api.context import CONFIG, STORE
+from federation.api.errors import ApiError
+from federation.model.region import Cordon, Heartbeat, RegionCreate, RegionRecord, RegionView
+from federation.model.token import Role, TokenRecord, hash_secret, new_secret
+from federation.store import AlreadyExists, Op, keys
+from federation.store import regions as store_regions
+
+routes = web.RouteTableDef()
+
+
+class CordonRequest(BaseModel):
+    """Body of `POST /v1/regions/{r}/cordon` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=1024)
+
+
+def _view(view: RegionView) -> dict[str, object]:
+    return view.model_dump(mode="json")
+
+
+def _not_found(name: str) -> ApiError:
+    return ApiError(404, f"region {name!r} not found")
+
+
+def _region_token(name: str) -> tuple[str, str, TokenRecord]:
+    secret = new_secret()
+    record = TokenRecord(
+        id=f"tok-{secrets.token_hex(6)}",
+        role=Role.REGION,
+        region=name,
+        created_at=datetime.now(UTC),
+        description=f"region token for {name}",
+    )
+    return secret, hash_secret(secret), record
+
+
+@routes.get("/v1/regions")
+async def list_regions(request: web.Request) -> web.Response:
+    await require(request, Role.VIEWER)
+    views, revision = await store_regions.list_views(request.app[STORE])
+    return json_response({"items": [_view(v) for v in views], "revision": revision})
+
+
+@routes.post("/v1/regions")
+async def create_region(request: web.Request) -> web.Response:
+    await require(request, Role.ADMIN)
+    spec = await read_model(request, RegionCreate)
+    record = RegionRecord(
+        name=spec.name,
+        country=spec.country,
+        labels=spec.labels,
+        endpoint=spec.endpoint,
+        created_at=datetime.now(UTC),
+    )
+    secret, digest, token = _region_token(spec.name)
+    try:
+        revision = await store_regions.create(request.app[STORE], record, digest, token)
+    except AlreadyExists:
+        raise ApiError(409, f"region {spec.name!r} already exists") from None
+    view = await store_regions.get_view(request.app[STORE], spec.name)
+    return json_response(
+        {"region": _view(view), "token": secret, "revision": revision},
+        status=201,
+        revision=revision,
+    )
+
+
+@routes.get("/v1/regions/{region}")
+async def get_region(request: web.Request) -> web.Response:
+    name = path_name(request, "region")
+    await require(request, Role.VIEWER)
+    try:
+        view = await store_regions.get_view(request.app[STORE], name)
+    except store_regions.RegionNotFound:
+        raise _not_found(name) from None
+    return json_response(_view(view), revision=view.revision)
+
+
+@routes.delete("/v1/regions/{region}")
+async def delete_region(request: web.Request) -> web.Response:
+    name = path_name(request, "region")
+    await require(request, Role.OPERATOR)
+    try:
+        await store_regions.delete(request.app[STORE], name, revision=if_match(request))
+    except store_regions.RegionNotFound:
+        raise _not_found(name) from None
+    return json_response({"name": name, "deleted": True})
+
+
+async def _set_cordon(request: web.Request, cordon: bool) -> web.Response:
+    name = path_name(request, "region")
+    who = await require(request, Role.OPERATOR)
+    body = await read_model(request, CordonRequest) if request.can_read_body else CordonRequest()
+    value = Cordon(by=who.subject, reason=body.reason, at=datetime.now(UTC)) if cordon else None
+    try:
+        view = await store_regions.set_cordon(
+            request.app[STORE], name, value, revision=if_match(request)
+        )
+    except store_regions.RegionNotFound:
+        raise _not_found(name) from None
+    return json_response(_view(view), revision=view.revision)
+
+
+@routes.post("/v1/regions/{region}/cordon")
+async def cordon_region(request: web.Request) -> web.Response:
+    return await _set_cordon(request, True)
+
+
+@routes.post("/v1/regions/{region}/uncordon")
+async def uncordon_region(request: web.Request) -> web.Response:
+    return await _set_cordon(request, False)
+
+
+@routes.post("/v1/regions/{region}/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    name = path_name(request, "region")
+    await require_region(request, name)
+    beat = await read_model(request, Heartbeat) if request.can_read_body else Heartbeat()
+    ttl = request.app[CONFIG].region_ttl
+    try:
+        what = await store_regions.heartbeat(request.app[STORE], name, beat, ttl=ttl)
+    except store_regions.RegionNotFound:
+        raise _not_found(name) from None
+    # The agent paces itself from this answer: three beats per TTL.
+    return json_response({"region": name, "result": what, "ttl_s": ttl, "interval_s": ttl / 3})
+
+
+@routes.post("/v1/regions/{region}/token")
+async def rotate_region_token(request: web.Request) -> web.Response:
+    """Issue a new token for a region and revoke its previous ones, atomically."""
+    name = path_name(request, "region")
+    await require(request, Role.ADMIN)
+    store = request.app[STORE]
+    entry = await store.get(keys.region(name))
+    if entry is None:
+        raise _not_found(name)
+    existing, _ = await store.scan(keys.TOKENS)
+    old = [
+        t.key for t in existing if t.value.get("role") == "region" and t.value.get("region") == name
+    ]
+    secret, digest, token = _region_token(name)
+    await store.replace(
+        keys.region(name),
+        entry.value,
+        revision=entry.revision,
+        also=[
+            *[Op.delete(k) for k in old],
+            Op.put(keys.token(digest), token.model_dump(mode="json")),
+        ],
+    )
+    return json_response({"region": name, "token": secret, "revoked": len(old)}, status=201)

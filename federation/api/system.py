@@ -1,0 +1,37 @@
+"""Unauthenticated endpoints: liveness and readiness."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from federation.api.body import json_response
+from federation.api.context import CONFIG, ELECTION, STORE
+from federation.store import StoreError
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/health")
+async def health(request: web.Request) -> web.Response:
+    """The process is up and serving HTTP (no dependency checked)."""
+    return json_response({"status": "ok"})
+
+
+@routes.get("/v1/ready")
+async def ready(request: web.Request) -> web.Response:
+    """Ready when etcd answers; also says whether this replica leads the controller."""
+    election = request.app[ELECTION]
+    try:
+        revision = await request.app[STORE].revision()
+    except StoreError:
+        return json_response(
+            {"ready": False, "reason": "etcd unavailable", "leader": False}, status=503
+        )
+    return json_response(
+        {
+            "ready": True,
+            "revision": revision,
+            "leader": election.is_leader,
+            "identity": request.app[CONFIG].identity,
+        }
+    )

@@ -1,0 +1,287 @@
+"""The `federation` command: run the server, an agent or a local federation; talk to the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from federation.client import ApiClient, ApiError
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # gRPC and aiohttp access logs are noise at INFO for operators.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await coro
+
+    return asyncio.run(wrapper())
+
+
+def _api_call(ctx: click.Context, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
+    """Run one API interaction; print a readable error and exit 1 on failure."""
+    url, token = ctx.obj["url"], ctx.obj["token"]
+
+    async def go() -> T:
+        async with ApiClient(url, token) as client:
+            return await fn(client)
+
+    try:
+        return _run(go())
+    except ApiError as exc:
+        where = f"HTTP {exc.status}" if exc.status else "no answer"
+        err_console.print(f"[red]error[/red] ({where}): {exc.message}")
+        if exc.details:
+            for detail in exc.details if isinstance(exc.details, list) else [exc.details]:
+                err_console.print(f"  {detail}")
+        raise SystemExit(1) from None
+
+
+@click.group()
+@click.option("--url", envvar="FEDERATION_URL", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--token", envvar="FEDERATION_TOKEN", default=None, help="API bearer token.")
+@click.option("--log-level", default="info", show_default=True)
+@click.pass_context
+def main(ctx: click.Context, url: str, token: str | None, log_level: str) -> None:
+    """Federate datacenters in several countries under data-residency rules."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(url=url, token=token)
+    _setup_logging(log_level)
+
+
+# -- server ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--etcd",
+    "etcd",
+    default="127.0.0.1:2379",
+    show_default=True,
+    help="etcd endpoints, comma-separated.",
+)
+@click.option("--prefix", default="/federation/", show_default=True, help="etcd key prefix.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--region-ttl",
+    default=10,
+    show_default=True,
+    type=click.IntRange(2, 3600),
+    help="Seconds without a heartbeat before a region is unreachable.",
+)
+@click.option(
+    "--election-ttl",
+    default=10,
+    show_default=True,
+    type=click.IntRange(2, 3600),
+    help="Seconds before a standby replaces a silent controller leader.",
+)
+@click.option("--identity", default=None, help="This replica's name (default: host-pid).")
+def serve(
+    etcd: str,
+    prefix: str,
+    host: str,
+    port: int,
+    region_ttl: int,
+    election_ttl: int,
+    identity: str | None,
+) -> None:
+    """Run a federation server: the API on every replica, the controller on the leader."""
+    from aiohttp import web
+
+    from federation.api.app import create_app
+    from federation.api.context import ServerConfig
+
+    config = ServerConfig(
+        etcd_endpoints=tuple(e.strip() for e in etcd.split(",") if e.strip()),
+        prefix=prefix,
+        host=host,
+        port=port,
+        region_ttl=region_ttl,
+        election_ttl=election_ttl,
+        identity=identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
+        admin_token=os.environ.get("FEDERATION_ADMIN_TOKEN") or None,
+    )
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        print=lambda *_: click.echo(f"federation server {config.identity} on http://{host}:{port}"),
+        access_log=None,
+        handle_signals=True,
+    )
+
+
+@main.command()
+@click.option("--server", envvar="FEDERATION_URL", required=True, help="Federation server URL.")
+@click.option("--region", required=True, help="The region this agent speaks for.")
+@click.option(
+    "--token",
+    "region_token",
+    envvar="FEDERATION_REGION_TOKEN",
+    required=True,
+    help="The region's token (or FEDERATION_REGION_TOKEN).",
+)
+@click.option("--driver", type=click.Choice(["process"]), default="process", show_default=True)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--cpu", type=float, default=None, help="CPU to offer (default: this host's).")
+@click.option("--memory-mb", type=int, default=None, help="Memory to offer (default: host's).")
+def agent(
+    server: str,
+    region: str,
+    region_token: str,
+    driver: str,
+    state_dir: Path | None,
+    cpu: float | None,
+    memory_mb: int | None,
+) -> None:
+    """Run a region master: heartbeats for REGION with its token."""
+    from federation.agent.loop import Agent, AgentConfig, local_capacity
+
+    host_cpu, host_mem = local_capacity()
+    config = AgentConfig(
+        server=server,
+        region=region,
+        token=region_token,
+        cpu=cpu if cpu is not None else host_cpu,
+        memory_mb=memory_mb if memory_mb is not None else host_mem,
+    )
+
+    async def run() -> None:
+        task = asyncio.create_task(Agent(config).run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    click.echo(f"agent for region {region} -> {server}")
+    _run(run())
+
+
+@main.command()
+@click.option("--port", default=8080, show_default=True, type=int, help="API port.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".federation"),
+    show_default=True,
+    help="Where etcd data, tokens and logs are kept.",
+)
+@click.option("--region-ttl", default=10, show_default=True, type=click.IntRange(2, 3600))
+def up(port: int, data_dir: Path, region_ttl: int) -> None:
+    """Start a local federation: etcd, a server and four demo regions (Ctrl-C stops all)."""
+    from federation.devcluster import LocalFederation
+
+    federation = LocalFederation(data_dir=data_dir, port=port, region_ttl=region_ttl)
+    raise SystemExit(federation.run_foreground(console))
+
+
+# -- regions --------------------------------------------------------------------------
+
+
+@main.group()
+def region() -> None:
+    """Register, list and cordon regions."""
+
+
+def _region_table(items: list[dict[str, Any]]) -> Table:
+    table = Table(title="regions")
+    for col in ("name", "country", "state", "last heartbeat", "cpu free/total", "labels"):
+        table.add_column(col)
+    colours = {"ready": "green", "unreachable": "red", "cordoned": "yellow"}
+    for item in items:
+        cap, free = item["capacity"], item["free"]
+        state = item["state"]
+        table.add_row(
+            item["name"],
+            item["country"],
+            f"[{colours.get(state, 'white')}]{state}[/]",
+            (item.get("last_heartbeat") or "never")[:19].replace("T", " "),
+            f"{free['cpu']:g}/{cap['cpu']:g}",
+            ", ".join(f"{k}={v}" for k, v in item["labels"].items()),
+        )
+    return table
+
+
+@region.command("add")
+@click.argument("name")
+@click.option("--country", required=True, help="ISO 3166-1 alpha-2 code, e.g. DE.")
+@click.option("--label", "labels", multiple=True, help="key=value, repeatable.")
+@click.option("--endpoint", default=None)
+@click.pass_context
+def region_add(
+    ctx: click.Context, name: str, country: str, labels: tuple[str, ...], endpoint: str | None
+) -> None:
+    """Register region NAME in COUNTRY and print its token (shown once)."""
+    parsed: dict[str, str] = {}
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{label!r} is not key=value", param_hint="--label")
+        parsed[key] = value
+    body: dict[str, Any] = {"name": name, "country": country, "labels": parsed}
+    if endpoint:
+        body["endpoint"] = endpoint
+    answer = _api_call(ctx, lambda c: c.request("POST", "/v1/regions", body=body))
+    console.print(f"region [bold]{name}[/] registered in {answer['region']['country']}")
+    console.print(f"region token (shown once): {answer['token']}")
+
+
+@region.command("list")
+@click.pass_context
+def region_list(ctx: click.Context) -> None:
+    """Show every region with its state."""
+    answer = _api_call(ctx, lambda c: c.request("GET", "/v1/regions"))
+    console.print(_region_table(answer["items"]))
+
+
+@region.command("cordon")
+@click.argument("name")
+@click.option("--reason", default="")
+@click.pass_context
+def region_cordon(ctx: click.Context, name: str, reason: str) -> None:
+    """Stop placing anything new in region NAME."""
+    answer = _api_call(
+        ctx, lambda c: c.request("POST", f"/v1/regions/{name}/cordon", body={"reason": reason})
+    )
+    console.print(f"region {name}: {answer['state']}")
+
+
+@region.command("uncordon")
+@click.argument("name")
+@click.pass_context
+def region_uncordon(ctx: click.Context, name: str) -> None:
+    """Let region NAME take placements again."""
+    answer = _api_call(ctx, lambda c: c.request("POST", f"/v1/regions/{name}/uncordon"))
+    console.print(f"region {name}: {answer['state']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,276 @@
+"""`federation up`: a whole federation on this machine, as real processes.
+
+A local etcd, one server and four demo regions (eu-de-1 DE, eu-fr-1 FR,
+us-east-1 US, ap-in-1 IN), each region with its own agent process. Tokens and
+ports are kept in the data dir so a second `up` on the same dir resumes the same
+federation. Every child runs in its own session and is stopped in order (agents,
+server, etcd) on Ctrl-C or SIGTERM, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from federation.model.token import new_secret
+from federation.store.local_etcd import LocalEtcd, free_port
+
+
+@dataclass(frozen=True)
+class DemoRegion:
+    name: str
+    country: str
+    labels: dict[str, str]
+
+
+DEMO_REGIONS = (
+    DemoRegion("eu-de-1", "DE", {"provider": "onprem", "zone": "fra"}),
+    DemoRegion("eu-fr-1", "FR", {"provider": "onprem", "zone": "par"}),
+    DemoRegion("us-east-1", "US", {"provider": "cloud", "zone": "iad"}),
+    DemoRegion("ap-in-1", "IN", {"provider": "cloud", "zone": "bom"}),
+)
+
+DEMO_CPU = 16.0
+DEMO_MEMORY_MB = 65536
+
+
+class StartupError(RuntimeError):
+    """Something `up` started did not come up; the message says what and where its log is."""
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+
+
+def _http(
+    method: str, url: str, token: str, body: Any = None, timeout: float = 5.0
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+class LocalFederation:
+    """Starts, watches and stops the processes of a local federation."""
+
+    def __init__(self, *, data_dir: Path, port: int = 8080, region_ttl: int = 10) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = port
+        self.region_ttl = region_ttl
+        self.url = f"http://127.0.0.1:{port}"
+        self.etcd: LocalEtcd | None = None
+        self.server: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.admin_token = ""
+
+    # -- state kept in the data dir ---------------------------------------------------
+
+    def _ports(self) -> tuple[int, int]:
+        """etcd's ports: fixed per data dir, since etcd remembers its peer URL."""
+        path = self.data_dir / "etcd-ports.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            return int(saved["client"]), int(saved["peer"])
+        client, peer = free_port(), free_port()
+        path.write_text(json.dumps({"client": client, "peer": peer}))
+        return client, peer
+
+    def _admin_token(self) -> str:
+        env = os.environ.get("FEDERATION_ADMIN_TOKEN")
+        if env:
+            return env
+        path = self.data_dir / "admin.token"
+        if path.exists():
+            return path.read_text().strip()
+        secret = new_secret()
+        _write_secret(path, secret)
+        return secret
+
+    # -- processes --------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "federation", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+
+    def _wait_ready(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.server is not None and self.server.poll() is not None:
+                raise StartupError(
+                    f"server exited with {self.server.returncode}; "
+                    f"see {self.data_dir / 'logs' / 'server.log'}"
+                )
+            try:
+                status, _ = _http("GET", f"{self.url}/v1/ready", "", timeout=1)
+                if status == 200:
+                    return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise StartupError(f"server not ready within {timeout} s")
+
+    def _region_token(self, region: DemoRegion) -> str:
+        path = self.data_dir / "regions" / f"{region.name}.token"
+        status, answer = _http(
+            "POST",
+            f"{self.url}/v1/regions",
+            self.admin_token,
+            {"name": region.name, "country": region.country, "labels": region.labels},
+        )
+        if status == 201:
+            _write_secret(path, answer["token"])
+            return str(answer["token"])
+        if status == 409 and path.exists():
+            return path.read_text().strip()
+        if status == 409:
+            # Registered by an earlier run whose token file is gone: rotate it.
+            status, answer = _http(
+                "POST", f"{self.url}/v1/regions/{region.name}/token", self.admin_token, {}
+            )
+            if status == 201:
+                _write_secret(path, answer["token"])
+                return str(answer["token"])
+        raise StartupError(f"cannot register region {region.name}: HTTP {status} {answer}")
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        """Start etcd, the server and the agents; return once the server is ready."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        client_port, peer_port = self._ports()
+        self.admin_token = self._admin_token()
+        self.etcd = LocalEtcd(self.data_dir / "etcd", client_port=client_port, peer_port=peer_port)
+        self.etcd.start(timeout=timeout)
+        self.server = self._spawn(
+            "server",
+            [
+                "serve",
+                f"--etcd={self.etcd.endpoint}",
+                f"--port={self.port}",
+                f"--region-ttl={self.region_ttl}",
+                "--identity=up-server",
+            ],
+            {"FEDERATION_ADMIN_TOKEN": self.admin_token},
+        )
+        self._wait_ready(timeout)
+        for region in DEMO_REGIONS:
+            token = self._region_token(region)
+            self.agents[region.name] = self._spawn(
+                f"agent-{region.name}",
+                [
+                    "agent",
+                    f"--server={self.url}",
+                    f"--region={region.name}",
+                    f"--cpu={DEMO_CPU}",
+                    f"--memory-mb={DEMO_MEMORY_MB}",
+                    f"--state-dir={self.data_dir / 'agents' / region.name}",
+                ],
+                {"FEDERATION_REGION_TOKEN": token},
+            )
+
+    def regions(self) -> list[dict[str, Any]]:
+        status, answer = _http("GET", f"{self.url}/v1/regions", self.admin_token)
+        return list(answer["items"]) if status == 200 else []
+
+    def stop(self) -> None:
+        """Stop everything, in order: agents, server, etcd. Safe to call twice."""
+        procs = [*self.agents.values()]
+        if self.server is not None:
+            procs.append(self.server)
+        for group in (procs[:-1], procs[-1:]):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.agents.clear()
+        self.server = None
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
+
+    def run_foreground(self, console: Console) -> int:
+        """`federation up`: start, show where things are, wait for Ctrl-C, stop cleanly."""
+        stopping = False
+
+        def on_signal(signum: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        try:
+            with console.status("starting etcd, the server and four regions..."):
+                self.start()
+                end = time.monotonic() + 30
+                while time.monotonic() < end and not stopping:
+                    items = self.regions()
+                    if len(items) == len(DEMO_REGIONS) and all(
+                        i["state"] == "ready" for i in items
+                    ):
+                        break
+                    time.sleep(0.2)
+            table = Table(title="federation is up")
+            table.add_column("region")
+            table.add_column("country")
+            table.add_column("state")
+            for item in self.regions():
+                table.add_row(item["name"], item["country"], item["state"])
+            console.print(table)
+            console.print(f"API URL:      {self.url}")
+            console.print(f"admin token:  {self.admin_token}")
+            console.print(f"data and logs: {self.data_dir}")
+            console.print(
+                f"try: export FEDERATION_URL={self.url} "
+                f"FEDERATION_TOKEN={self.admin_token}; federation region list"
+            )
+            console.print("Ctrl-C stops everything.")
+            while not stopping:
+                for name, proc in list(self.agents.items()):
+                    if proc.poll() is not None:
+                        console.print(f"[yellow]agent {name} exited ({proc.returncode})[/]")
+                        del self.agents[name]
+                if self.server is not None and self.server.poll() is not None:
+                    console.print("[red]the server exited; stopping[/]")
+                    return 1
+                time.sleep(0.2)
+            return 0
+        except StartupError as exc:
+            console.print(f"[red]federation up failed:[/] {exc}")
+            return 1
+        finally:
+            console.print("stopping agents, server and etcd...")
+            self.stop()

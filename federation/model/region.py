@@ -1,0 +1,134 @@
+"""Regions: a datacenter bound to one country, registered by an admin."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from federation.model.names import Name
+from federation.residency.catalogue import check_country
+
+Country = Annotated[str, AfterValidator(check_country)]
+LabelValue = Annotated[str, Field(max_length=253)]
+
+
+class RegionState(StrEnum):
+    READY = "ready"
+    UNREACHABLE = "unreachable"
+    CORDONED = "cordoned"
+
+
+class Capacity(BaseModel):
+    """What a region can run (reported by its agent) or has allocated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(default=0.0, ge=0, le=1_000_000)
+    memory_mb: int = Field(default=0, ge=0, le=1_000_000_000_000)
+
+
+class RegionCreate(BaseModel):
+    """Body of `POST /v1/regions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    country: Country
+    labels: dict[Name, LabelValue] = Field(default_factory=dict, max_length=64)
+    endpoint: str | None = Field(default=None, max_length=2048)
+
+
+class Cordon(BaseModel):
+    """Why a region is cordoned, and by whom (an operator or `drill:<id>`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str
+    reason: str = ""
+    at: datetime
+
+
+class RegionRecord(BaseModel):
+    """A region as stored in etcd: identity plus admin state, never touched by the agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    country: Country
+    labels: dict[str, str] = Field(default_factory=dict)
+    endpoint: str | None = None
+    created_at: datetime
+    cordon: Cordon | None = None
+
+
+class Heartbeat(BaseModel):
+    """Body of `POST /v1/regions/{r}/heartbeat`: what the agent has and uses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: Capacity = Field(default_factory=Capacity)
+    allocated: Capacity = Field(default_factory=Capacity)
+
+
+class HeartbeatRecord(BaseModel):
+    """Last heartbeat as stored; outlives the lease so `last_heartbeat` survives a loss."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: datetime
+    capacity: Capacity
+    allocated: Capacity
+
+
+class RegionView(BaseModel):
+    """A region as the API shows it: identity, admin state and liveness joined."""
+
+    name: str
+    country: str
+    labels: dict[str, str]
+    endpoint: str | None
+    state: RegionState
+    cordoned: bool
+    cordon: Cordon | None
+    last_heartbeat: datetime | None
+    capacity: Capacity
+    allocated: Capacity
+    free: Capacity
+    created_at: datetime
+    revision: int
+
+
+def region_view(
+    record: RegionRecord, revision: int, *, alive: bool, heartbeat: HeartbeatRecord | None
+) -> RegionView:
+    """Join a region's record with its liveness. Unreachable wins over cordoned: a lost
+    region is the more urgent fact, and `cordoned` still says whether it is cordoned."""
+    if not alive:
+        state = RegionState.UNREACHABLE
+    elif record.cordon is not None:
+        state = RegionState.CORDONED
+    else:
+        state = RegionState.READY
+    capacity = heartbeat.capacity if heartbeat else Capacity()
+    allocated = heartbeat.allocated if heartbeat else Capacity()
+    return RegionView(
+        name=record.name,
+        country=record.country,
+        labels=record.labels,
+        endpoint=record.endpoint,
+        state=state,
+        cordoned=record.cordon is not None,
+        cordon=record.cordon,
+        last_heartbeat=heartbeat.at if heartbeat else None,
+        capacity=capacity,
+        allocated=allocated,
+        free=Capacity(
+            cpu=max(0.0, capacity.cpu - allocated.cpu),
+            memory_mb=max(0, capacity.memory_mb - allocated.memory_mb),
+        ),
+        created_at=record.created_at,
+        revision=revision,
+    )

@@ -1,0 +1,36 @@
+"""Store errors: small and meaningful, so the API can map each to one status code."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises."""
+
+
+class StoreUnavailable(StoreError):
+    """etcd did not answer within the deadline; the write may or may not have applied."""
+
+
+class Conflict(StoreError):
+    """A compare-and-swap lost: the key changed (or vanished) since `expected` was read."""
+
+    def __init__(self, key: str, expected: int | None, actual: int | None) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{key}: expected revision {expected}, found {actual}")
+
+
+class AlreadyExists(Conflict):
+    """A create-if-absent found the key already there."""
+
+    def __init__(self, key: str, actual: int | None) -> None:
+        super().__init__(key, None, actual)
+
+
+class Compacted(StoreError):
+    """A watch asked for history that etcd has compacted away; re-list and watch again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(f"revision compacted up to {compact_revision}")

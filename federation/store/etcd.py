@@ -1,0 +1,461 @@
+"""The etcd-backed store (see the package docstring for the contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import grpc
+import grpc.aio
+from etcd3aio import (
+    Etcd3Client,
+    EtcdConnectionError,
+    EtcdTransientError,
+    prefix_range_end,
+)
+from etcd3aio._protobuf import Compare
+from etcd3aio.kv import KVService
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from federation.store.errors import AlreadyExists, Compacted, Conflict, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+JSON = dict[str, Any]
+
+_EVENT_DELETE = 1  # mvccpb.Event.EventType
+
+
+class _Transient(Exception):
+    """A gRPC failure worth retrying within the operation's deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key: its JSON value and the revisions etcd keeps for it."""
+
+    key: str
+    value: JSON
+    revision: int  # mod_revision
+    created: int  # create_revision
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change seen by a watch. `value` is None for a delete."""
+
+    type: Literal["put", "delete"]
+    key: str
+    value: JSON | None
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    """A transaction condition on one key (relative to the prefix)."""
+
+    key: str
+    kind: Literal["absent", "exists", "revision", "value"]
+    revision: int = 0
+    value: str = ""
+
+    @staticmethod
+    def absent(key: str) -> Cond:
+        """The key does not exist (create_revision == 0)."""
+        return Cond(key, "absent")
+
+    @staticmethod
+    def exists(key: str) -> Cond:
+        """The key exists (create_revision > 0)."""
+        return Cond(key, "exists")
+
+    @staticmethod
+    def at_revision(key: str, revision: int) -> Cond:
+        """The key's mod_revision equals `revision` (0 means: absent)."""
+        return Cond(key, "revision", revision=revision)
+
+    @staticmethod
+    def value_is(key: str, value: str) -> Cond:
+        """The key's raw value equals `value` (used for the leader key)."""
+        return Cond(key, "value", value=value)
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A transaction operation: put a JSON value (optionally on a lease) or delete."""
+
+    kind: Literal["put", "delete", "delete_prefix", "put_raw"]
+    key: str
+    value: JSON | None = None
+    raw: str = ""
+    lease: int = 0
+
+    @staticmethod
+    def put(key: str, value: JSON, *, lease: int = 0) -> Op:
+        return Op("put", key, value=value, lease=lease)
+
+    @staticmethod
+    def put_raw(key: str, raw: str, *, lease: int = 0) -> Op:
+        return Op("put_raw", key, raw=raw, lease=lease)
+
+    @staticmethod
+    def delete(key: str) -> Op:
+        return Op("delete", key)
+
+    @staticmethod
+    def delete_prefix(key: str) -> Op:
+        return Op("delete_prefix", key)
+
+
+def _encode(value: JSON) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+def _decode(raw: bytes) -> JSON:
+    if not raw:
+        return {}
+    try:
+        decoded = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        # A raw (non-JSON) value, e.g. the leader key: surface it rather than fail.
+        return {"raw": raw.decode(errors="replace")}
+    return decoded if isinstance(decoded, dict) else {"value": decoded}
+
+
+class Store:
+    """Typed access to federation state in etcd, under one key prefix."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        prefix: str = "/federation/",
+        timeout: float = 5.0,
+        ca_cert: bytes | None = None,
+        cert_key: bytes | None = None,
+        cert_chain: bytes | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.prefix = prefix
+        self.timeout = timeout
+        # One retry policy (ours, below): the client's own retries are switched off.
+        self._client = Etcd3Client(
+            [e.removeprefix("http://").removeprefix("https://") for e in endpoints],
+            rpc_max_attempts=1,
+            tls_server_name=tls_server_name,
+            ca_cert=ca_cert,
+            cert_key=cert_key,
+            cert_chain=cert_chain,
+        )
+        self._connected = False
+
+    async def connect(self) -> None:
+        """Open the gRPC channel (lazy: no etcd round trip happens here)."""
+        await self._client.connect()
+        self._connected = True
+
+    async def close(self) -> None:
+        """Close the channel; in-flight calls fail with StoreUnavailable."""
+        if self._connected:
+            await self._client.close()
+            self._connected = False
+
+    async def __aenter__(self) -> Store:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _abs(self, key: str) -> str:
+        return self.prefix + key
+
+    def _rel(self, key: bytes) -> str:
+        return key.decode().removeprefix(self.prefix)
+
+    @property
+    def _kv(self) -> KVService:
+        kv = self._client.kv
+        if kv is None:
+            raise StoreUnavailable("store is not connected")
+        return kv
+
+    async def _call(
+        self, what: str, fn: Callable[[float], Awaitable[T]], *, deadline: float | None = None
+    ) -> T:
+        """Run one etcd call, retrying transient failures until the operation's deadline."""
+        deadline = deadline if deadline is not None else self.timeout
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+
+        async def attempt() -> T:
+            remaining = max(0.05, end - loop.time())
+            try:
+                return await asyncio.wait_for(fn(remaining), remaining)
+            except (EtcdConnectionError, EtcdTransientError, TimeoutError) as exc:
+                raise _Transient(str(exc) or type(exc).__name__) from exc
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.CANCELLED,
+                ):
+                    raise _Transient(exc.code().name) from exc
+                raise
+
+        try:
+            async for retrying in AsyncRetrying(
+                retry=retry_if_exception_type(_Transient),
+                stop=stop_after_delay(deadline),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with retrying:
+                    return await attempt()
+        except _Transient as exc:
+            raise StoreUnavailable(f"etcd {what}: {exc}") from exc
+        raise StoreUnavailable(f"etcd {what}: no attempt made")  # pragma: no cover
+
+    def _entry(self, kv: Any) -> Entry:
+        return Entry(
+            key=self._rel(kv.key),
+            value=_decode(kv.value),
+            revision=int(kv.mod_revision),
+            created=int(kv.create_revision),
+            lease=int(kv.lease),
+        )
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Entry | None:
+        """Linearizable read of one key (Range)."""
+        resp = await self._call("get", lambda t: self._kv.get(self._abs(key), timeout=t))
+        return self._entry(resp.kvs[0]) if resp.kvs else None
+
+    async def get_raw(self, key: str) -> tuple[str, int] | None:
+        """Raw string value and mod_revision of one key, for non-JSON keys."""
+        resp = await self._call("get", lambda t: self._kv.get(self._abs(key), timeout=t))
+        if not resp.kvs:
+            return None
+        return resp.kvs[0].value.decode(), int(resp.kvs[0].mod_revision)
+
+    async def scan(self, prefix: str) -> tuple[list[Entry], int]:
+        """All keys under `prefix` and the store revision of the read (Range on a prefix)."""
+        start = self._abs(prefix)
+        resp = await self._call(
+            "list",
+            lambda t: self._kv.get(start, range_end=prefix_range_end(start), timeout=t),
+        )
+        return [self._entry(kv) for kv in resp.kvs], int(resp.header.revision)
+
+    async def count(self, prefix: str) -> int:
+        """Number of keys under `prefix` (Range count_only)."""
+        start = self._abs(prefix)
+        resp = await self._call(
+            "count",
+            lambda t: self._kv.get(
+                start, range_end=prefix_range_end(start), count_only=True, timeout=t
+            ),
+        )
+        return int(resp.count)
+
+    async def revision(self) -> int:
+        """The current store revision."""
+        resp = await self._call("revision", lambda t: self._kv.get(self._abs(""), timeout=t))
+        return int(resp.header.revision)
+
+    # -- writes -----------------------------------------------------------------------
+
+    def _compare(self, cond: Cond) -> Any:
+        key = self._abs(cond.key)
+        if cond.kind == "absent":
+            return KVService.txn_compare_create_revision(key, 0)
+        if cond.kind == "exists":
+            return KVService.txn_compare_create_revision(key, 0, result=Compare.GREATER)
+        if cond.kind == "revision":
+            return Compare(
+                result=Compare.EQUAL,
+                target=Compare.MOD,
+                key=key.encode(),
+                mod_revision=cond.revision,
+            )
+        return KVService.txn_compare_value(key, cond.value)
+
+    def _request(self, op: Op) -> Any:
+        key = self._abs(op.key)
+        if op.kind == "put":
+            assert op.value is not None
+            return KVService.txn_op_put(key, _encode(op.value), lease=op.lease)
+        if op.kind == "put_raw":
+            return KVService.txn_op_put(key, op.raw, lease=op.lease)
+        if op.kind == "delete_prefix":
+            return KVService.txn_op_delete(key, range_end=prefix_range_end(key))
+        return KVService.txn_op_delete(key)
+
+    async def txn(
+        self,
+        conditions: Sequence[Cond],
+        ops: Sequence[Op],
+        *,
+        read_on_failure: Sequence[str] = (),
+    ) -> tuple[bool, int, list[Entry | None]]:
+        """Apply `ops` atomically iff every condition holds (one etcd Txn).
+
+        Returns (succeeded, revision, entries): on failure, the current entries of the
+        keys in `read_on_failure`, read in the same transaction, to explain the conflict.
+        """
+        compares = [self._compare(c) for c in conditions]
+        success = [self._request(o) for o in ops]
+        failure = [KVService.txn_op_get(self._abs(k)) for k in read_on_failure]
+        resp = await self._call(
+            "txn", lambda t: self._kv.txn(compares, success, failure, timeout=t)
+        )
+        entries: list[Entry | None] = []
+        if not resp.succeeded:
+            for r in resp.responses:
+                kvs = r.response_range.kvs
+                entries.append(self._entry(kvs[0]) if kvs else None)
+        return bool(resp.succeeded), int(resp.header.revision), entries
+
+    async def put(self, key: str, value: JSON, *, lease: int = 0) -> int:
+        """Unconditional write (Put); returns the new revision."""
+        data = _encode(value)
+        resp = await self._call(
+            "put", lambda t: self._kv.put(self._abs(key), data, lease=lease, timeout=t)
+        )
+        return int(resp.header.revision)
+
+    async def create(
+        self, key: str, value: JSON, *, lease: int = 0, also: Sequence[Op] = ()
+    ) -> int:
+        """Create-if-absent (Txn on create_revision == 0), with `also` in the same txn."""
+        ok, rev, entries = await self.txn(
+            [Cond.absent(key)], [Op.put(key, value, lease=lease), *also], read_on_failure=[key]
+        )
+        if not ok:
+            current = entries[0]
+            raise AlreadyExists(key, current.revision if current else None)
+        return rev
+
+    async def replace(
+        self,
+        key: str,
+        value: JSON,
+        *,
+        revision: int | None = None,
+        also: Sequence[Op] = (),
+        conditions: Sequence[Cond] = (),
+    ) -> int:
+        """Write `key`; with `revision`, only if its mod_revision still equals it (CAS)."""
+        conds = [*conditions]
+        if revision is not None:
+            conds.append(Cond.at_revision(key, revision))
+        ok, rev, entries = await self.txn(conds, [Op.put(key, value), *also], read_on_failure=[key])
+        if not ok:
+            current = entries[0]
+            raise Conflict(key, revision, current.revision if current else None)
+        return rev
+
+    async def delete(
+        self, key: str, *, revision: int | None = None, also: Sequence[Op] = ()
+    ) -> int:
+        """Delete `key` if it exists (and, with `revision`, is unchanged); CAS like replace."""
+        cond = Cond.at_revision(key, revision) if revision is not None else Cond.exists(key)
+        ok, rev, entries = await self.txn([cond], [Op.delete(key), *also], read_on_failure=[key])
+        if not ok:
+            current = entries[0]
+            raise Conflict(key, revision, current.revision if current else None)
+        return rev
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> int:
+        """Grant a lease of `ttl` seconds (etcd may round it up to its minimum)."""
+        lease = self._client.lease
+        if lease is None:
+            raise StoreUnavailable("store is not connected")
+        resp = await self._call("lease grant", lambda t: lease.grant(ttl, timeout=t))
+        return int(resp.ID)
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once (LeaseKeepAlive); returns its TTL, or 0 if it has expired."""
+        lease = self._client.lease
+        if lease is None:
+            raise StoreUnavailable("store is not connected")
+
+        async def once(_: float) -> int:
+            stream = lease.keep_alive(lease_id)
+            try:
+                async for response in stream:
+                    return int(response.TTL)
+                return 0
+            finally:
+                stream.cancel()
+
+        return await self._call("lease keepalive", once)
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke a lease, deleting every key attached to it at once."""
+        lease = self._client.lease
+        if lease is None:
+            raise StoreUnavailable("store is not connected")
+        try:
+            await self._call("lease revoke", lambda t: lease.revoke(lease_id, timeout=t))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # already expired: nothing to do
+                raise
+
+    # -- watches ----------------------------------------------------------------------
+
+    async def watch(self, prefix: str, *, start_revision: int) -> AsyncIterator[list[Event]]:
+        """Changes under `prefix` from `start_revision` on, one batch per etcd response.
+
+        Raises Compacted when `start_revision` is older than etcd's history, and
+        StoreUnavailable when the stream fails; either way the caller re-lists.
+        """
+        watcher = self._client.watch
+        if watcher is None:
+            raise StoreUnavailable("store is not connected")
+        start = self._abs(prefix)
+        try:
+            async for resp in watcher.watch(
+                start, range_end=prefix_range_end(start), start_revision=start_revision
+            ):
+                if resp.compact_revision > 0:
+                    raise Compacted(int(resp.compact_revision))
+                if resp.canceled:
+                    raise StoreUnavailable(f"watch cancelled: {resp.cancel_reason}")
+                if not resp.events:
+                    continue
+                yield [
+                    Event(
+                        type="delete" if ev.type == _EVENT_DELETE else "put",
+                        key=self._rel(ev.kv.key),
+                        value=None if ev.type == _EVENT_DELETE else _decode(ev.kv.value),
+                        revision=int(ev.kv.mod_revision),
+                    )
+                    for ev in resp.events
+                ]
+        except grpc.aio.AioRpcError as exc:
+            raise StoreUnavailable(f"watch: {exc.code().name}") from exc
+
+    # -- maintenance ------------------------------------------------------------------
+
+    async def compact(self, revision: int) -> None:
+        """Compact etcd history up to `revision` (tests and maintenance)."""
+        await self._call("compact", lambda t: self._kv.compact(revision, timeout=t))

@@ -1,0 +1,146 @@
+"""Regions in etcd: the record, the liveness key on its lease, the last heartbeat."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from federation.model.region import (
+    Cordon,
+    Heartbeat,
+    HeartbeatRecord,
+    RegionRecord,
+    RegionView,
+    region_view,
+)
+from federation.model.token import TokenRecord
+from federation.store import keys
+from federation.store.errors import Conflict
+from federation.store.etcd import Cond, Op, Store
+
+
+class RegionNotFound(LookupError):
+    """No region of that name."""
+
+
+async def create(store: Store, record: RegionRecord, token_digest: str, token: TokenRecord) -> int:
+    """Create the region and its token in one txn (create-if-absent on the region key)."""
+    return await store.create(
+        keys.region(record.name),
+        record.model_dump(mode="json"),
+        also=[Op.put(keys.token(token_digest), token.model_dump(mode="json"))],
+    )
+
+
+async def list_views(store: Store) -> tuple[list[RegionView], int]:
+    """Every region with its state, and the store revision of the read."""
+    records, revision = await store.scan(keys.REGIONS)
+    alive, _ = await store.scan(keys.ALIVE)
+    beats, _ = await store.scan(keys.HEARTBEATS)
+    alive_names = {e.key.removeprefix(keys.ALIVE) for e in alive}
+    beat_by_name = {
+        e.key.removeprefix(keys.HEARTBEATS): HeartbeatRecord.model_validate(e.value) for e in beats
+    }
+    views = []
+    for entry in records:
+        record = RegionRecord.model_validate(entry.value)
+        views.append(
+            region_view(
+                record,
+                entry.revision,
+                alive=record.name in alive_names,
+                heartbeat=beat_by_name.get(record.name),
+            )
+        )
+    return views, revision
+
+
+async def get_view(store: Store, name: str) -> RegionView:
+    """One region with its state; RegionNotFound if there is none."""
+    entry = await store.get(keys.region(name))
+    if entry is None:
+        raise RegionNotFound(name)
+    alive = await store.get(keys.alive(name))
+    beat = await store.get(keys.heartbeat(name))
+    return region_view(
+        RegionRecord.model_validate(entry.value),
+        entry.revision,
+        alive=alive is not None,
+        heartbeat=HeartbeatRecord.model_validate(beat.value) if beat else None,
+    )
+
+
+async def set_cordon(
+    store: Store, name: str, cordon: Cordon | None, *, revision: int | None = None
+) -> RegionView:
+    """Cordon (or uncordon, with None) a region; CAS on its record."""
+    entry = await store.get(keys.region(name))
+    if entry is None:
+        raise RegionNotFound(name)
+    if revision is not None and revision != entry.revision:
+        raise Conflict(keys.region(name), revision, entry.revision)
+    record = RegionRecord.model_validate(entry.value)
+    record.cordon = cordon
+    await store.replace(keys.region(name), record.model_dump(mode="json"), revision=entry.revision)
+    return await get_view(store, name)
+
+
+async def delete(store: Store, name: str, *, revision: int | None = None) -> None:
+    """Delete a region with its liveness, heartbeat and tokens, in one txn."""
+    entry = await store.get(keys.region(name))
+    if entry is None:
+        raise RegionNotFound(name)
+    tokens, _ = await store.scan(keys.TOKENS)
+    region_tokens = [
+        t.key for t in tokens if t.value.get("role") == "region" and t.value.get("region") == name
+    ]
+    await store.delete(
+        keys.region(name),
+        revision=revision if revision is not None else entry.revision,
+        also=[
+            Op.delete(keys.alive(name)),
+            Op.delete(keys.heartbeat(name)),
+            *[Op.delete(k) for k in region_tokens],
+        ],
+    )
+
+
+async def heartbeat(store: Store, name: str, beat: Heartbeat, *, ttl: int) -> str:
+    """Refresh the region's liveness lease (held by the server for it) and record the beat.
+
+    Returns what happened, as a sentence. Any replica may serve a heartbeat: the lease
+    id travels in the liveness key, and a race between replicas is settled by
+    create-if-absent on that key.
+    """
+    record = HeartbeatRecord(
+        at=datetime.now(UTC), capacity=beat.capacity, allocated=beat.allocated
+    ).model_dump(mode="json")
+    current = await store.get(keys.alive(name))
+    if current is not None and current.lease:
+        remaining = await store.keepalive(current.lease)
+        if remaining > 0:
+            ok, _, _ = await store.txn(
+                [Cond.exists(keys.region(name))], [Op.put(keys.heartbeat(name), record)]
+            )
+            if not ok:
+                raise RegionNotFound(name)
+            return "refreshed the liveness lease"
+    lease = await store.grant(ttl)
+    ok, _, entries = await store.txn(
+        [Cond.exists(keys.region(name)), Cond.absent(keys.alive(name))],
+        [
+            Op.put(keys.alive(name), {"since": record["at"]}, lease=lease),
+            Op.put(keys.heartbeat(name), record),
+        ],
+        read_on_failure=[keys.region(name)],
+    )
+    if ok:
+        return "region became reachable: new liveness lease"
+    await store.revoke(lease)
+    if entries and entries[0] is None:
+        raise RegionNotFound(name)
+    # Another replica won the race (or the old key still lingers): refresh theirs.
+    current = await store.get(keys.alive(name))
+    if current is not None and current.lease:
+        await store.keepalive(current.lease)
+    await store.put(keys.heartbeat(name), record)
+    return "refreshed the liveness lease held by another replica"
