@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from federation.api import regions, system
+from federation.api import regions, system, tokens
 from federation.api.context import CONFIG, ELECTION, STORE, ServerConfig
 from federation.api.errors import error_middleware
 from federation.controller import Controller
@@ -52,6 +52,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app[CONFIG] = config
     app.add_routes(system.routes)
     app.add_routes(regions.routes)
+    app.add_routes(tokens.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         store = Store(list(config.etcd_endpoints), prefix=config.prefix)

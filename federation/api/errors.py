@@ -53,7 +53,8 @@ def invalid(field: str, message: str, **extra: Any) -> ApiError:
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+    # pydantic marks an invalid mapping key with a "[key]" step; the key itself names it.
+    return ".".join(str(part) for part in loc if part != "[key]") or "body"
 
 
 def from_validation(exc: ValidationError, *, prefix: str = "") -> ApiError:

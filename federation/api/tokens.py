@@ -1,0 +1,63 @@
+"""Token routes: an admin makes tokens for people and automation."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from federation.api.auth import require
+from federation.api.body import json_response, read_model
+from federation.api.context import STORE
+from federation.api.errors import ApiError
+from federation.model.names import Name
+from federation.model.token import Role, TokenRecord, hash_secret, new_secret
+from federation.store import keys
+from federation.store import tokens as store_tokens
+
+routes = web.RouteTableDef()
+
+
+class TokenCreate(BaseModel):
+    """Body of `POST /v1/tokens`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    region: Name | None = None
+    ttl_s: int | None = Field(default=None, ge=60, le=10 * 365 * 86400)
+    description: str = Field(default="", max_length=256)
+
+    @model_validator(mode="after")
+    def _region_iff_region_role(self) -> TokenCreate:
+        if (self.role is Role.REGION) != (self.region is not None):
+            raise ValueError("region is required for role 'region' and only for it")
+        return self
+
+
+@routes.post("/v1/tokens")
+async def create_token(request: web.Request) -> web.Response:
+    """Make a token; the secret is in this answer only."""
+    await require(request, Role.ADMIN)
+    spec = await read_model(request, TokenCreate)
+    store = request.app[STORE]
+    if spec.region is not None and await store.get(keys.region(spec.region)) is None:
+        raise ApiError(
+            422,
+            f"region: region {spec.region!r} does not exist",
+            details=[{"field": "region", "message": "no such region"}],
+        )
+    now = datetime.now(UTC)
+    record = TokenRecord(
+        id=f"tok-{secrets.token_hex(6)}",
+        role=spec.role,
+        region=spec.region,
+        created_at=now,
+        expires_at=now + timedelta(seconds=spec.ttl_s) if spec.ttl_s else None,
+        description=spec.description,
+    )
+    secret = new_secret()
+    await store_tokens.put(store, hash_secret(secret), record)
+    return json_response({**record.model_dump(mode="json"), "token": secret}, status=201)

@@ -1,0 +1,92 @@
+"""The store contract, against a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from federation.store import AlreadyExists, Compacted, Cond, Conflict, Op, Store, StoreUnavailable
+from federation.store.local_etcd import LocalEtcd
+
+
+async def test_create_is_create_if_absent(store: Store) -> None:
+    rev = await store.create("things/a", {"v": 1})
+    with pytest.raises(AlreadyExists):
+        await store.create("things/a", {"v": 2})
+    entry = await store.get("things/a")
+    assert entry is not None
+    assert entry.value == {"v": 1}
+    assert entry.revision == rev
+
+
+async def test_replace_compares_the_revision(store: Store) -> None:
+    rev = await store.create("things/a", {"v": 1})
+    new_rev = await store.replace("things/a", {"v": 2}, revision=rev)
+    with pytest.raises(Conflict) as err:
+        await store.replace("things/a", {"v": 3}, revision=rev)
+    assert err.value.actual == new_rev
+    entry = await store.get("things/a")
+    assert entry is not None and entry.value == {"v": 2}
+
+
+async def test_txn_is_all_or_nothing(store: Store) -> None:
+    await store.put("things/a", {"v": 1})
+    ok, _, _ = await store.txn(
+        [Cond.absent("things/a")], [Op.put("things/b", {"v": 1}), Op.delete("things/a")]
+    )
+    assert not ok
+    assert await store.get("things/b") is None
+    assert await store.get("things/a") is not None
+
+
+async def test_scan_revision_lets_a_watch_miss_nothing(store: Store) -> None:
+    await store.put("things/a", {"v": 1})
+    items, revision = await store.scan("things/")
+    assert [e.key for e in items] == ["things/a"]
+    await store.put("things/b", {"v": 2})  # written between the scan and the watch
+    seen: list[str] = []
+
+    async def watch() -> None:
+        async for batch in store.watch("things/", start_revision=revision + 1):
+            seen.extend(e.key for e in batch)
+            if "things/c" in seen:
+                return
+
+    task = asyncio.create_task(watch())
+    await store.put("things/c", {"v": 3})
+    await asyncio.wait_for(task, 5)
+    assert seen == ["things/b", "things/c"]
+
+
+async def test_watch_from_a_compacted_revision_says_so(store: Store) -> None:
+    first = await store.put("things/a", {"v": 1})
+    latest = await store.put("things/a", {"v": 2})
+    await store.put("things/a", {"v": 3})
+    await store.compact(latest)
+    with pytest.raises(Compacted):
+        async for _ in store.watch("things/", start_revision=first):
+            pass
+
+
+async def test_lease_keys_vanish_when_the_lease_is_revoked(store: Store) -> None:
+    lease = await store.grant(5)
+    await store.put("alive/x", {}, lease=lease)
+    assert await store.keepalive(lease) > 0
+    await store.revoke(lease)
+    assert await store.get("alive/x") is None
+    assert await store.keepalive(lease) == 0
+
+
+async def test_unreachable_etcd_is_store_unavailable_within_the_deadline(tmp_path: Path) -> None:
+    lonely = LocalEtcd(tmp_path / "etcd")
+    lonely.start()
+    endpoint = lonely.endpoint
+    lonely.stop()
+    async with Store([endpoint], timeout=1.0) as store:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreUnavailable):
+            await store.get("anything")
+        assert loop.time() - started < 3.0
