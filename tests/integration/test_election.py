@@ -1,0 +1,78 @@
+"""Two real server processes on one etcd: both serve, exactly one leads, leadership moves."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+from collections.abc import Callable
+
+from federation.store import Store
+from tests.conftest import ServerProcess
+
+
+def ready(server: ServerProcess) -> dict[str, object]:
+    with urllib.request.urlopen(server.url + "/v1/ready", timeout=2) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def regions_status(server: ServerProcess, token: str) -> int:
+    req = urllib.request.Request(
+        server.url + "/v1/regions", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(req, timeout=2) as resp:
+        return int(resp.status)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> float:
+    """Seconds until `predicate` held; fails the test after `timeout`."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def test_two_servers_serve_and_exactly_one_leads(
+    spawn_server: Callable[..., ServerProcess], store: Store
+) -> None:
+    a = spawn_server("server-a")
+    b = spawn_server("server-b")
+    token = spawn_server.admin_token  # type: ignore[attr-defined]
+    assert regions_status(a, token) == 200
+    assert regions_status(b, token) == 200
+    wait_for(lambda: bool(ready(a)["leader"]) or bool(ready(b)["leader"]), 5)
+    leaders = [s.identity for s in (a, b) if ready(s)["leader"]]
+    assert len(leaders) == 1
+    assert await store.get_raw("leader") is not None
+    raw = await store.get_raw("leader")
+    assert raw is not None and raw[0] == leaders[0]
+
+
+async def test_stopping_the_leader_hands_over_within_the_election_ttl(
+    spawn_server: Callable[..., ServerProcess], store: Store
+) -> None:
+    a = spawn_server("server-a")
+    wait_for(lambda: bool(ready(a)["leader"]), 5)
+    b = spawn_server("server-b")
+    assert not ready(b)["leader"]
+    a.stop(signal.SIGTERM)
+    took = wait_for(lambda: bool(ready(b)["leader"]), 2.5)
+    assert took <= 2.5  # election TTL is 2 s in tests
+    raw = await store.get_raw("leader")
+    assert raw is not None and raw[0] == "server-b"
+
+
+async def test_a_killed_leader_is_replaced_after_its_lease_expires(
+    spawn_server: Callable[..., ServerProcess], store: Store
+) -> None:
+    a = spawn_server("server-a")
+    wait_for(lambda: bool(ready(a)["leader"]), 5)
+    b = spawn_server("server-b")
+    a.stop(signal.SIGKILL)  # no chance to resign: the lease must run out
+    took = wait_for(lambda: bool(ready(b)["leader"]), 2 + 1.5)
+    assert took <= 3.5
+    raw = await store.get_raw("leader")
+    assert raw is not None and raw[0] == "server-b"
