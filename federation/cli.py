@@ -11,11 +11,13 @@ import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from federation.client import ApiClient, ApiError
@@ -281,6 +283,254 @@ def region_uncordon(ctx: click.Context, name: str) -> None:
     """Let region NAME take placements again."""
     answer = _api_call(ctx, lambda c: c.request("POST", f"/v1/regions/{name}/uncordon"))
     console.print(f"region {name}: {answer['state']}")
+
+
+# -- residency policies ---------------------------------------------------------------
+
+
+@main.group()
+def policy() -> None:
+    """Apply, list and evaluate data-residency policies."""
+
+
+@dataclass(frozen=True)
+class _Document:
+    """One YAML document of `policy apply`: a policy or a group, and where it came from."""
+
+    source: str
+    kind: str
+    name: str
+    body: dict[str, Any]
+
+
+def _classify(source: str, doc: Any) -> _Document:
+    """Tell a policy from a group: `kind:` if given, else `data_classes` or `countries`."""
+    if not isinstance(doc, dict):
+        raise ValueError("a document must be a mapping (a policy or a group)")
+    body = dict(doc)
+    kind = body.pop("kind", None)
+    if kind is not None:
+        kind = str(kind).lower()
+        if kind not in ("policy", "group"):
+            raise ValueError(f"kind: must be 'policy' or 'group', not {kind!r}")
+    elif "data_classes" in body:
+        kind = "policy"
+    elif "countries" in body:
+        kind = "group"
+    else:
+        raise ValueError(
+            "cannot tell a policy (data_classes) from a group (countries); add kind: policy|group"
+        )
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("name: required")
+    return _Document(source, kind, name, body)
+
+
+def _load_documents(paths: tuple[Path, ...]) -> tuple[list[_Document], list[str]]:
+    """Every document of every file, and the errors that kept some from loading."""
+    import yaml
+
+    docs: list[_Document] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            loaded = list(yaml.safe_load_all(path.read_text()))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            errors.append(f"{path}: {exc}")
+            continue
+        for i, doc in enumerate(loaded, start=1):
+            if doc is None:  # an empty document, e.g. after a trailing `---`
+                continue
+            source = f"{path}#{i}" if len(loaded) > 1 else str(path)
+            try:
+                docs.append(_classify(source, doc))
+            except ValueError as exc:
+                errors.append(f"{source}: {exc}")
+    return docs, errors
+
+
+def _apply_order(docs: list[_Document]) -> list[_Document]:
+    """Groups before policies, and a group after the groups of this batch it includes."""
+    groups = {d.name: d for d in docs if d.kind == "group"}
+    ordered: list[_Document] = []
+    placed: set[str] = set()
+
+    def visit(name: str, seen: tuple[str, ...]) -> None:
+        if name in placed or name in seen:  # a cycle: the server names it (422)
+            return
+        doc = groups[name]
+        for entry in doc.body.get("countries") or []:
+            ref = entry.removeprefix("group:") if isinstance(entry, str) else None
+            if ref in groups and ref != entry:
+                visit(ref, (*seen, name))
+        placed.add(name)
+        ordered.append(doc)
+
+    for name in groups:
+        visit(name, ())
+    return ordered + [d for d in docs if d.kind == "policy"]
+
+
+_COLLECTIONS = {"policy": "/v1/policies", "group": "/v1/groups"}
+
+
+def _print_api_error(what: str, exc: ApiError) -> None:
+    where = f"HTTP {exc.status}" if exc.status else "no answer"
+    err_console.print(f"[red]error[/red] {escape(what)} ({where}): {escape(exc.message)}")
+    if isinstance(exc.details, list):
+        for detail in exc.details:
+            if isinstance(detail, dict) and "field" in detail:
+                err_console.print(escape(f"  {detail['field']}: {detail.get('message', '')}"))
+
+
+@policy.command("apply")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--dry-run", is_flag=True, help="Validate and show warnings; change nothing.")
+@click.pass_context
+def policy_apply(ctx: click.Context, files: tuple[Path, ...], dry_run: bool) -> None:
+    """Create or update the policies and groups in FILES (YAML, several documents each)."""
+    docs, errors = _load_documents(files)
+    for error in errors:
+        err_console.print(f"[red]error[/red] {escape(error)}")
+    query = "?dry_run=true" if dry_run else ""
+
+    async def apply_all(client: ApiClient) -> int:
+        failed = 0
+        shown: set[str] = set()
+        for doc in _apply_order(docs):
+            what = f"{doc.source}: {doc.kind} {doc.name}"
+            try:
+                answer = await client.request(
+                    "PUT", f"{_COLLECTIONS[doc.kind]}/{doc.name}{query}", body=doc.body
+                )
+            except ApiError as exc:
+                _print_api_error(what, exc)
+                if exc.status == 0:  # the server is not there: the rest would fail alike
+                    return failed + 1
+                failed += 1
+                continue
+            verb = "created" if answer.get("created") else "updated"
+            if dry_run:
+                console.print(f"{doc.kind} [bold]{doc.name}[/] would be {verb} (dry run)")
+            else:
+                console.print(
+                    f"{doc.kind} [bold]{doc.name}[/] {verb} (revision {answer['revision']})"
+                )
+            # Warnings are about all policies, so later answers repeat them: show each once.
+            for warning in answer.get("warnings", []):
+                if warning not in shown:
+                    shown.add(warning)
+                    console.print(f"  [yellow]warning[/yellow]: {escape(warning)}")
+        return failed
+
+    failed = _api_call(ctx, apply_all)
+    if errors or failed:
+        raise SystemExit(1)
+
+
+def _entries(values: list[str] | None) -> str:
+    return escape(", ".join(values)) if values else "-"
+
+
+@policy.command("list")
+@click.pass_context
+def policy_list(ctx: click.Context) -> None:
+    """Show every policy."""
+    answer = _api_call(ctx, lambda c: c.request("GET", "/v1/policies"))
+    table = Table(title="policies")
+    for col in ("name", "mode", "data classes", "allow", "deny", "exemptions"):
+        table.add_column(col)
+    for item in answer["items"]:
+        if item.get("malformed"):
+            table.add_row(
+                item["name"],
+                "[red]malformed[/]",
+                _entries(item.get("data_classes")),
+                f"[red]{escape(item['error'])}[/]",
+                "",
+                "",
+            )
+            continue
+        mode = item["mode"]
+        table.add_row(
+            item["name"],
+            f"[yellow]{mode}[/]" if mode == "audit" else mode,
+            _entries(item["data_classes"]),
+            _entries(item["allow"]) if item["allow"] else "any country",
+            _entries(item["deny"]),
+            str(len(item["exemptions"])),
+        )
+    console.print(table)
+
+
+@policy.command("delete")
+@click.argument("name")
+@click.pass_context
+def policy_delete(ctx: click.Context, name: str) -> None:
+    """Delete policy NAME."""
+    _api_call(ctx, lambda c: c.request("DELETE", f"/v1/policies/{name}"))
+    console.print(f"policy {name} deleted")
+
+
+@policy.command("evaluate")
+@click.option("--data-class", "data_classes", multiple=True, help="Repeatable; none = public.")
+@click.option("--service", default=None, help="Apply this service's exemptions.")
+@click.option("--at", default=None, help="Evaluate at this instant (ISO 8601 with zone).")
+@click.pass_context
+def policy_evaluate(
+    ctx: click.Context, data_classes: tuple[str, ...], service: str | None, at: str | None
+) -> None:
+    """Show, for every region, whether data of these classes may be placed there, and why."""
+    body: dict[str, Any] = {"data_classes": list(data_classes)}
+    if service:
+        body["service"] = service
+    if at:
+        body["at"] = at
+    answer = _api_call(ctx, lambda c: c.request("POST", "/v1/residency/evaluate", body=body))
+    shown = ", ".join(answer["data_classes"]) or "none (public)"
+    table = Table(title=f"residency for data classes: {shown}")
+    for col in ("region", "country", "verdict", "reasons"):
+        table.add_column(col)
+    for verdict in answer["regions"]:
+        mark = "[green]allowed[/]" if verdict["allowed"] else "[red]rejected[/]"
+        table.add_row(
+            verdict["region"],
+            verdict["country"] or "-",
+            mark,
+            escape("\n".join(verdict["reasons"])),
+        )
+    console.print(table)
+    bound = ", ".join(answer["bound_policies"]) or "none"
+    console.print(f"bound policies: {bound}")
+    for finding in answer["audit_findings"]:
+        console.print(f"[yellow]audit[/yellow] {finding['region']}: {escape(finding['reason'])}")
+    for warning in answer["warnings"]:
+        console.print(f"[yellow]warning[/yellow]: {escape(warning)}")
+
+
+@main.group("group")
+def group_cmd() -> None:
+    """Show jurisdiction groups (built-in and admin-defined)."""
+
+
+@group_cmd.command("list")
+@click.pass_context
+def group_list(ctx: click.Context) -> None:
+    """Show every group; built-in ones with their members in force today."""
+    answer = _api_call(ctx, lambda c: c.request("GET", "/v1/groups"))
+    table = Table(title="groups")
+    for col in ("name", "kind", "countries"):
+        table.add_column(col)
+    for item in answer["items"]:
+        if item.get("malformed"):
+            table.add_row(item["name"], "[red]malformed[/]", f"[red]{escape(item['error'])}[/]")
+            continue
+        kind = "built-in" if item["builtin"] else "admin"
+        table.add_row(item["name"], kind, _entries(item["countries"]))
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

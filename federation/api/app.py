@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from federation.api import regions, system, tokens
-from federation.api.context import CONFIG, ELECTION, STORE, ServerConfig
+from federation.api import regions, residency, services, system, tokens
+from federation.api.context import CONFIG, CONTROLLER, ELECTION, STORE, ServerConfig
 from federation.api.errors import error_middleware
 from federation.controller import Controller
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
@@ -53,6 +53,8 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(system.routes)
     app.add_routes(regions.routes)
     app.add_routes(tokens.routes)
+    app.add_routes(residency.routes)
+    app.add_routes(services.routes)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         store = Store(list(config.etcd_endpoints), prefix=config.prefix)
@@ -64,7 +66,8 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         if secret and announce:
             # Printed, never logged: logs are shipped and kept; stdout is the operator's.
             print(BOOTSTRAP_NOTICE + secret, flush=True)
-        controller = Controller(election)
+        controller = Controller(store, election, region_ttl=config.region_ttl)
+        app[CONTROLLER] = controller
         await controller.start()
         try:
             yield

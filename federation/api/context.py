@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from federation.controller import Controller
 from federation.store import Store
 from federation.store.election import LeaderElection
 
@@ -28,3 +29,4 @@ class ServerConfig:
 CONFIG = web.AppKey("config", ServerConfig)
 STORE = web.AppKey("store", Store)
 ELECTION = web.AppKey("election", LeaderElection)
+CONTROLLER = web.AppKey("controller", Controller)

@@ -8,6 +8,11 @@ HEARTBEATS = "heartbeats/"  # heartbeats/{name} -> HeartbeatRecord (outlives the
 TOKENS = "tokens/"  # tokens/{sha256 of secret} -> TokenRecord
 BOOTSTRAP = "bootstrap"  # present once the first admin token has been made
 LEADER = "leader"  # identity of the controller leader, on its lease
+POLICIES = "policies/"  # policies/{name} -> Policy (residency, DESIGN section 4)
+GROUPS = "groups/"  # groups/{name} -> Group (admin-defined; built-in groups are never stored)
+# Bumped in the same txn as every policy or group write, and compared by each of them:
+# checks that read all policies and groups (references, cycles) stay true when applied.
+RESIDENCY_FENCE = "residency-fence"
 
 
 def region(name: str) -> str:
@@ -24,3 +29,42 @@ def heartbeat(name: str) -> str:
 
 def token(digest: str) -> str:
     return TOKENS + digest
+
+
+def policy(name: str) -> str:
+    return POLICIES + name
+
+
+def group(name: str) -> str:
+    return GROUPS + name
+
+
+SERVICES = "services/"  # services/{name} -> ServiceRecord (spec + generation), operator-owned
+PLACEMENTS = "placements/"  # placements/{name} -> PlacementRecord, controller-owned
+ASSIGNMENTS = "assignments/"  # assignments/{region}/{service} -> Assignment, controller-owned
+REPORTS = "reports/"  # reports/{region} -> RegionReport: instances as the agent last saw them
+REBALANCE = "rebalance/"  # rebalance/{service} -> request; the controller consumes it
+
+
+def service(name: str) -> str:
+    return SERVICES + name
+
+
+def placement(name: str) -> str:
+    return PLACEMENTS + name
+
+
+def assignments(region: str) -> str:
+    return f"{ASSIGNMENTS}{region}/"
+
+
+def assignment(region: str, service: str) -> str:
+    return f"{ASSIGNMENTS}{region}/{service}"
+
+
+def report(region: str) -> str:
+    return REPORTS + region
+
+
+def rebalance(name: str) -> str:
+    return REBALANCE + name

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from pydantic import ValidationError
 
 from federation.model.region import (
     Cordon,
@@ -144,3 +147,29 @@ async def heartbeat(store: Store, name: str, beat: Heartbeat, *, ttl: int) -> st
         await store.keepalive(current.lease)
     await store.put(keys.heartbeat(name), record)
     return "refreshed the liveness lease held by another replica"
+
+
+@dataclass(frozen=True)
+class RegionLocation:
+    """A region's name and country, as residency evaluation needs them."""
+
+    name: str
+    country: str | None
+
+
+async def locations(store: Store) -> tuple[list[RegionLocation], int]:
+    """Every registered region with its country, and the store revision of the read.
+
+    Read leniently: a record that fails validation still appears, with no country, so
+    evaluation rejects it (fail closed) rather than leaving it out unnoticed.
+    """
+    entries, revision = await store.scan(keys.REGIONS)
+    found = []
+    for entry in entries:
+        try:
+            record = RegionRecord.model_validate(entry.value)
+        except ValidationError:
+            found.append(RegionLocation(entry.key.removeprefix(keys.REGIONS), None))
+        else:
+            found.append(RegionLocation(record.name, record.country))
+    return found, revision

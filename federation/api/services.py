@@ -1,0 +1,182 @@
+"""Service routes: deploy (PUT), read with status, delete, explain, rebalance; and the
+region's side of it: its status reports."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from federation.api.auth import require, require_region
+from federation.api.body import if_match, json_response, path_name, read_document
+from federation.api.context import CONFIG, CONTROLLER, STORE
+from federation.api.errors import ApiError, from_validation
+from federation.controller.plan import plan
+from federation.model.service import RegionReport, ServiceSpec
+from federation.model.token import Role
+from federation.residency.evaluate import PUBLIC, unknown_data_classes
+from federation.store import policies as store_policies
+from federation.store import services as store_services
+from federation.store.world import read_world
+
+routes = web.RouteTableDef()
+
+
+def _not_found(name: str) -> ApiError:
+    return ApiError(404, f"service {name!r} not found")
+
+
+async def _read_spec(request: web.Request, name: str) -> ServiceSpec:
+    data = await read_document(request)
+    if not isinstance(data, dict):
+        raise ApiError(422, "body: must be an object", details=[{"field": "body"}])
+    if data.setdefault("name", name) != name:
+        raise ApiError(
+            422,
+            f"name: must match the path ({name!r})",
+            details=[{"field": "name", "message": "must match the path"}],
+        )
+    try:
+        return ServiceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+
+
+@routes.put("/v1/services/{service}")
+async def put_service(request: web.Request) -> web.Response:
+    """Create or update a service; the controller places it."""
+    name = path_name(request, "service")
+    await require(request, Role.OPERATOR)
+    spec = await _read_spec(request, name)
+    store = request.app[STORE]
+    snapshot = await store_policies.snapshot(store)
+    # A typo in a data class must not mean "anywhere": every class needs a policy.
+    unknown = unknown_data_classes(spec.data_classes, snapshot.all_policies())
+    if unknown:
+        details = [
+            {
+                "field": f"data_classes.{spec.data_classes.index(c)}",
+                "message": f"no policy names data class {c!r} (only {PUBLIC!r} needs none)",
+            }
+            for c in unknown
+        ]
+        raise ApiError(422, f"{details[0]['field']}: {details[0]['message']}", details=details)
+    _, _, created, changed = await store_services.apply(
+        store, spec, if_match=if_match(request)
+    )
+    if changed:
+        request.app[CONTROLLER].poke()
+    views, _ = await store_services.list_views(store, only=name)
+    return json_response(views[0], status=201 if created else 200, revision=views[0]["revision"])
+
+
+@routes.get("/v1/services")
+async def list_services(request: web.Request) -> web.Response:
+    await require(request, Role.VIEWER)
+    views, revision = await store_services.list_views(request.app[STORE])
+    return json_response({"items": views, "revision": revision})
+
+
+@routes.get("/v1/services/{service}")
+async def get_service(request: web.Request) -> web.Response:
+    name = path_name(request, "service")
+    await require(request, Role.VIEWER)
+    try:
+        views, _ = await store_services.list_views(request.app[STORE], only=name)
+    except store_services.ServiceNotFound:
+        raise _not_found(name) from None
+    return json_response(views[0], revision=views[0]["revision"])
+
+
+@routes.delete("/v1/services/{service}")
+async def delete_service(request: web.Request) -> web.Response:
+    name = path_name(request, "service")
+    await require(request, Role.OPERATOR)
+    try:
+        await store_services.delete(request.app[STORE], name, if_match=if_match(request))
+    except store_services.ServiceNotFound:
+        raise _not_found(name) from None
+    request.app[CONTROLLER].poke()
+    return json_response({"name": name, "deleted": True})
+
+
+@routes.post("/v1/services/{service}/rebalance")
+async def rebalance(request: web.Request) -> web.Response:
+    """Place the service afresh, e.g. back into a preferred region after a failover."""
+    name = path_name(request, "service")
+    await require(request, Role.OPERATOR)
+    try:
+        await store_services.request_rebalance(request.app[STORE], name)
+    except store_services.ServiceNotFound:
+        raise _not_found(name) from None
+    request.app[CONTROLLER].poke()
+    return json_response({"name": name, "rebalance": "requested"}, status=202)
+
+
+@routes.get("/v1/services/{service}/explain")
+async def explain(request: web.Request) -> web.Response:
+    """Every region: chosen or rejected, and why, as the controller would decide now."""
+    name = path_name(request, "service")
+    await require(request, Role.VIEWER)
+    world = await read_world(request.app[STORE])
+    if name not in world.services:
+        raise _not_found(name)
+    now = datetime.now(UTC)
+    plans = plan(world, now, region_ttl=request.app[CONFIG].region_ttl)
+    p = plans[name]
+    assert p.decision is not None and p.evaluation is not None
+    verdicts = {v.region: v for v in p.evaluation.verdicts}
+    current, _ = world.placements.get(name, (None, 0))
+    regions: list[dict[str, Any]] = []
+    for choice in p.decision.regions:
+        verdict = verdicts.get(choice.region)
+        regions.append(
+            {
+                "region": choice.region,
+                "country": choice.country,
+                "outcome": choice.outcome,
+                "allowed": bool(verdict and verdict.allowed),
+                "replicas": choice.replicas,
+                "reasons": list(choice.reasons),
+                "residency": list(verdict.reasons) if verdict else [],
+            }
+        )
+    return json_response(
+        {
+            "service": name,
+            "at": now.isoformat(),
+            "data_classes": p.evaluation.data_classes,
+            "bound_policies": p.evaluation.bound_policies,
+            "decision": {
+                "reason": p.decision.reason,
+                "message": p.decision.message,
+                "placement": p.decision.placement,
+            },
+            "current": current.model_dump(mode="json") if current else None,
+            "regions": regions,
+            "audit_findings": [f.model_dump(mode="json") for f in p.evaluation.audit_findings],
+        }
+    )
+
+
+@routes.put("/v1/regions/{region}/status")
+async def put_region_status(request: web.Request) -> web.Response:
+    """A region reports the instances it runs (its own token only)."""
+    name = path_name(request, "region")
+    await require_region(request, name)
+    data = await read_document(request)
+    if not isinstance(data, dict):
+        raise ApiError(422, "body: must be an object", details=[{"field": "body"}])
+    try:
+        report = RegionReport.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    report.at = datetime.now(UTC)
+    try:
+        revision = await store_services.put_report(request.app[STORE], name, report)
+    except LookupError:
+        raise ApiError(404, f"region {name!r} not found") from None
+    request.app[CONTROLLER].poke()
+    return json_response({"region": name, "instances": len(report.instances)}, revision=revision)

@@ -1,0 +1,246 @@
+"""Services: what operators deploy, and the placement the controller decides for them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from federation.model.names import Name
+
+Text = Annotated[str, Field(max_length=4096)]
+
+
+class Resources(BaseModel):
+    """What one replica needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(default=0.1, gt=0, le=1024)
+    memory_mb: int = Field(default=64, gt=0, le=4 * 1024 * 1024)
+
+
+class PlacementSpec(BaseModel):
+    """Where replicas may go and how they spread."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_regions: int = Field(default=1, ge=1, le=100)
+    max_per_region: int | None = Field(default=None, ge=1, le=10_000)
+    prefer: list[Name] = Field(default_factory=list, max_length=100)
+    prefer_labels: dict[Name, Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    regions: list[Name] = Field(default_factory=list, max_length=1000)
+    failback: Literal["manual", "auto"] = "manual"
+
+
+class HealthSpec(BaseModel):
+    """How an instance proves it is ready; no `http` means: the process is alive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    http: Annotated[str, Field(max_length=1024, pattern=r"^/")] | None = None
+    interval_s: float = Field(default=2.0, gt=0, le=3600)
+    timeout_s: float = Field(default=1.0, gt=0, le=600)
+
+
+class RolloutSpec(BaseModel):
+    """How a new version reaches the regions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_parallel_regions: int = Field(default=1, ge=1, le=1000)
+    progress_deadline_s: float = Field(default=120.0, gt=0, le=86_400)
+    on_failure: Literal["rollback", "pause"] = "rollback"
+
+
+class FailoverSpec(BaseModel):
+    """Whether and when replicas leave a lost region."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    grace_s: float = Field(default=0.0, ge=0, le=86_400)
+
+
+class ServiceSpec(BaseModel):
+    """Body of `PUT /v1/services/{s}`: the desired state of one service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    command: list[Text] | None = Field(default=None, min_length=1, max_length=256)
+    image: Text | None = None
+    version: Annotated[str, Field(min_length=1, max_length=128)] = "1"
+    replicas: int = Field(default=1, ge=0, le=10_000)
+    resources: Resources = Field(default_factory=Resources)
+    data_classes: list[Name] = Field(default_factory=list, max_length=32)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    failover: FailoverSpec = Field(default_factory=FailoverSpec)
+    singleton: bool = False
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)], Text] = (
+        Field(default_factory=dict, max_length=256)
+    )
+
+    @model_validator(mode="after")
+    def _runnable(self) -> ServiceSpec:
+        if self.command is None and self.image is None:
+            raise ValueError("one of command (process driver) or image (containers) is required")
+        if self.singleton and self.replicas > 1:
+            raise ValueError("a singleton service runs at most 1 replica")
+        return self
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    RUNNING = "Running"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class Condition(BaseModel):
+    """One fact about a service's status, with a machine reason and a human message."""
+
+    type: str
+    reason: str
+    message: str
+
+
+class Evidence(BaseModel):
+    """What a placement was decided under, kept for audits."""
+
+    countries: dict[str, str | None]
+    policies: dict[str, int]
+    groups: dict[str, int] = Field(default_factory=dict)
+    allowed_regions: list[str]
+
+
+class PlacementRecord(BaseModel):
+    """The controller's decision for one service: replicas per region and why."""
+
+    service: str
+    generation: int
+    regions: dict[str, int]
+    desired: int
+    reason: str
+    message: str
+    evidence: Evidence
+    decided_at: datetime
+    # Regions residency no longer allows, kept running until replacements are ready
+    # or the rollout deadline passes: region -> (replicas, since).
+    draining: dict[str, Draining] = Field(default_factory=dict)
+    rollout: RolloutState | None = None
+
+
+class Draining(BaseModel):
+    """Replicas left in a region that residency no longer allows, until replaced."""
+
+    replicas: int
+    since: datetime
+
+
+class RolloutState(BaseModel):
+    """A rollout in progress (or finished): which regions run which generation.
+
+    `from_runtime` is what ran before, so a failed rollout can return every region to
+    it even though the stored spec has moved on.
+    """
+
+    from_version: str
+    to_version: str
+    from_generation: int
+    to_generation: int
+    from_runtime: Runtime
+    started_at: datetime
+    region_started: dict[str, datetime] = Field(default_factory=dict)
+    done: list[str] = Field(default_factory=list)
+    state: Literal["progressing", "complete", "failed", "rolling_back", "rolled_back"] = (
+        "progressing"
+    )
+    message: str = ""
+
+
+class ServiceRecord(BaseModel):
+    """A service as stored: the spec and its generation (bumped on every spec change)."""
+
+    spec: ServiceSpec
+    generation: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Runtime(BaseModel):
+    """What instances run: a change of version, command or image is a rollout."""
+
+    generation: int
+    version: str
+    command: list[str] | None
+    image: str | None
+    resources: Resources
+    health: HealthSpec
+    env: dict[str, str]
+    singleton: bool
+
+    @staticmethod
+    def of(spec: ServiceSpec, generation: int) -> Runtime:
+        return Runtime(
+            generation=generation,
+            version=spec.version,
+            command=spec.command,
+            image=spec.image,
+            resources=spec.resources,
+            health=spec.health,
+            env=spec.env,
+            singleton=spec.singleton,
+        )
+
+    def rollout_key(self) -> tuple[str, tuple[str, ...] | None, str | None]:
+        return (self.version, tuple(self.command) if self.command else None, self.image)
+
+
+class Assignment(BaseModel):
+    """What one region must run for one service: the record its agent watches.
+
+    Carries everything the driver needs, so an agent never reads the service itself.
+    The etcd revision of this record is the assignment's epoch, given to instances
+    for fencing.
+    """
+
+    service: str
+    region: str
+    replicas: int
+    runtime: Runtime
+    draining: bool = False
+
+
+class InstanceReport(BaseModel):
+    """One instance as its region's agent sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: Name
+    instance: Annotated[str, Field(min_length=1, max_length=128)]
+    generation: int = Field(ge=0)
+    version: Annotated[str, Field(max_length=128)]
+    state: Literal["starting", "running", "failed", "stopped"]
+    ready: bool
+    message: Annotated[str, Field(max_length=1024)] = ""
+
+
+class RegionReport(BaseModel):
+    """Body of `PUT /v1/regions/{r}/status`: every instance the region runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[InstanceReport] = Field(default_factory=list, max_length=100_000)
+    at: datetime | None = None
+
+
+PlacementRecord.model_rebuild()
+RolloutState.model_rebuild()

@@ -1,0 +1,126 @@
+"""Service status: the placement joined with what regions report, as users read it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from typing import Any
+
+from federation.model.service import (
+    Assignment,
+    Condition,
+    Phase,
+    PlacementRecord,
+    RegionReport,
+    ServiceRecord,
+)
+
+
+def _ready(report: RegionReport | None, service: str, generation: int) -> int:
+    if report is None:
+        return 0
+    return sum(
+        1
+        for i in report.instances
+        if i.service == service and i.generation == generation and i.ready
+    )
+
+
+def service_status(
+    record: ServiceRecord,
+    placement: PlacementRecord | None,
+    assignments: Mapping[str, Assignment],
+    reports: Mapping[str, RegionReport],
+    alive: Set[str],
+) -> dict[str, Any]:
+    """Phase, per-region desired/ready/version, conditions and residency evidence."""
+    spec = record.spec
+    regions: dict[str, dict[str, Any]] = {}
+    for region, a in sorted(assignments.items()):
+        ready = _ready(reports.get(region), spec.name, a.runtime.generation)
+        regions[region] = {
+            "desired": a.replicas,
+            # A lost region's last report is not evidence that anything runs there now.
+            "ready": ready if region in alive else 0,
+            "version": a.runtime.version,
+            "draining": a.draining,
+            "reachable": region in alive,
+        }
+    active = {r: v for r, v in regions.items() if not v["draining"]}
+    ready_total = sum(v["ready"] for v in active.values())
+    conditions: list[Condition] = []
+    if placement is None:
+        phase = Phase.PENDING if spec.replicas else Phase.RUNNING
+        conditions.append(
+            Condition(
+                type="Scheduled", reason="Waiting", message="not yet placed by the controller"
+            )
+        )
+    else:
+        placed = sum(placement.regions.values())
+        conditions.append(
+            Condition(type="Scheduled", reason=placement.reason, message=placement.message)
+        )
+        rollout = placement.rollout
+        failed = (
+            rollout is not None
+            and rollout.to_generation == record.generation
+            and rollout.state in ("failed", "rolled_back")
+        )
+        if rollout is not None and rollout.to_generation == record.generation:
+            reason = {
+                "progressing": "RolloutProgressing",
+                "complete": "RolloutComplete",
+                "failed": "RolloutFailed",
+                "rolled_back": "RolloutFailed",
+                "rolling_back": "RolloutFailed",
+            }[rollout.state]
+            message = rollout.message or f"{rollout.from_version} -> {rollout.to_version}"
+            if rollout.state == "rolled_back":
+                message += f"; rolled back to {rollout.from_version}"
+            conditions.append(Condition(type="Rollout", reason=reason, message=message))
+        lost = [r for r, v in active.items() if not v["reachable"]]
+        if lost:
+            conditions.append(
+                Condition(
+                    type="Available",
+                    reason="RegionUnreachable",
+                    message=f"replicas left in unreachable region(s): {', '.join(lost)}",
+                )
+            )
+        if failed:
+            phase = Phase.FAILED
+        elif spec.replicas == 0:
+            phase = Phase.RUNNING
+        elif placed == 0:
+            phase = Phase.PENDING
+        elif placed < spec.replicas or lost:
+            phase = Phase.DEGRADED
+        elif (
+            ready_total < spec.replicas
+            or placement.draining
+            or (rollout is not None and rollout.state == "progressing")
+            or placement.generation != record.generation
+        ):
+            phase = Phase.PROGRESSING
+        else:
+            phase = Phase.RUNNING
+    evidence = placement.evidence if placement else None
+    allowed = set(evidence.allowed_regions) if evidence else set()
+    return {
+        "phase": phase.value,
+        "observed_generation": placement.generation if placement else 0,
+        "replicas": {"desired": spec.replicas, "ready": ready_total},
+        "placements": {
+            r: {k: v[k] for k in ("desired", "ready", "version", "draining")}
+            for r, v in regions.items()
+        },
+        "conditions": [c.model_dump() for c in conditions],
+        "residency": {
+            "compliant": all(r in allowed for r in active)
+            and not (placement and placement.draining),
+            "allowed_regions": sorted(allowed),
+            "policies": dict(evidence.policies) if evidence else {},
+            "countries": dict(evidence.countries) if evidence else {},
+        },
+        "decided_at": placement.decided_at.isoformat() if placement else None,
+    }

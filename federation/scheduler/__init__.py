@@ -1,0 +1,33 @@
+"""Scheduler: filter -> rank -> assign replicas to regions, with an explanation.
+
+Pure: no I/O, no clock, no etcd. The controller feeds it regions, residency verdicts
+and current placements; drills feed it a what-if view. Tested with hypothesis.
+"""
+
+from federation.scheduler.place import (
+    INSUFFICIENT_CAPACITY,
+    NO_COMPLIANT_REGION,
+    PLACED,
+    SCALED_TO_ZERO,
+    SPREAD_UNSATISFIED,
+    Decision,
+    RegionChoice,
+    RegionInfo,
+    Verdict,
+    place,
+    place_all,
+)
+
+__all__ = [
+    "INSUFFICIENT_CAPACITY",
+    "NO_COMPLIANT_REGION",
+    "PLACED",
+    "SCALED_TO_ZERO",
+    "SPREAD_UNSATISFIED",
+    "Decision",
+    "RegionChoice",
+    "RegionInfo",
+    "Verdict",
+    "place",
+    "place_all",
+]
