@@ -63,9 +63,7 @@ async def put_service(request: web.Request) -> web.Response:
             for c in unknown
         ]
         raise ApiError(422, f"{details[0]['field']}: {details[0]['message']}", details=details)
-    _, _, created, changed = await store_services.apply(
-        store, spec, if_match=if_match(request)
-    )
+    _, _, created, changed = await store_services.apply(store, spec, if_match=if_match(request))
     if changed:
         request.app[CONTROLLER].poke()
     views, _ = await store_services.list_views(store, only=name)

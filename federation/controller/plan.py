@@ -192,7 +192,7 @@ def _plan_service(
     target = Runtime.of(spec, generation)
     deadline = timedelta(seconds=spec.rollout.progress_deadline_s)
     existing = {region: a for (region, svc), a in world.assignments.items() if svc == name}
-    compliant = {c.region for c in decision.regions if c.compliant}
+    compliant = set(decision.allowed_regions)
 
     # Make-before-break: regions residency no longer allows keep their replicas until
     # the new placement is ready, or the rollout deadline passes, whichever is first.

@@ -48,6 +48,7 @@ class Controller:
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.passes = 0
+        self._stopping = False
         self.last_sentences: list[str] = []
 
     async def start(self) -> None:
@@ -58,6 +59,7 @@ class Controller:
 
     async def stop(self) -> None:
         """Stop reconciling and hand leadership over at once."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -91,7 +93,8 @@ class Controller:
                         watcher = None
                     self.election.changed.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.election.changed.wait(), 0.5)
+                        async with asyncio.timeout(0.5):
+                            await self.election.changed.wait()
                     continue
                 if watcher is None or watcher.done():
                     watcher = asyncio.create_task(self._watch(), name="controller-watch")
@@ -103,18 +106,17 @@ class Controller:
                     log.warning("reconcile pass failed: %s", exc)
                     busy = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._dirty.wait(), self.busy_resync_s if busy else self.resync_s
-                    )
+                    async with asyncio.timeout(self.busy_resync_s if busy else self.resync_s):
+                        await self._dirty.wait()
         finally:
             if watcher is not None:
                 watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+                # Bounded: a gRPC stream must not be able to hold a shutdown hostage.
+                await asyncio.wait([watcher], timeout=2)
 
     async def _watch(self) -> None:
         """Mark the world dirty on any relevant change; re-establish on errors."""
-        while True:
+        while not self._stopping:
             try:
                 start = await self.store.revision() + 1
                 self._dirty.set()
@@ -147,7 +149,7 @@ class Controller:
         return any(
             p.record.draining
             or (p.record.rollout is not None and p.record.rollout.state == "progressing")
-            or (p.decision is not None and any(c.outcome == "kept" for c in p.decision.regions))
+            or (p.decision is not None and bool(p.decision.kept))
             for p in plans.values()
         )
 

@@ -24,10 +24,10 @@ explanation, which is O(regions), is only built when read.
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from federation.model.service import ServiceSpec
@@ -102,6 +102,9 @@ class Decision:
     explanation: list[RegionChoice] | Callable[[], list[RegionChoice]] = field(
         default_factory=list, repr=False
     )
+    # Known without building the explanation (None: derive them from it).
+    allowed: frozenset[str] | None = field(default=None, repr=False)
+    held: Mapping[str, int] | None = field(default=None, repr=False)
 
     @property
     def regions(self) -> list[RegionChoice]:
@@ -118,8 +121,17 @@ class Decision:
 
     @property
     def allowed_regions(self) -> list[str]:
-        """Regions residency allows, whatever their state or capacity."""
+        """Regions residency allows, whatever their state or capacity (sorted)."""
+        if self.allowed is not None:
+            return sorted(self.allowed)
         return [c.region for c in self.regions if c.compliant]
+
+    @property
+    def kept(self) -> dict[str, int]:
+        """Replicas left assigned in lost regions during their failover grace."""
+        if self.held is not None:
+            return dict(self.held)
+        return {c.region: c.replicas for c in self.regions if c.outcome == "kept"}
 
     def _key(self) -> tuple[Any, ...]:
         return (self.service, self.placement, self.desired, self.reason, self.message)
@@ -156,10 +168,12 @@ class _Pool:
         self.info = {name: by_name[name] for name in sorted(by_name)}
         self.cpu = {name: r.cpu_free for name, r in self.info.items()}
         self.mem = {name: r.memory_free for name, r in self.info.items()}
+        self.names = frozenset(self.info)
         self.ready = frozenset(n for n, r in self.info.items() if r.state == "ready")
         self.ranked = sorted((-self.cpu[n], n) for n in self.ready)
         self._labelled: dict[tuple[tuple[str, str], ...], frozenset[str]] = {}
         self._snapshot: tuple[tuple[float, ...], tuple[int, ...]] | None = None
+        self._interned: dict[frozenset[str], frozenset[str]] = {}
 
     def labelled(self, labels: Mapping[str, str]) -> frozenset[str]:
         """Regions carrying every one of `labels`."""
@@ -171,6 +185,11 @@ class _Pool:
             )
             self._labelled[key] = found
         return found
+
+    def intern(self, names: Collection[str]) -> frozenset[str]:
+        """One shared frozenset per distinct set (services mostly share a few)."""
+        key = frozenset(names)
+        return self._interned.setdefault(key, key)
 
     def charge(self, name: str, cpu: float, memory: int) -> None:
         """Take capacity from a region (give it back with negative amounts)."""
@@ -253,7 +272,8 @@ def _decide(
     fresh = rebalance or spec.placement.failback == "auto"
     info = pool.info
     svc = _Service(spec, pool, pool.cpu, pool.mem, current, fresh)
-    allowed = {n for n, v in verdicts.items() if v.allowed and n in info}
+    allowed = {n for n, v in verdicts.items() if v.allowed}
+    allowed &= pool.names
     allow_list = set(spec.placement.regions)
     candidates = allowed & pool.ready
     if allow_list:
@@ -278,21 +298,32 @@ def _decide(
         if len(candidates) <= _SORT_BELOW:
             yield from sorted((svc.rank(n), n) for n in candidates)
             return
-        plain = (
-            ((1, 1, neg, n), n) for neg, n in pool.ranked if n in candidates and n not in special
-        )
-        yield from heapq.merge(sorted((svc.rank(n), n) for n in special), plain)
+        # Merge the few special regions into the pool's ranking of all the others.
+        ahead = sorted((svc.rank(n), n) for n in special)
+        plain = candidates - special
+        i = 0
+        for neg, name in pool.ranked:
+            if name in plain:
+                key = (1, 1, neg, name)
+                while i < len(ahead) and ahead[i][0] < key:
+                    yield ahead[i]
+                    i += 1
+                yield key, name
+        yield from ahead[i:]
 
     stays = [] if fresh else sorted(n for n in current if n in candidates and current[n] > 0)
     target = _assign(spec, svc, kept, stays, ranking())
     placed = sum(target.values())
     reason, message = _outcome(spec, placed, target, allowed, bool(candidates))
     cpu_now, mem_now = pool.snapshot()
-
-    def explain() -> list[RegionChoice]:
-        return _explain(spec, pool, cpu_now, mem_now, verdicts, current, fresh, target)
-
-    return Decision(spec.name, target, spec.replicas, reason, message, explain)
+    # The explanation keeps its own copies of the small inputs; `verdicts` is shared.
+    explain = partial(
+        _explain, spec, pool, cpu_now, mem_now, verdicts, dict(current), fresh, dict(target)
+    )
+    held = {n: target[n] for n in kept if n in target}
+    return Decision(
+        spec.name, target, spec.replicas, reason, message, explain, pool.intern(allowed), held
+    )
 
 
 def _assign(

@@ -118,6 +118,14 @@ class Op:
         return Op("delete_prefix", key)
 
 
+def _reraise_cancellation(exc: grpc.aio.AioRpcError) -> None:
+    """gRPC turns a cancelled task into a CANCELLED rpc error; give the task its
+    cancellation back, or a loop that retries errors would swallow its own stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 def _encode(value: JSON) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str).encode()
 
@@ -206,10 +214,14 @@ class Store:
         async def attempt() -> T:
             remaining = max(0.05, end - loop.time())
             try:
-                return await asyncio.wait_for(fn(remaining), remaining)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that races with completion, and a stop would hang.
+                async with asyncio.timeout(remaining):
+                    return await fn(remaining)
             except (EtcdConnectionError, EtcdTransientError, TimeoutError) as exc:
                 raise _Transient(str(exc) or type(exc).__name__) from exc
             except grpc.aio.AioRpcError as exc:
+                _reraise_cancellation(exc)
                 if exc.code() in (
                     grpc.StatusCode.UNAVAILABLE,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -452,7 +464,14 @@ class Store:
                     for ev in resp.events
                 ]
         except grpc.aio.AioRpcError as exc:
+            _reraise_cancellation(exc)
             raise StoreUnavailable(f"watch: {exc.code().name}") from exc
+        # gRPC can end the stream quietly when the task is cancelled; never report a
+        # cancelled watch as a finished one.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        raise StoreUnavailable("watch stream ended")
 
     # -- maintenance ------------------------------------------------------------------
 

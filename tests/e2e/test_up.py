@@ -61,8 +61,15 @@ def test_up_starts_four_ready_regions_and_sigint_leaves_nothing(tmp_path: Path) 
     port = free_port()
     token = "fed_e2e-" + os.urandom(8).hex()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "federation", "up", f"--port={port}",
-         f"--data-dir={tmp_path / 'data'}", "--region-ttl=3"],
+        [
+            sys.executable,
+            "-m",
+            "federation",
+            "up",
+            f"--port={port}",
+            f"--data-dir={tmp_path / 'data'}",
+            "--region-ttl=3",
+        ],
         cwd=tmp_path,
         env={**os.environ, "FEDERATION_ADMIN_TOKEN": token},
         stdout=subprocess.PIPE,

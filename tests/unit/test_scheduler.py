@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import math
 import random
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,9 +34,10 @@ from federation.scheduler import (
     place_all,
 )
 
-place_module = importlib.import_module("federation.scheduler.place")
+place_module: Any = importlib.import_module("federation.scheduler.place")
 
-PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=120)
+FLEET = settings(PROPERTY, max_examples=60)  # several services per example: fewer of them
 EPS = 1e-6
 
 NAMES = [f"r{i}" for i in range(10)]
@@ -385,7 +388,7 @@ def test_a_region_coming_back_does_not_pull_replicas_back(
 @PROPERTY
 @given(scenarios(), st.data())
 def test_replicas_in_a_lost_region_wait_for_the_grace(sc: Scenario, data: st.DataObject) -> None:
-    held = [n for n in sc.current if n in sc.verdicts and sc.verdicts[n].allowed]
+    held = sorted(n for n in sc.current if n in sc.verdicts and sc.verdicts[n].allowed)
     assume(held)
     lost_name = data.draw(st.sampled_from(held))
     lost_for = data.draw(st.sampled_from([0.0, 3.0, 9.9, 10.0, 30.0]))
@@ -393,7 +396,6 @@ def test_replicas_in_a_lost_region_wait_for_the_grace(sc: Scenario, data: st.Dat
         replace(r, state="unreachable", unreachable_for=lost_for) if r.name == lost_name else r
         for r in sc.regions
     ]
-    assume(any(r.name == lost_name for r in regions))
     s = sc.spec.model_copy(
         update={"failover": sc.spec.failover.model_copy(update={"grace_s": 10.0, "enabled": True})}
     )
@@ -421,27 +423,19 @@ def fleets(
 ]:
     regions = draw(regions_st())
     names = [r.name for r in regions]
-    specs = [draw(spec_st(f"s{i}", names)) for i in range(draw(st.integers(1, 5)))]
+    specs = [draw(spec_st(f"s{i}", names)) for i in range(draw(st.integers(1, 4)))]
     verdicts = {s.name: draw(verdicts_st(regions)) for s in specs}
+    # What the services hold is already net of the regions' free capacity.
     current: dict[str, dict[str, int]] = {}
     for s in specs:
         held = draw(st.dictionaries(st.sampled_from(names), st.integers(1, 3), max_size=3))
         if held:
             current[s.name] = held
-    # The regions' free capacity is net of what the services hold.
-    cpu = {r.name: r.cpu_free for r in regions}
-    mem = {r.name: r.memory_free for r in regions}
-    for s in specs:
-        for name, count in current.get(s.name, {}).items():
-            cpu[name] -= count * s.resources.cpu
-            mem[name] -= count * s.resources.memory_mb
-    assume(all(v >= 0 for v in cpu.values()) and all(v >= 0 for v in mem.values()))
-    regions = [replace(r, cpu_free=cpu[r.name], memory_free=mem[r.name]) for r in regions]
     return specs, regions, verdicts, current
 
 
-@PROPERTY
-@given(fleets(), st.frozensets(st.sampled_from([f"s{i}" for i in range(5)])))
+@FLEET
+@given(fleets(), st.frozensets(st.sampled_from([f"s{i}" for i in range(4)])))
 def test_place_all_never_overcommits_a_region(fleet: Any, rebalance: frozenset[str]) -> None:
     specs, regions, verdicts, current = fleet
     decisions = place_all(specs, regions, verdicts, current, rebalance=rebalance)
@@ -461,7 +455,7 @@ def test_place_all_never_overcommits_a_region(fleet: Any, rebalance: frozenset[s
         assert mem_after <= r.memory_free + mem_before, r.name
 
 
-@PROPERTY
+@FLEET
 @given(fleets())
 def test_place_all_is_deterministic(fleet: Any) -> None:
     specs, regions, verdicts, current = fleet
@@ -471,10 +465,10 @@ def test_place_all_is_deterministic(fleet: Any) -> None:
     assert all(same(first[n], again[n]) for n in first)
 
 
-@PROPERTY
+@FLEET
 @given(fleets())
 def test_place_all_is_stable(fleet: Any) -> None:
-    # Placing the fleet again on the state the first pass left changes nothing.
+    # Placing the fleet again on the state the first pass left moves nothing.
     specs, regions, verdicts, current = fleet
     first = place_all(specs, regions, verdicts, current)
     cpu = {r.name: r.cpu_free for r in regions}
@@ -486,10 +480,12 @@ def test_place_all_is_stable(fleet: Any) -> None:
             mem[name] -= delta * s.resources.memory_mb
     after = [replace(r, cpu_free=cpu[r.name], memory_free=mem[r.name]) for r in regions]
     placed = {n: d.placement for n, d in first.items() if d.placement}
-    manual = [s for s in specs if s.placement.failback == "manual"]
-    again = place_all(manual, after, verdicts, placed)
-    for s in manual:
-        assert again[s.name].placement == first[s.name].placement, s.name
+    again = place_all(specs, after, verdicts, placed)
+    for s in specs:
+        # A service that got all its replicas keeps them. (One that did not may get
+        # more: capacity freed by a service placed after it reaches it only now.)
+        if s.placement.failback == "manual" and first[s.name].placed == s.replicas:
+            assert again[s.name].placement == first[s.name].placement, s.name
 
 
 @PROPERTY
@@ -558,6 +554,8 @@ def test_every_region_explained_once(sc: Scenario) -> None:
     assert decision.allowed_regions == sorted(
         n for n, v in sc.verdicts.items() if v.allowed and n in {r.name for r in sc.regions}
     )
+    assert decision.allowed_regions == [c.region for c in lines if c.compliant]
+    assert decision.kept == {c.region: c.replicas for c in lines if c.outcome == "kept"}
 
 
 @PROPERTY
@@ -591,7 +589,7 @@ def test_shortcuts_do_not_change_decisions(sc: Scenario, threshold: int) -> None
 
 # --- named examples ---------------------------------------------------------------------
 
-PATIENT = {
+PATIENT: dict[str, Any] = {
     "replicas": 6,
     "resources": {"cpu": 0.5, "memory_mb": 256},
     "data_classes": ["phi-eu"],
@@ -647,6 +645,7 @@ def test_patient_records_within_the_failover_grace() -> None:
     regions[0] = replace(regions[0], state="unreachable", unreachable_for=30.0)
     decision = place(s, regions, EU_ONLY, current)
     assert decision.placement == current
+    assert decision.kept == {"eu-de-1": 3}
     assert lines(decision)["eu-de-1"] == ("kept", 3)
 
 
@@ -783,6 +782,11 @@ def test_decision_is_pure_data() -> None:
     b = place(spec("patient-records", **PATIENT), list(reversed(DEMO)), EU_ONLY, {})
     assert a == b
     assert "patient-records" in repr(a)
+    # Built from a plain list of lines, as a caller may do, it answers the same.
+    c = Decision(a.service, dict(a.placement), a.desired, a.reason, a.message, list(a.regions))
+    assert c == a
+    assert c.allowed_regions == a.allowed_regions == ["eu-de-1", "eu-fr-1"]
+    assert c.kept == a.kept == {}
 
 
 @pytest.mark.parametrize("threshold", [0, 1000])
@@ -805,3 +809,27 @@ def test_big_fleet_smoke(threshold: int, monkeypatch: pytest.MonkeyPatch) -> Non
     for r in regions:
         used = sum(d.placement.get(r.name, 0) * 0.1 for d in decisions.values())
         assert used <= r.cpu_free + EPS
+
+
+def test_explanation_is_taken_at_decision_time() -> None:
+    current = {"eu-de-1": 3, "eu-fr-1": 3}
+    s = spec("patient-records", **PATIENT)
+    decision = place(s, net_of(DEMO, s, current), EU_ONLY, current)
+    current.clear()
+    decision.placement["us-east-1"] = 1  # a caller's change to the result
+    assert lines(decision)["eu-de-1"] == ("chosen", 3)
+    assert lines(decision)["us-east-1"] == ("rejected", 0)
+
+
+def test_scheduler_does_no_io() -> None:
+    # The scheduler is pure: importing it pulls in no HTTP, etcd or controller code.
+    code = (
+        "import sys, federation.scheduler; "
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+        "('aiohttp', 'etcd3aio', 'grpc', 'tenacity') or m.startswith(('federation.store', "
+        "'federation.api', 'federation.controller', 'federation.agent'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
