@@ -148,12 +148,22 @@ def serve(
     "region_token",
     envvar="FEDERATION_REGION_TOKEN",
     required=True,
-    help="The region's token (or FEDERATION_REGION_TOKEN).",
+    help="The region's token (or FEDERATION_REGION_TOKEN, which keeps it out of `ps`).",
 )
 @click.option("--driver", type=click.Choice(["process"]), default="process", show_default=True)
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where instances are recorded and logged (default: ./.federation-agent-REGION).",
+)
 @click.option("--cpu", type=float, default=None, help="CPU to offer (default: this host's).")
 @click.option("--memory-mb", type=int, default=None, help="Memory to offer (default: host's).")
+@click.option(
+    "--keep-instances",
+    is_flag=True,
+    help="On stop, leave instances running for the next agent to adopt (upgrades).",
+)
 def agent(
     server: str,
     region: str,
@@ -162,8 +172,9 @@ def agent(
     state_dir: Path | None,
     cpu: float | None,
     memory_mb: int | None,
+    keep_instances: bool,
 ) -> None:
-    """Run a region master: heartbeats for REGION with its token."""
+    """Run a region master: heartbeats for REGION and runs what is assigned to it."""
     from federation.agent.loop import Agent, AgentConfig, local_capacity
 
     host_cpu, host_mem = local_capacity()
@@ -173,6 +184,8 @@ def agent(
         token=region_token,
         cpu=cpu if cpu is not None else host_cpu,
         memory_mb=memory_mb if memory_mb is not None else host_mem,
+        state_dir=state_dir or Path(f".federation-agent-{region}"),
+        keep_instances=keep_instances,
     )
 
     async def run() -> None:
@@ -183,7 +196,7 @@ def agent(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    click.echo(f"agent for region {region} -> {server}")
+    click.echo(f"agent for region {region} -> {server} (driver {driver})")
     _run(run())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
@@ -96,6 +97,34 @@ class ApiClient:
                         err.get("details"),
                     )
                 return payload
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(0, "unreachable", f"{self.url}: {exc or type(exc).__name__}") from exc
+        except json.JSONDecodeError as exc:
+            raise ApiError(0, "bad_response", f"{self.url}{path}: not JSON") from exc
+
+    async def stream(self, path: str, *, idle_timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """Newline-delimited JSON from a long-lived GET; ApiError if it fails or goes
+        quiet for longer than `idle_timeout` (the server sends progress lines)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=idle_timeout)
+        try:
+            async with self._session.get(
+                self.url + path, headers=self._headers(), ssl=self._ssl or True, timeout=timeout
+            ) as resp:
+                if resp.status >= 400:
+                    text = await resp.text()
+                    try:
+                        err = json.loads(text).get("error", {})
+                    except (ValueError, AttributeError):
+                        err = {}
+                    raise ApiError(
+                        resp.status, str(err.get("code", "error")), str(err.get("message", ""))
+                    )
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if line:
+                        yield json.loads(line)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(0, "unreachable", f"{self.url}: {exc or type(exc).__name__}") from exc
         except json.JSONDecodeError as exc:

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.model.token import new_secret
-from federation.store.local_etcd import LocalEtcd, free_port
+from federation.store.local_etcd import LocalEtcd, die_with_parent, free_port
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,7 @@ class LocalFederation:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **env},
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
 
     def _wait_ready(self, timeout: float) -> None:

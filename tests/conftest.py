@@ -7,6 +7,7 @@ Every process a fixture starts is stopped by it, even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from federation.api.app import create_app
 from federation.api.context import ServerConfig
 from federation.model.token import new_secret
 from federation.store import Store
-from federation.store.local_etcd import LocalEtcd, free_port
+from federation.store.local_etcd import LocalEtcd, die_with_parent, free_port
 
 
 @pytest.fixture(scope="session")
@@ -179,6 +180,7 @@ def spawn_server(
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         server = ServerProcess(proc, f"http://127.0.0.1:{port}", identity, log)
         started.append(server)
@@ -191,3 +193,73 @@ def spawn_server(
     finally:
         for server in started:
             server.stop()
+
+
+@dataclass
+class AgentProcess:
+    """`federation agent` as a real process."""
+
+    region: str
+    proc: subprocess.Popen[bytes]
+    state_dir: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _instance_pids(state_dir: Path) -> list[int]:
+    import json as _json
+
+    try:
+        data = _json.loads((state_dir / "instances.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [int(r["pid"]) for r in data.get("instances", []) if r.get("pid")]
+
+
+@pytest.fixture
+def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Start `federation agent` processes; at teardown stop them and any instance they
+    (or an agent killed by the test) left behind."""
+    started: list[AgentProcess] = []
+
+    def spawn(server_url: str, region: str, token: str, *extra: str) -> AgentProcess:
+        state = tmp_path / "agents" / region
+        with open(tmp_path / f"agent-{region}.log", "ab") as fh:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "federation",
+                    "agent",
+                    f"--server={server_url}",
+                    f"--region={region}",
+                    f"--state-dir={state}",
+                    "--cpu=8",
+                    "--memory-mb=16384",
+                    *extra,
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "FEDERATION_REGION_TOKEN": token},
+                start_new_session=True,
+            )
+        agent = AgentProcess(region, proc, state)
+        started.append(agent)
+        return agent
+
+    try:
+        yield spawn
+    finally:
+        for agent in started:
+            agent.stop()
+        for agent in started:
+            for pid in _instance_pids(agent.state_dir):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)

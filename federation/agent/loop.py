@@ -1,15 +1,47 @@
-"""The agent's heartbeat loop: never exits because the server or etcd blinked."""
+"""The region master: heartbeats, the assignment watch, status reports, fencing.
+
+Four loops, each guarded (a crash is logged and the loop restarts) and none of
+which ever exits because the server or etcd blinked: every call to the server is
+retried with capped exponential backoff (tenacity).
+
+- heartbeat: at the pace the server asks for (TTL / 3), with the capacity offered.
+- sync: list the region's assignments, hand them to the driver, then watch from the
+  list's revision; after a disconnect resume from the last revision seen, and list
+  again only when the server says that revision is gone.
+- report: the driver's instances, whenever they change (and every few seconds).
+- fence: after more than a TTL without reaching the server, stop the instances of
+  `singleton` services: by then the federation may have started them elsewhere.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from federation.agent.drivers import Desired
+from federation.agent.drivers.process import ProcessDriver
 from federation.client import ApiClient, ApiError
+from federation.model.service import Assignment
 
 log = logging.getLogger(__name__)
+
+REPORT_EVERY_S = 5.0
+WATCH_IDLE_S = 15.0  # the server sends progress lines every 5 s
 
 
 @dataclass(frozen=True)
@@ -19,6 +51,8 @@ class AgentConfig:
     token: str
     cpu: float
     memory_mb: int
+    state_dir: Path
+    keep_instances: bool = False
 
 
 def local_capacity() -> tuple[float, int]:
@@ -33,46 +67,198 @@ def local_capacity() -> tuple[float, int]:
     return cpu, memory_mb
 
 
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if state.attempt_number in (1, 5) or state.attempt_number % 20 == 0:
+            log.warning("%s failed (attempt %d): %s", what, state.attempt_number, exc)
+
+    return before_sleep
+
+
+def _retrying(what: str, *, max_wait: float = 5.0) -> AsyncRetrying:
+    """Retry forever on any server error, backing off up to `max_wait` seconds."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(ApiError),
+        stop=stop_never,
+        wait=wait_exponential_jitter(initial=0.2, max=max_wait),
+        before_sleep=_log_retry(what),
+        reraise=True,
+    )
+
+
 class Agent:
-    """Heartbeats at the pace the server asks for; backs off while it cannot reach it."""
+    """One region master; see the module docstring."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self.driver = ProcessDriver(region=config.region, state_dir=config.state_dir)
+        self.desired: dict[str, Desired] = {}
         self.interval = 1.0
-        self.last_ok: float | None = None
+        self.ttl = 10.0
+        self.last_contact = time.monotonic()
+        self._changed = asyncio.Event()
+        self._fenced = False
 
-    async def beat(self, client: ApiClient) -> str:
-        """One heartbeat; returns what happened, as a sentence."""
-        answer = await client.request(
-            "POST",
-            f"/v1/regions/{self.config.region}/heartbeat",
-            body={
-                "capacity": {"cpu": self.config.cpu, "memory_mb": self.config.memory_mb},
-                "allocated": {"cpu": 0, "memory_mb": 0},
-            },
-        )
-        self.interval = float(answer.get("interval_s", self.interval))
-        self.last_ok = asyncio.get_running_loop().time()
-        return str(answer.get("result", "heartbeat accepted"))
+    def _contact(self) -> None:
+        self.last_contact = time.monotonic()
 
     async def run(self) -> None:
-        """Heartbeat forever. Errors are logged and retried with capped backoff."""
-        backoff = 0.2
+        """Run until cancelled; then stop the driver (and its instances, unless kept)."""
+        async with ApiClient(self.config.server, self.config.token, timeout=10.0) as client:
+            self.desired, revision = await self._list(client)
+            for sentence in await self.driver.start(self.desired):
+                log.info("agent %s: %s", self.config.region, sentence)
+            tasks = [
+                asyncio.create_task(self._guard("heartbeat", lambda: self._heartbeat(client))),
+                asyncio.create_task(self._guard("sync", lambda: self._sync(client, revision))),
+                asyncio.create_task(self._guard("report", lambda: self._report(client))),
+                asyncio.create_task(self._guard("fence", self._fence)),
+            ]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks, timeout=5)
+                await self.driver.close(stop_instances=not self.config.keep_instances)
+
+    async def _guard(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await body()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("agent loop %s crashed; restarting in 1 s", name)
+                await asyncio.sleep(1)
+
+    # -- heartbeat --------------------------------------------------------------------
+
+    async def _heartbeat(self, client: ApiClient) -> None:
         last = ""
-        async with ApiClient(self.config.server, self.config.token, timeout=5.0) as client:
-            while True:
-                try:
-                    sentence = await self.beat(client)
-                    backoff = 0.2
-                    delay = self.interval
-                except ApiError as exc:
-                    sentence = f"heartbeat failed: {exc.message} ({exc.status or 'no answer'})"
-                    if exc.status in (401, 403, 404):
-                        # Misconfiguration, not a blink: keep trying, but slowly.
-                        backoff = 5.0
-                    delay = backoff
-                    backoff = min(backoff * 2, max(1.0, self.interval))
-                if sentence != last:
-                    log.info("agent %s: %s", self.config.region, sentence)
-                    last = sentence
-                await asyncio.sleep(delay)
+        while True:
+            allocated_cpu = sum(
+                d.assignment.replicas * d.assignment.runtime.resources.cpu
+                for d in self.desired.values()
+            )
+            allocated_mem = sum(
+                d.assignment.replicas * d.assignment.runtime.resources.memory_mb
+                for d in self.desired.values()
+            )
+            body = {
+                "capacity": {"cpu": self.config.cpu, "memory_mb": self.config.memory_mb},
+                "allocated": {"cpu": allocated_cpu, "memory_mb": allocated_mem},
+            }
+            async for attempt in _retrying("heartbeat", max_wait=1.0):
+                with attempt:
+                    answer = await client.request(
+                        "POST", f"/v1/regions/{self.config.region}/heartbeat", body=body
+                    )
+            self._contact()
+            self.interval = float(answer.get("interval_s", self.interval))
+            self.ttl = float(answer.get("ttl_s", self.ttl))
+            sentence = str(answer.get("result", ""))
+            if sentence != last:
+                log.info("agent %s: %s", self.config.region, sentence)
+                last = sentence
+            await asyncio.sleep(self.interval)
+
+    # -- assignments ------------------------------------------------------------------
+
+    async def _list(self, client: ApiClient) -> tuple[dict[str, Desired], int]:
+        async for attempt in _retrying("list assignments"):
+            with attempt:
+                answer = await client.request(
+                    "GET", f"/v1/regions/{self.config.region}/assignments"
+                )
+        self._contact()
+        desired = {}
+        for item in answer["items"]:
+            epoch = int(item.pop("epoch", 0))
+            assignment = Assignment.model_validate(item)
+            desired[assignment.service] = Desired(assignment, epoch)
+        return desired, int(answer["revision"])
+
+    async def _apply(self) -> None:
+        for sentence in await self.driver.apply(self.desired):
+            log.info("agent %s: %s", self.config.region, sentence)
+        self._changed.set()
+
+    async def _sync(self, client: ApiClient, revision: int) -> None:
+        await self._apply()
+        failures = 0
+        while True:
+            path = f"/v1/regions/{self.config.region}/assignments?watch=true&since={revision}"
+            relist = False
+            try:
+                async for line in client.stream(path, idle_timeout=WATCH_IDLE_S):
+                    self._contact()
+                    failures = 0
+                    kind = line.get("type")
+                    if kind == "relist":
+                        relist = True
+                        break
+                    revision = max(revision, int(line.get("revision", revision)))
+                    if kind == "put":
+                        item: dict[str, Any] = line["assignment"]
+                        epoch = int(item.pop("epoch", revision))
+                        assignment = Assignment.model_validate(item)
+                        self.desired[assignment.service] = Desired(assignment, epoch)
+                        await self._apply()
+                    elif kind == "delete":
+                        self.desired.pop(str(line["service"]), None)
+                        await self._apply()
+            except ApiError as exc:
+                failures += 1
+                if failures in (1, 5) or failures % 20 == 0:
+                    log.warning("assignment watch: %s (attempt %d)", exc.message, failures)
+                if exc.status == 422:
+                    relist = True
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
+            if relist:
+                log.info("agent %s: listing assignments again", self.config.region)
+                self.desired, revision = await self._list(client)
+                await self._apply()
+
+    # -- status -----------------------------------------------------------------------
+
+    async def _report(self, client: ApiClient) -> None:
+        last: list[dict[str, Any]] | None = None
+        last_sent = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._changed.wait()
+            self._changed.clear()
+            current = [i.model_dump() for i in self.driver.instances()]
+            if current == last and time.monotonic() - last_sent < REPORT_EVERY_S:
+                continue
+            async for attempt in _retrying("status report"):
+                with attempt:
+                    await client.request(
+                        "PUT",
+                        f"/v1/regions/{self.config.region}/status",
+                        body={"instances": current},
+                    )
+            self._contact()
+            last, last_sent = current, time.monotonic()
+
+    # -- fencing ----------------------------------------------------------------------
+
+    async def _fence(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            silent = time.monotonic() - self.last_contact
+            if silent > self.ttl and not self._fenced:
+                singletons = {
+                    name for name, d in self.desired.items() if d.assignment.runtime.singleton
+                }
+                self._fenced = True
+                for sentence in await self.driver.fence(singletons):
+                    log.warning("agent %s: %s", self.config.region, sentence)
+            elif silent <= self.ttl and self._fenced:
+                self._fenced = False
+                self.driver.unfence()
+                log.info("agent %s: in contact again; singletons may run", self.config.region)
+                await self._apply()

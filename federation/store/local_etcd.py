@@ -6,6 +6,8 @@ It finds the `etcd` binary on PATH or beside the running interpreter (where the
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -16,6 +18,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the process that started it dies, so a
+    killed test run or `federation up` cannot leave an etcd (or a server) behind."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: fall back to the explicit stop
 
 
 def find_etcd() -> str:
@@ -75,6 +89,7 @@ class LocalEtcd:
             stderr=log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log.close()
         end = time.monotonic() + timeout
