@@ -168,3 +168,46 @@ def test_a_flapping_region_within_grace_causes_no_moves(
     wait_until(lambda: http("GET", "/v1/regions/eu-de-1")[1]["state"] == "ready", 6, "back")
     after = {r: v["desired"] for r, v in placements(http, "docs").items()}
     assert after == before
+
+
+@pytest.mark.slow
+def test_an_agent_cut_off_for_longer_than_the_ttl_stops_its_singletons(
+    spawn_server: Callable[..., ServerProcess],
+    spawn_agent: Callable[..., AgentProcess],
+) -> None:
+    from tests.conftest import _instance_pids
+
+    server = spawn_server("server-a")
+    http = Http(server.url, spawn_server.admin_token)  # type: ignore[attr-defined]
+    _, body = http("POST", "/v1/regions", {"name": "eu-de-1", "country": "DE"})
+    agent = spawn_agent(server.url, "eu-de-1", body["token"])
+    base = {
+        "command": ["{python}", "-m", "federation.demo", "{port}"],
+        "data_classes": ["public"],
+        "resources": {"cpu": 0.5, "memory_mb": 128},
+    }
+    assert http("PUT", "/v1/services/leader-job", {**base, "singleton": True})[0] == 201
+    assert http("PUT", "/v1/services/web", {**base, "replicas": 1})[0] == 201
+    for name in ("leader-job", "web"):
+        wait_until(
+            lambda n=name: http("GET", f"/v1/services/{n}")[1]["status"]["phase"] == "Running",  # type: ignore[misc]
+            30,
+            f"{name} Running",
+        )
+    pids = _instance_pids(agent.state_dir)
+    assert len(pids) == 2
+
+    def running() -> set[str]:
+        import json as _json
+
+        data = _json.loads((agent.state_dir / "instances.json").read_text())
+        return {r["service"] for r in data["instances"]}
+
+    server.proc.send_signal(signal.SIGSTOP)  # the federation goes silent
+    try:
+        took = wait_until(lambda: running() == {"web"}, 2 + 3, "singleton fenced")
+        print(f"fencing: singleton stopped {took:.2f} s after the server went silent")
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    # Back in contact: the singleton may run again (it is still assigned here).
+    wait_until(lambda: running() == {"leader-job", "web"}, 15, "singleton restarted")
