@@ -99,9 +99,18 @@ class Agent:
         self.last_contact = time.monotonic()
         self._changed = asyncio.Event()
         self._fenced = False
+        self._stale = False  # set after a silence > TTL until assignments are re-listed
 
-    def _contact(self) -> None:
-        self.last_contact = time.monotonic()
+    def _contact(self) -> bool:
+        """Record a successful exchange with the server. True when it ends a silence
+        longer than the TTL (the agent was cut off, or paused): then what it knows may
+        be stale, so singletons are fenced and assignments listed afresh."""
+        now = time.monotonic()
+        gap = now - self.last_contact > self.ttl
+        self.last_contact = now
+        if gap:
+            self._stale = True
+        return gap
 
     async def run(self) -> None:
         """Run until cancelled; then stop the driver (and its instances, unless kept)."""
@@ -193,7 +202,10 @@ class Agent:
             relist = False
             try:
                 async for line in client.stream(path, idle_timeout=WATCH_IDLE_S):
-                    self._contact()
+                    # Lines buffered while the agent was cut off are history, not news.
+                    if self._contact() or self._stale:
+                        relist = True
+                        break
                     failures = 0
                     kind = line.get("type")
                     if kind == "relist":
@@ -216,8 +228,9 @@ class Agent:
                 if exc.status == 422:
                     relist = True
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
-            if relist:
+            if relist or self._stale:
                 log.info("agent %s: listing assignments again", self.config.region)
+                self._stale = False
                 self.desired, revision = await self._list(client)
                 await self._apply()
 
@@ -250,14 +263,14 @@ class Agent:
         while True:
             await asyncio.sleep(0.25)
             silent = time.monotonic() - self.last_contact
-            if silent > self.ttl and not self._fenced:
+            if (silent > self.ttl or self._stale) and not self._fenced:
                 singletons = {
                     name for name, d in self.desired.items() if d.assignment.runtime.singleton
                 }
                 self._fenced = True
                 for sentence in await self.driver.fence(singletons):
                     log.warning("agent %s: %s", self.config.region, sentence)
-            elif silent <= self.ttl and self._fenced:
+            elif silent <= self.ttl and self._fenced and not self._stale:
                 self._fenced = False
                 self.driver.unfence()
                 log.info("agent %s: in contact again; singletons may run", self.config.region)

@@ -42,6 +42,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> floa
     return time.monotonic() - start
 
 
+def wait_regions_ready(http: Http, names: list[str] | dict[str, str]) -> None:
+    """Agents start in parallel; place nothing before every region is there."""
+    wait_until(
+        lambda: all(http("GET", f"/v1/regions/{n}")[1]["state"] == "ready" for n in names),
+        20,
+        "regions ready",
+    )
+
+
 def placements(http: Http, name: str) -> dict[str, dict[str, Any]]:
     status, body = http("GET", f"/v1/services/{name}")
     assert status == 200, body
@@ -60,6 +69,7 @@ def test_losing_a_region_moves_its_replicas_to_a_compliant_region(
         status, body = http("POST", "/v1/regions", {"name": name, "country": country})
         assert status == 201, body
         agents[name] = spawn_agent(server.url, name, body["token"])
+    wait_regions_ready(http, REGIONS)
     status, body = http(
         "PUT",
         "/v1/policies/eu-patient-data",
@@ -144,6 +154,7 @@ def test_a_flapping_region_within_grace_causes_no_moves(
         _, body = http("POST", "/v1/regions", {"name": name, "country": country})
         tokens[name] = body["token"]
         agents[name] = spawn_agent(server.url, name, body["token"])
+    wait_regions_ready(http, REGIONS)
     spec = {
         "command": ["{python}", "-m", "federation.demo", "{port}"],
         "replicas": 2,
@@ -181,6 +192,7 @@ def test_an_agent_cut_off_for_longer_than_the_ttl_stops_its_singletons(
     http = Http(server.url, spawn_server.admin_token)  # type: ignore[attr-defined]
     _, body = http("POST", "/v1/regions", {"name": "eu-de-1", "country": "DE"})
     agent = spawn_agent(server.url, "eu-de-1", body["token"])
+    wait_regions_ready(http, ["eu-de-1"])
     base = {
         "command": ["{python}", "-m", "federation.demo", "{port}"],
         "data_classes": ["public"],
@@ -211,3 +223,54 @@ def test_an_agent_cut_off_for_longer_than_the_ttl_stops_its_singletons(
         server.proc.send_signal(signal.SIGCONT)
     # Back in contact: the singleton may run again (it is still assigned here).
     wait_until(lambda: running() == {"leader-job", "web"}, 15, "singleton restarted")
+
+
+@pytest.mark.slow
+def test_a_paused_agent_stops_its_singleton_when_it_wakes(
+    spawn_server: Callable[..., ServerProcess],
+    spawn_agent: Callable[..., AgentProcess],
+) -> None:
+    from tests.conftest import _instance_pids
+
+    server = spawn_server("server-a")
+    http = Http(server.url, spawn_server.admin_token)  # type: ignore[attr-defined]
+    agents = {}
+    for name, country in (("eu-de-1", "DE"), ("eu-fr-1", "FR")):
+        _, body = http("POST", "/v1/regions", {"name": name, "country": country})
+        agents[name] = spawn_agent(server.url, name, body["token"])
+    wait_regions_ready(http, list(agents))
+    spec = {
+        "command": ["{python}", "-m", "federation.demo", "{port}"],
+        "data_classes": ["public"],
+        "singleton": True,
+        "placement": {"prefer": ["eu-de-1"]},
+        "resources": {"cpu": 0.5, "memory_mb": 128},
+    }
+    assert http("PUT", "/v1/services/scheduler-job", spec)[0] == 201
+    wait_until(
+        lambda: placements(http, "scheduler-job").get("eu-de-1", {}).get("ready") == 1,
+        30,
+        "singleton running in eu-de-1",
+    )
+    (pid,) = _instance_pids(agents["eu-de-1"].state_dir)
+    agents["eu-de-1"].proc.send_signal(signal.SIGSTOP)  # partitioned, longer than the TTL
+    try:
+        wait_until(
+            lambda: placements(http, "scheduler-job").get("eu-fr-1", {}).get("ready") == 1,
+            2 + 5,
+            "singleton moved to eu-fr-1",
+        )
+    finally:
+        agents["eu-de-1"].proc.send_signal(signal.SIGCONT)
+
+    def stopped() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    took = wait_until(stopped, 5, "the woken agent stopped its stale singleton")
+    print(f"fencing: stale singleton stopped {took:.2f} s after SIGCONT")
+    time.sleep(1)
+    assert _instance_pids(agents["eu-de-1"].state_dir) == []
