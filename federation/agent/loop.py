@@ -33,7 +33,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from federation.agent.drivers import Desired
+from federation.agent.drivers import Desired, Driver
 from federation.agent.drivers.process import ProcessDriver
 from federation.client import ApiClient, ApiError
 from federation.model.service import Assignment
@@ -90,14 +90,17 @@ def _retrying(what: str, *, max_wait: float = 5.0) -> AsyncRetrying:
 class Agent:
     """One region master; see the module docstring."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, driver: Driver | None = None) -> None:
         self.config = config
-        self.driver = ProcessDriver(region=config.region, state_dir=config.state_dir)
+        self.driver: Driver = driver or ProcessDriver(
+            region=config.region, state_dir=config.state_dir
+        )
         self.desired: dict[str, Desired] = {}
         self.interval = 1.0
         self.ttl = 10.0
         self.last_contact = time.monotonic()
         self._changed = asyncio.Event()
+        self._apply_wanted = asyncio.Event()
         self._fenced = False
         self._stale = False  # set after a silence > TTL until assignments are re-listed
 
@@ -123,6 +126,7 @@ class Agent:
                 asyncio.create_task(self._guard("sync", lambda: self._sync(client, revision))),
                 asyncio.create_task(self._guard("report", lambda: self._report(client))),
                 asyncio.create_task(self._guard("fence", self._fence)),
+                asyncio.create_task(self._guard("apply", self._applier)),
             ]
             try:
                 await asyncio.gather(*tasks)
@@ -190,9 +194,17 @@ class Agent:
         return desired, int(answer["revision"])
 
     async def _apply(self) -> None:
-        for sentence in await self.driver.apply(self.desired):
-            log.info("agent %s: %s", self.config.region, sentence)
-        self._changed.set()
+        """Ask for the driver to catch up with `desired`; a burst of watch events (a
+        failover moving hundreds of services here) becomes a few applies, not one each."""
+        self._apply_wanted.set()
+
+    async def _applier(self) -> None:
+        while True:
+            await self._apply_wanted.wait()
+            self._apply_wanted.clear()
+            for sentence in await self.driver.apply(dict(self.desired)):
+                log.info("agent %s: %s", self.config.region, sentence)
+            self._changed.set()
 
     async def _sync(self, client: ApiClient, revision: int) -> None:
         await self._apply()
@@ -240,6 +252,8 @@ class Agent:
         last: list[dict[str, Any]] | None = None
         last_sent = 0.0
         while True:
+            # Woken by every apply; the timeout catches what the driver learns on its
+            # own (an instance became healthy, or crashed).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await self._changed.wait()

@@ -15,6 +15,7 @@ from federation.api.context import CONFIG, CONTROLLER, STORE
 from federation.api.errors import ApiError, from_validation
 from federation.controller.plan import plan
 from federation.model.service import RegionReport, ServiceSpec
+from federation.model.status import survivability
 from federation.model.token import Role
 from federation.residency.evaluate import PUBLIC, unknown_data_classes
 from federation.store import policies as store_policies
@@ -141,6 +142,8 @@ async def explain(request: web.Request) -> web.Response:
                 "residency": list(verdict.reasons) if verdict else [],
             }
         )
+    single = survivability(p.evaluation.allowed_regions)
+    conditions = [single] if single is not None and p.decision.desired else []
     return json_response(
         {
             "service": name,
@@ -152,6 +155,7 @@ async def explain(request: web.Request) -> web.Response:
                 "message": p.decision.message,
                 "placement": p.decision.placement,
             },
+            "conditions": [c.model_dump() for c in conditions],
             "current": current.model_dump(mode="json") if current else None,
             "regions": regions,
             "audit_findings": [f.model_dump(mode="json") for f in p.evaluation.audit_findings],

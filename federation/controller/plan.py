@@ -125,13 +125,7 @@ def _verdicts(evaluation: Evaluation) -> dict[str, Verdict]:
 def ready_count(world: World, region: str, service: str, generation: int) -> int:
     """Instances of `service` at `generation` that `region` reports ready."""
     report = world.reports.get(region)
-    if report is None:
-        return 0
-    return sum(
-        1
-        for i in report.instances
-        if i.service == service and i.generation == generation and i.ready
-    )
+    return report.ready_count(service, generation) if report is not None else 0
 
 
 def plan(

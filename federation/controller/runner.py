@@ -14,18 +14,25 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from federation.controller.plan import ServicePlan, plan
 from federation.store import Compacted, Cond, Op, Store, StoreError, keys
 from federation.store.election import LeaderElection
 from federation.store.world import World, read_world
 
+if TYPE_CHECKING:
+    from federation.drills.runner import DrillRunner
+
 log = logging.getLogger(__name__)
 
 # Keys whose changes do not call for a new pass: the election's own key, and
 # heartbeats (capacity changes are picked up by the periodic resync).
 _QUIET = (keys.LEADER, keys.HEARTBEATS, keys.PLACEMENTS, keys.ASSIGNMENTS, keys.TOKENS)
-_WRITE_CONCURRENCY = 16
+# Drill progress too: a drill's cordons are region writes, which do call for a pass.
+_QUIET_DRILLS = (keys.DRILLS, keys.DRILL_LOCKS)
+_WRITE_CONCURRENCY = 4
+_TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
 
 
 class Controller:
@@ -50,11 +57,17 @@ class Controller:
         self.passes = 0
         self._stopping = False
         self.last_sentences: list[str] = []
+        self.drills: DrillRunner | None = None
 
     async def start(self) -> None:
+        # Imported here: drills build on this package's planner (a cycle at import time).
+        from federation.drills.runner import DrillRunner
+
+        self.drills = DrillRunner(self.store, self.election)
         self._tasks = [
             asyncio.create_task(self.election.run(), name="controller-election"),
             asyncio.create_task(self._guard(self._loop), name="controller-reconcile"),
+            asyncio.create_task(self._guard(self.drills.run), name="controller-drills"),
         ]
 
     async def stop(self) -> None:
@@ -121,7 +134,7 @@ class Controller:
                 start = await self.store.revision() + 1
                 self._dirty.set()
                 async for batch in self.store.watch("", start_revision=start):
-                    if any(not e.key.startswith(_QUIET) for e in batch):
+                    if any(not e.key.startswith(_QUIET + _QUIET_DRILLS) for e in batch):
                         self._dirty.set()
             except (Compacted, StoreError) as exc:
                 log.info("controller watch restarting: %s", exc)
@@ -136,11 +149,12 @@ class Controller:
         changed = [p for p in plans.values() if p.changed]
         semaphore = asyncio.Semaphore(_WRITE_CONCURRENCY)
 
-        async def write(p: ServicePlan) -> str:
+        async def write(batch: list[ServicePlan]) -> list[str]:
             async with semaphore:
-                return await self._write(p)
+                return await self._write_batch(batch)
 
-        sentences = await asyncio.gather(*(write(p) for p in changed))
+        results = await asyncio.gather(*(write(b) for b in self._batches(changed)))
+        sentences = [sentence for result in results for sentence in result]
         sentences.extend(await self._collect_orphans(world))
         self.passes += 1
         self.last_sentences = list(sentences)
@@ -153,11 +167,9 @@ class Controller:
             for p in plans.values()
         )
 
-    async def _write(self, p: ServicePlan) -> str:
-        if not self.election.is_leader:
-            return f"{p.service}: not written, no longer leader"
+    def _parts(self, p: ServicePlan) -> tuple[list[Cond], list[Op]]:
+        """The conditions and operations that write one service's decision."""
         conditions = [
-            self.election.fence(),
             Cond.at_revision(keys.service(p.service), p.service_revision),
             Cond.at_revision(keys.placement(p.service), p.placement_revision),
         ]
@@ -169,13 +181,48 @@ class Controller:
         ops += [Op.delete(keys.assignment(region, p.service)) for region in p.delete]
         if p.consume_rebalance:
             ops.append(Op.delete(keys.rebalance(p.service)))
+        return conditions, ops
+
+    def _batches(self, plans: list[ServicePlan]) -> list[list[ServicePlan]]:
+        """Group services into transactions within etcd's limit on operations per txn
+        (128 by default): one commit for many services is what makes a mass failover
+        fast, since every etcd commit is a disk sync."""
+        batches: list[list[ServicePlan]] = []
+        current: list[ServicePlan] = []
+        n_conds = n_ops = 0
+        for p in plans:
+            conds, ops = self._parts(p)
+            if current and (n_conds + len(conds) > _TXN_LIMIT - 1 or n_ops + len(ops) > _TXN_LIMIT):
+                batches.append(current)
+                current, n_conds, n_ops = [], 0, 0
+            current.append(p)
+            n_conds += len(conds)
+            n_ops += len(ops)
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _write_batch(self, batch: list[ServicePlan]) -> list[str]:
+        if not self.election.is_leader:
+            return [f"{p.service}: not written, no longer leader" for p in batch]
+        conditions: list[Cond] = [self.election.fence()]
+        ops: list[Op] = []
+        for p in batch:
+            conds, more = self._parts(p)
+            conditions += conds
+            ops += more
         ok, _, _ = await self.store.txn(conditions, ops)
-        if not ok:
-            self._dirty.set()
-            return (
-                f"{p.service}: write lost a race (leader, service or placement moved); replanning"
-            )
-        return p.sentence
+        if ok:
+            return [p.sentence for p in batch]
+        if len(batch) > 1:
+            # One stale service fails the whole batch: write them one by one instead.
+            results = await asyncio.gather(*(self._write_batch([p]) for p in batch))
+            return [sentence for result in results for sentence in result]
+        self._dirty.set()
+        return [
+            f"{batch[0].service}: write lost a race (leader, service or placement moved); "
+            "replanning"
+        ]
 
     async def _collect_orphans(self, world: World) -> list[str]:
         """Placements and assignments of services that no longer exist."""

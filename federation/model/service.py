@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from federation.model.names import Name
 
@@ -240,6 +240,18 @@ class RegionReport(BaseModel):
 
     instances: list[InstanceReport] = Field(default_factory=list, max_length=100_000)
     at: datetime | None = None
+    _ready: dict[tuple[str, int], int] | None = PrivateAttr(default=None)
+
+    def ready_count(self, service: str, generation: int) -> int:
+        """Ready instances of `service` at `generation`. Indexed once per report: status
+        for N services over a report of N instances must not cost N squared."""
+        if self._ready is None:
+            index: dict[tuple[str, int], int] = {}
+            for i in self.instances:
+                if i.ready:
+                    index[(i.service, i.generation)] = index.get((i.service, i.generation), 0) + 1
+            self._ready = index
+        return self._ready.get((service, generation), 0)
 
 
 PlacementRecord.model_rebuild()

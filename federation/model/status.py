@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from federation.model.service import (
@@ -16,12 +16,25 @@ from federation.model.service import (
 
 
 def _ready(report: RegionReport | None, service: str, generation: int) -> int:
-    if report is None:
-        return 0
-    return sum(
-        1
-        for i in report.instances
-        if i.service == service and i.generation == generation and i.ready
+    return report.ready_count(service, generation) if report is not None else 0
+
+
+NO_COMPLIANT_FAILOVER_REGION = "NoCompliantFailoverRegion"
+
+
+def survivability(allowed_regions: Sequence[str]) -> Condition | None:
+    """The condition of a service that residency confines to one region: it cannot
+    survive the loss of that region. None when it can (or when nowhere is allowed,
+    which `NoCompliantRegion` already says)."""
+    if len(allowed_regions) != 1:
+        return None
+    return Condition(
+        type="Survivability",
+        reason=NO_COMPLIANT_FAILOVER_REGION,
+        message=(
+            f"residency allows only {allowed_regions[0]}: the service cannot fail over "
+            "if that region is lost"
+        ),
     )
 
 
@@ -89,6 +102,11 @@ def service_status(
             )
         if failed:
             phase = Phase.FAILED
+        elif placement.generation != record.generation:
+            # The controller has not acted on this spec yet: the placement shown is the
+            # previous generation's, so it says nothing about health (a scale-up is not
+            # Degraded, a scale to zero is not Running yet).
+            phase = Phase.DEGRADED if lost else Phase.PROGRESSING
         elif spec.replicas == 0:
             phase = Phase.RUNNING
         elif placed == 0:
@@ -106,6 +124,9 @@ def service_status(
             phase = Phase.RUNNING
     evidence = placement.evidence if placement else None
     allowed = set(evidence.allowed_regions) if evidence else set()
+    single = survivability(sorted(allowed)) if spec.replicas else None
+    if single is not None:
+        conditions.append(single)
     return {
         "phase": phase.value,
         "observed_generation": placement.generation if placement else 0,

@@ -68,3 +68,15 @@ def report(region: str) -> str:
 
 def rebalance(name: str) -> str:
     return REBALANCE + name
+
+
+DRILLS = "drills/"  # drills/{id} -> DrillRecord (live drills; plan mode stores nothing)
+DRILL_LOCKS = "drill-locks/"  # drill-locks/{region} -> {"drill"} while a live drill holds it
+
+
+def drill(drill_id: str) -> str:
+    return DRILLS + drill_id
+
+
+def drill_lock(region: str) -> str:
+    return DRILL_LOCKS + region

@@ -124,17 +124,30 @@ async def list_views(store: Store, only: str | None = None) -> tuple[list[dict[s
         e.key.removeprefix(keys.PLACEMENTS): PlacementRecord.model_validate(e.value)
         for e in placement_entries
     }
-    assignment_entries, _ = await store.scan(keys.ASSIGNMENTS)
     by_service: dict[str, dict[str, Assignment]] = {}
-    for e in assignment_entries:
-        region, _, svc = e.key.removeprefix(keys.ASSIGNMENTS).partition("/")
-        if only is None or svc == only:
+    reports: dict[str, RegionReport] = {}
+    if only is not None:
+        # One service: read only its own assignments and its regions' reports, so a
+        # deploy's answer costs the same with 10 services or 100,000.
+        placed = placements.get(only)
+        regions = sorted(set(placed.regions) | set(placed.draining)) if placed else []
+        for region in regions:
+            entry = await store.get(keys.assignment(region, only))
+            if entry is not None:
+                by_service.setdefault(only, {})[region] = Assignment.model_validate(entry.value)
+            report = await store.get(keys.report(region))
+            if report is not None:
+                reports[region] = RegionReport.model_validate(report.value)
+    else:
+        assignment_entries, _ = await store.scan(keys.ASSIGNMENTS)
+        for e in assignment_entries:
+            region, _, svc = e.key.removeprefix(keys.ASSIGNMENTS).partition("/")
             by_service.setdefault(svc, {})[region] = Assignment.model_validate(e.value)
-    report_entries, _ = await store.scan(keys.REPORTS)
-    reports = {
-        e.key.removeprefix(keys.REPORTS): RegionReport.model_validate(e.value)
-        for e in report_entries
-    }
+        report_entries, _ = await store.scan(keys.REPORTS)
+        reports = {
+            e.key.removeprefix(keys.REPORTS): RegionReport.model_validate(e.value)
+            for e in report_entries
+        }
     alive_entries, _ = await store.scan(keys.ALIVE)
     alive = {e.key.removeprefix(keys.ALIVE) for e in alive_entries}
     views = []

@@ -30,18 +30,18 @@ async def read_lines(
     api: Api, token: str, path: str, count: int, timeout: float = 5
 ) -> list[dict[str, Any]]:
     lines: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            api.url + path, headers={"Authorization": f"Bearer {token}"}
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            assert resp.headers["Content-Type"].startswith("application/x-ndjson")
-            async with asyncio.timeout(timeout):
-                async for raw in resp.content:
-                    if raw.strip():
-                        lines.append(json.loads(raw))
-                    if len(lines) >= count:
-                        break
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(api.url + path, headers={"Authorization": f"Bearer {token}"}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"].startswith("application/x-ndjson")
+        async with asyncio.timeout(timeout):
+            async for raw in resp.content:
+                if raw.strip():
+                    lines.append(json.loads(raw))
+                if len(lines) >= count:
+                    break
     return lines
 
 

@@ -7,7 +7,8 @@ follow the process driver:
 - `apply(desired)`: make the running instances match the desired assignments
   (service -> Desired); idempotent, called after every change and periodically.
 - `instances()`: what runs now, as the agent reports it to the server.
-- `fence(services)`: stop these services' instances now (singleton fencing).
+- `fence(services)`: stop these services' instances now, and start none of them
+  until `unfence()` (singleton fencing).
 - `close(stop_instances)`: stop monitoring; with `stop_instances`, stop them too.
 """
 
@@ -38,5 +39,7 @@ class Driver(Protocol):
     def instances(self) -> list[InstanceReport]: ...
 
     async def fence(self, services: set[str]) -> list[str]: ...
+
+    def unfence(self) -> None: ...
 
     async def close(self, *, stop_instances: bool) -> None: ...
