@@ -7,13 +7,15 @@ suggestion also in `details[].suggestion`. Every write is checked and committed 
 one snapshot of all policies and groups (see `federation.store.policies`), so a check
 cannot go stale before the write lands.
 
-`?dry_run=true` on a PUT validates and answers what would be stored, with the warnings,
-without writing. It does not yet report the impact on deployed services: that comes with
-services (DESIGN section 5) and will be added to the dry-run answer as `impact`.
+`?dry_run=true` on a PUT validates and answers what would be stored, with the warnings
+and the `impact` on deployed services (which would move, which would become Pending or
+Degraded), without writing anything.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +24,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from federation.api.auth import require
 from federation.api.body import if_match, json_response, path_name, read_document
-from federation.api.context import STORE
+from federation.api.context import CONFIG, STORE
 from federation.api.errors import ApiError, from_validation, invalid
+from federation.controller.plan import impact
 from federation.model.names import Name
 from federation.model.policy import Group, Policy
 from federation.model.token import Role
@@ -45,6 +48,7 @@ from federation.store import keys
 from federation.store import policies as store_policies
 from federation.store import regions as store_regions
 from federation.store.policies import Snapshot, StoredGroup, StoredPolicy
+from federation.store.world import read_world
 
 routes = web.RouteTableDef()
 
@@ -146,6 +150,23 @@ def _policy_view(stored: StoredPolicy) -> JSONDict:
     return {**stored.policy.model_dump(mode="json"), "revision": stored.revision}
 
 
+async def _impact(
+    request: web.Request,
+    *,
+    policies: dict[str, StoredPolicy] | None = None,
+    groups: dict[str, StoredGroup] | None = None,
+) -> JSONDict:
+    """What the write would do to deployed services, planned as the controller would."""
+    before = await read_world(request.app[STORE])
+    after = copy.copy(before)
+    after.residency = dataclasses.replace(
+        before.residency,
+        policies={**before.residency.policies, **(policies or {})},
+        groups={**before.residency.groups, **(groups or {})},
+    )
+    return impact(before, after, datetime.now(UTC), region_ttl=request.app[CONFIG].region_ttl)
+
+
 def _policy_not_found(name: str) -> ApiError:
     return ApiError(404, f"policy {name!r} not found")
 
@@ -194,6 +215,7 @@ async def put_policy(request: web.Request) -> web.Response:
             store_policies.expected_revision(
                 current.revision if current else None, expected, keys.policy(name)
             )
+            replaced = StoredPolicy(name, policy, current.revision if current else 0, body)
             return json_response(
                 {
                     **body,
@@ -201,6 +223,7 @@ async def put_policy(request: web.Request) -> web.Response:
                     "created": current is None,
                     "dry_run": True,
                     "warnings": warnings,
+                    "impact": await _impact(request, policies={name: replaced}),
                 }
             )
         revision, created = await store_policies.write_policy(
@@ -319,6 +342,9 @@ async def put_group(request: web.Request) -> web.Response:
             store_policies.expected_revision(
                 current.revision if current else None, expected, keys.group(name)
             )
+            replaced = StoredGroup(
+                name, group, None, current.revision if current else 0, group.model_dump(mode="json")
+            )
             return json_response(
                 {
                     **body,
@@ -326,6 +352,7 @@ async def put_group(request: web.Request) -> web.Response:
                     "created": current is None,
                     "dry_run": True,
                     "warnings": warnings,
+                    "impact": await _impact(request, groups={name: replaced}),
                 }
             )
         revision, created = await store_policies.write_group(

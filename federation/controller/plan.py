@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from federation.model.service import (
     Assignment,
@@ -334,3 +335,41 @@ def _plan_service(
         decision=decision,
         evaluation=evaluation,
     )
+
+
+def impact(before: World, after: World, now: datetime, *, region_ttl: float) -> dict[str, Any]:
+    """What a residency change would do to deployed services: plan the world as it is
+    and as it would be, and list every service whose placement or outcome differs."""
+    old = plan(before, now, region_ttl=region_ttl)
+    new = plan(after, now, region_ttl=region_ttl)
+    services: list[dict[str, Any]] = []
+    for name in sorted(new):
+        was, will = old[name].record, new[name].record
+        if was.regions == will.regions and was.reason == will.reason:
+            continue
+        placed = sum(will.regions.values())
+        if placed == 0 and will.desired > 0:
+            outcome = "pending"
+        elif placed < will.desired:
+            outcome = "degraded"
+        else:
+            outcome = "moves"
+        stopped = sorted(set(was.regions) - set(will.regions))
+        services.append(
+            {
+                "service": name,
+                "outcome": outcome,
+                "from": was.regions,
+                "to": will.regions,
+                "stopped_in": stopped,
+                "reason": will.reason,
+                "message": will.message,
+            }
+        )
+    return {
+        "services": services,
+        "moves": sum(1 for s in services if s["outcome"] == "moves"),
+        "pending": sum(1 for s in services if s["outcome"] == "pending"),
+        "degraded": sum(1 for s in services if s["outcome"] == "degraded"),
+        "unaffected": len(new) - len(services),
+    }
