@@ -262,6 +262,14 @@ def main() -> None:
         f"= TTL + {over:.2f} s (target: TTL + 2 s) {'OK' if over <= 2 else 'MISSED'}"
     )
     print(f"residency violations (replicas in us-east-1): {figures['violations']}")
+    from bench.common import record
+
+    record(
+        "failover.py" + (" --quick" if args.quick else ""),
+        f"{services} services, TTL {ttl} s: all ready elsewhere at TTL + {over:.2f} s "
+        f"(target TTL + 2 s, {'OK' if over <= 2 else 'MISSED'}), "
+        f"violations {figures['violations']:.0f}",
+    )
     steps = {k.removeprefix("mark_"): v for k, v in figures.items() if k.startswith("mark_")}
     print(
         "timeline after the last heartbeat: "

@@ -28,12 +28,16 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from federation.telemetry.logs import JsonFormatter, RedactingFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # gRPC and aiohttp access logs are noise at INFO for operators.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
@@ -68,12 +72,19 @@ def _api_call(ctx: click.Context, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
 @click.option("--url", envvar="FEDERATION_URL", default="http://127.0.0.1:8080", show_default=True)
 @click.option("--token", envvar="FEDERATION_TOKEN", default=None, help="API bearer token.")
 @click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line (time, level, logger, message, trace_id, span_id).",
+)
 @click.pass_context
-def main(ctx: click.Context, url: str, token: str | None, log_level: str) -> None:
+def main(ctx: click.Context, url: str, token: str | None, log_level: str, log_format: str) -> None:
     """Federate datacenters in several countries under data-residency rules."""
     ctx.ensure_object(dict)
     ctx.obj.update(url=url, token=token)
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
 
 
 # -- server ---------------------------------------------------------------------------
@@ -119,7 +130,10 @@ def serve(
 
     from federation.api.app import create_app
     from federation.api.context import ServerConfig
+    from federation.telemetry.setup import configure_from_env
 
+    # Before the application is built: the aiohttp instrumentation hooks its creation.
+    configure_from_env("federation-server")
     config = ServerConfig(
         etcd_endpoints=tuple(e.strip() for e in etcd.split(",") if e.strip()),
         prefix=prefix,
@@ -141,7 +155,12 @@ def serve(
 
 
 @main.command()
-@click.option("--server", envvar="FEDERATION_URL", required=True, help="Federation server URL.")
+@click.option(
+    "--server",
+    envvar="FEDERATION_URL",
+    required=True,
+    help="Federation server URL; several, comma-separated, to fail over between.",
+)
 @click.option("--region", required=True, help="The region this agent speaks for.")
 @click.option(
     "--token",
@@ -176,6 +195,9 @@ def agent(
 ) -> None:
     """Run a region master: heartbeats for REGION and runs what is assigned to it."""
     from federation.agent.loop import Agent, AgentConfig, local_capacity
+    from federation.telemetry.setup import configure_from_env
+
+    configure_from_env(f"federation-agent-{region}")
 
     host_cpu, host_mem = local_capacity()
     config = AgentConfig(
@@ -210,12 +232,60 @@ def agent(
     help="Where etcd data, tokens and logs are kept.",
 )
 @click.option("--region-ttl", default=10, show_default=True, type=click.IntRange(2, 3600))
-def up(port: int, data_dir: Path, region_ttl: int) -> None:
-    """Start a local federation: etcd, a server and four demo regions (Ctrl-C stops all)."""
+@click.option(
+    "--etcd-members",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 7),
+    help="etcd cluster size (3 for the production topology).",
+)
+@click.option(
+    "--servers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 5),
+    help="Server replicas, on consecutive ports from --port.",
+)
+def up(port: int, data_dir: Path, region_ttl: int, etcd_members: int, servers: int) -> None:
+    """Start a local federation: etcd, a server and four demo regions (Ctrl-C stops all).
+
+    `--etcd-members 3 --servers 2` runs the production topology on this machine."""
     from federation.devcluster import LocalFederation
 
-    federation = LocalFederation(data_dir=data_dir, port=port, region_ttl=region_ttl)
+    federation = LocalFederation(
+        data_dir=data_dir,
+        port=port,
+        region_ttl=region_ttl,
+        etcd_members=etcd_members,
+        servers=servers,
+    )
     raise SystemExit(federation.run_foreground(console))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--etcd",
+    "etcd",
+    default="127.0.0.1:2379",
+    show_default=True,
+    help="etcd endpoints, comma-separated.",
+)
+def backup(file: Path, etcd: str) -> None:
+    """Write an etcd snapshot of the whole federation to FILE (see docs/operations.md
+    for the restore)."""
+    from federation.store import Store, StoreUnavailable
+
+    async def run() -> int:
+        async with Store([e.strip() for e in etcd.split(",") if e.strip()]) as store:
+            return await store.snapshot(file)
+
+    try:
+        size = _run(run())
+    except StoreUnavailable as exc:
+        err_console.print(f"[red]backup failed[/red]: {escape(str(exc))}")
+        raise SystemExit(1) from None
+    console.print(f"snapshot written to {file} ({size} bytes)")
 
 
 # -- regions --------------------------------------------------------------------------
@@ -953,6 +1023,112 @@ def drill_report(ctx: click.Context, drill_id: str, fmt: str) -> None:
     else:
         # The same renderer the server's report.md uses, so both always agree.
         click.echo(render_markdown(view["report"]), nl=False)
+
+
+# -- tokens and audit -----------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Make, list and revoke API tokens (admin)."""
+
+
+@token.command("create")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["admin", "operator", "viewer", "region"]),
+    help="What the token may do.",
+)
+@click.option("--region", "region_name", default=None, help="The region (role region only).")
+@click.option("--ttl", type=int, default=None, help="Seconds until it expires (default: never).")
+@click.option("--description", default="", help="Who or what the token is for.")
+@click.pass_context
+def token_create(
+    ctx: click.Context, role: str, region_name: str | None, ttl: int | None, description: str
+) -> None:
+    """Make a token; its secret is printed once, on stdout, and never shown again."""
+    body: dict[str, Any] = {"role": role, "description": description}
+    if region_name is not None:
+        body["region"] = region_name
+    if ttl is not None:
+        body["ttl_s"] = ttl
+    made = _api_call(ctx, lambda c: c.request("POST", "/v1/tokens", body=body))
+    expires = made.get("expires_at") or "never"
+    err_console.print(f"token [bold]{made['id']}[/] ({made['role']}), expires {expires}")
+    # Only the secret on stdout, so `$(federation token create ...)` captures just it.
+    click.echo(made["token"])
+
+
+@token.command("list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    """Every token: id, role, region, created, expires, description (never a secret)."""
+    data = _api_call(ctx, lambda c: c.request("GET", "/v1/tokens"))
+    table = Table(title="tokens")
+    for col in ("id", "role", "region", "created", "expires", "description"):
+        table.add_column(col)
+    for item in data["items"]:
+        table.add_row(
+            item["id"],
+            item["role"],
+            item.get("region") or "",
+            str(item["created_at"])[:19].replace("T", " "),
+            str(item.get("expires_at") or "never")[:19].replace("T", " "),
+            escape(item.get("description") or ""),
+        )
+    console.print(table)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke token TOKEN_ID; every server replica refuses it from now on."""
+    _api_call(ctx, lambda c: c.request("DELETE", f"/v1/tokens/{token_id}"))
+    console.print(f"token {token_id} revoked")
+
+
+@main.group()
+def audit() -> None:
+    """Read and verify the tamper-evident audit log (admin)."""
+
+
+@audit.command("verify")
+@click.pass_context
+def audit_verify(ctx: click.Context) -> None:
+    """Check the hash chain; name the first entry that does not verify (exit 1)."""
+    result = _api_call(ctx, lambda c: c.request("GET", "/v1/audit/verify"))
+    if result["ok"]:
+        console.print(f"ok: {result['entries']} entries verify (head {result['head'][:16]})")
+        return
+    err_console.print(
+        f"[red]audit log does not verify[/red] (first bad entry: {result['first_bad']}): "
+        f"{escape(str(result['reason']))}"
+    )
+    raise SystemExit(1)
+
+
+@audit.command("list")
+@click.option("--since", default=0, show_default=True, type=click.IntRange(0), help="After seq.")
+@click.pass_context
+def audit_list(ctx: click.Context, since: int) -> None:
+    """Entries after --since, oldest first."""
+    data = _api_call(ctx, lambda c: c.request("GET", f"/v1/audit?since={since}"))
+    table = Table(title="audit")
+    for col in ("seq", "at", "actor", "action", "resource", "before", "after"):
+        table.add_column(col)
+    for item in data["items"]:
+        table.add_row(
+            str(item["seq"]),
+            str(item["at"])[:19].replace("T", " "),
+            escape(item["actor"]),
+            item["action"],
+            escape(item["resource"]),
+            str(item.get("before_revision") if item.get("before_revision") is not None else ""),
+            str(item.get("after_revision", "")),
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,11 +33,21 @@ class ApiClient:
         timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        # Several servers, comma-separated: calls go to one until it fails to answer
+        # (or answers 502-504), then to the next; the caller's retry does the rest.
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        self._current = 0
         self.token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[self._current]
+
+    def _failover(self) -> None:
+        self._current = (self._current + 1) % len(self.urls)
 
     async def __aenter__(self) -> ApiClient:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
@@ -87,6 +97,8 @@ class ApiClient:
                 method, self.url + path, data=data, headers=hdrs, ssl=self._ssl or True
             ) as resp:
                 text = await resp.text()
+                if resp.status in (502, 503, 504):
+                    self._failover()
                 payload = json.loads(text) if text else None
                 if resp.status >= 400:
                     err = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
@@ -98,7 +110,9 @@ class ApiClient:
                     )
                 return payload
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(0, "unreachable", f"{self.url}: {exc or type(exc).__name__}") from exc
+            where = self.url
+            self._failover()
+            raise ApiError(0, "unreachable", f"{where}: {exc or type(exc).__name__}") from exc
         except json.JSONDecodeError as exc:
             raise ApiError(0, "bad_response", f"{self.url}{path}: not JSON") from exc
 
@@ -126,6 +140,8 @@ class ApiClient:
                     if line:
                         yield json.loads(line)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(0, "unreachable", f"{self.url}: {exc or type(exc).__name__}") from exc
+            where = self.url
+            self._failover()
+            raise ApiError(0, "unreachable", f"{where}: {exc or type(exc).__name__}") from exc
         except json.JSONDecodeError as exc:
             raise ApiError(0, "bad_response", f"{self.url}{path}: not JSON") from exc

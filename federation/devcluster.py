@@ -75,27 +75,64 @@ def _http(
 class LocalFederation:
     """Starts, watches and stops the processes of a local federation."""
 
-    def __init__(self, *, data_dir: Path, port: int = 8080, region_ttl: int = 10) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        port: int = 8080,
+        region_ttl: int = 10,
+        etcd_members: int = 1,
+        servers: int = 1,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
         self.region_ttl = region_ttl
-        self.url = f"http://127.0.0.1:{port}"
-        self.etcd: LocalEtcd | None = None
-        self.server: subprocess.Popen[bytes] | None = None
+        self.etcd_members = etcd_members
+        self.urls = [f"http://127.0.0.1:{port + i}" for i in range(servers)]
+        self.url = self.urls[0]
+        self.etcd: list[LocalEtcd] = []
+        self.servers: list[subprocess.Popen[bytes]] = []
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.admin_token = ""
 
     # -- state kept in the data dir ---------------------------------------------------
 
-    def _ports(self) -> tuple[int, int]:
-        """etcd's ports: fixed per data dir, since etcd remembers its peer URL."""
+    def _members(self) -> list[LocalEtcd]:
+        """etcd members with ports fixed per data dir, since etcd remembers its peers."""
         path = self.data_dir / "etcd-ports.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            return int(saved["client"]), int(saved["peer"])
-        client, peer = free_port(), free_port()
-        path.write_text(json.dumps({"client": client, "peer": peer}))
-        return client, peer
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        ports = saved.get("members")
+        if saved and ports is None:  # a data dir from before clusters: one member
+            ports = [{"client": saved["client"], "peer": saved["peer"]}]
+        if not ports or len(ports) != self.etcd_members:
+            if ports:
+                raise StartupError(
+                    f"{self.data_dir} holds a {len(ports)}-member etcd; "
+                    f"use --etcd-members {len(ports)} or another --data-dir"
+                )
+            ports = [{"client": free_port(), "peer": free_port()} for _ in range(self.etcd_members)]
+            path.write_text(json.dumps({"members": ports}))
+        if self.etcd_members == 1:
+            return [
+                LocalEtcd(
+                    self.data_dir / "etcd",
+                    client_port=ports[0]["client"],
+                    peer_port=ports[0]["peer"],
+                )
+            ]
+        members = [
+            LocalEtcd(
+                self.data_dir / f"etcd-{i}",
+                client_port=p["client"],
+                peer_port=p["peer"],
+                name=f"etcd-{i}",
+            )
+            for i, p in enumerate(ports)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
+        for member in members:
+            member.initial_cluster = initial
+        return members
 
     def _admin_token(self) -> str:
         env = os.environ.get("FEDERATION_ADMIN_TOKEN")
@@ -126,20 +163,26 @@ class LocalFederation:
 
     def _wait_ready(self, timeout: float) -> None:
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.server is not None and self.server.poll() is not None:
-                raise StartupError(
-                    f"server exited with {self.server.returncode}; "
-                    f"see {self.data_dir / 'logs' / 'server.log'}"
-                )
-            try:
-                status, _ = _http("GET", f"{self.url}/v1/ready", "", timeout=1)
-                if status == 200:
-                    return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise StartupError(f"server not ready within {timeout} s")
+        for i, url in enumerate(self.urls):
+            while True:
+                server = self.servers[i]
+                if server.poll() is not None:
+                    raise StartupError(
+                        f"server exited with {server.returncode}; "
+                        f"see {self.data_dir / 'logs' / self._server_name(i)}.log"
+                    )
+                try:
+                    status, _ = _http("GET", f"{url}/v1/ready", "", timeout=1)
+                    if status == 200:
+                        break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.monotonic() > end:
+                    raise StartupError(f"server {url} not ready within {timeout} s")
+                time.sleep(0.1)
+
+    def _server_name(self, i: int) -> str:
+        return "server" if len(self.urls) == 1 else f"server-{i + 1}"
 
     def _region_token(self, region: DemoRegion) -> str:
         path = self.data_dir / "regions" / f"{region.name}.token"
@@ -165,49 +208,58 @@ class LocalFederation:
         raise StartupError(f"cannot register region {region.name}: HTTP {status} {answer}")
 
     def start(self, *, timeout: float = 30.0) -> None:
-        """Start etcd, the server and the agents; return once the server is ready."""
+        """Start etcd, the servers and the agents; return once the servers are ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        client_port, peer_port = self._ports()
         self.admin_token = self._admin_token()
-        self.etcd = LocalEtcd(self.data_dir / "etcd", client_port=client_port, peer_port=peer_port)
-        self.etcd.start(timeout=timeout)
-        self.server = self._spawn(
-            "server",
-            [
-                "serve",
-                f"--etcd={self.etcd.endpoint}",
-                f"--port={self.port}",
-                f"--region-ttl={self.region_ttl}",
-                "--identity=up-server",
-            ],
-            {"FEDERATION_ADMIN_TOKEN": self.admin_token},
-        )
+        self.etcd = self._members()
+        for member in self.etcd:
+            member.launch()
+        for member in self.etcd:
+            member.wait_healthy(timeout)
+        endpoints = ",".join(m.endpoint for m in self.etcd)
+        for i in range(len(self.urls)):
+            self.servers.append(
+                self._spawn(
+                    self._server_name(i),
+                    [
+                        "serve",
+                        f"--etcd={endpoints}",
+                        f"--port={self.port + i}",
+                        f"--region-ttl={self.region_ttl}",
+                        f"--identity=up-{self._server_name(i)}",
+                    ],
+                    {"FEDERATION_ADMIN_TOKEN": self.admin_token},
+                )
+            )
         self._wait_ready(timeout)
         for region in DEMO_REGIONS:
-            token = self._region_token(region)
-            self.agents[region.name] = self._spawn(
-                f"agent-{region.name}",
-                [
-                    "agent",
-                    f"--server={self.url}",
-                    f"--region={region.name}",
-                    f"--cpu={DEMO_CPU}",
-                    f"--memory-mb={DEMO_MEMORY_MB}",
-                    f"--state-dir={self.data_dir / 'agents' / region.name}",
-                ],
-                {"FEDERATION_REGION_TOKEN": token},
-            )
+            self.start_agent(region.name)
+
+    def start_agent(self, name: str) -> subprocess.Popen[bytes]:
+        """Start (or restart) the agent of demo region `name`, against every server."""
+        region = next(r for r in DEMO_REGIONS if r.name == name)
+        token = self._region_token(region)
+        self.agents[name] = self._spawn(
+            f"agent-{name}",
+            [
+                "agent",
+                f"--server={','.join(self.urls)}",
+                f"--region={name}",
+                f"--cpu={DEMO_CPU}",
+                f"--memory-mb={DEMO_MEMORY_MB}",
+                f"--state-dir={self.data_dir / 'agents' / name}",
+            ],
+            {"FEDERATION_REGION_TOKEN": token},
+        )
+        return self.agents[name]
 
     def regions(self) -> list[dict[str, Any]]:
         status, answer = _http("GET", f"{self.url}/v1/regions", self.admin_token)
         return list(answer["items"]) if status == 200 else []
 
     def stop(self) -> None:
-        """Stop everything, in order: agents, server, etcd. Safe to call twice."""
-        procs = [*self.agents.values()]
-        if self.server is not None:
-            procs.append(self.server)
-        for group in (procs[:-1], procs[-1:]):
+        """Stop everything, in order: agents, servers, etcd. Safe to call twice."""
+        for group in (list(self.agents.values()), self.servers):
             for proc in group:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -218,10 +270,10 @@ class LocalFederation:
                     proc.kill()
                     proc.wait()
         self.agents.clear()
-        self.server = None
-        if self.etcd is not None:
-            self.etcd.stop()
-            self.etcd = None
+        self.servers = []
+        for member in self.etcd:
+            member.stop()
+        self.etcd = []
 
     def run_foreground(self, console: Console) -> int:
         """`federation up`: start, show where things are, wait for Ctrl-C, stop cleanly."""
@@ -251,7 +303,7 @@ class LocalFederation:
             for item in self.regions():
                 table.add_row(item["name"], item["country"], item["state"])
             console.print(table)
-            console.print(f"API URL:      {self.url}")
+            console.print(f"API URL:      {', '.join(self.urls)}")
             console.print(f"admin token:  {self.admin_token}")
             console.print(f"data and logs: {self.data_dir}")
             console.print(
@@ -264,8 +316,8 @@ class LocalFederation:
                     if proc.poll() is not None:
                         console.print(f"[yellow]agent {name} exited ({proc.returncode})[/]")
                         del self.agents[name]
-                if self.server is not None and self.server.poll() is not None:
-                    console.print("[red]the server exited; stopping[/]")
+                if self.servers and all(p.poll() is not None for p in self.servers):
+                    console.print("[red]every server exited; stopping[/]")
                     return 1
                 time.sleep(0.2)
             return 0

@@ -35,6 +35,7 @@ from tenacity import (
 
 from federation.agent.drivers import Desired, Driver
 from federation.agent.drivers.process import ProcessDriver
+from federation.agent.tracing import ApplyTracer
 from federation.client import ApiClient, ApiError
 from federation.model.service import Assignment
 
@@ -81,7 +82,7 @@ def _retrying(what: str, *, max_wait: float = 5.0) -> AsyncRetrying:
     return AsyncRetrying(
         retry=retry_if_exception_type(ApiError),
         stop=stop_never,
-        wait=wait_exponential_jitter(initial=0.2, max=max_wait),
+        wait=wait_exponential_jitter(multiplier=0.2, max=max_wait),
         before_sleep=_log_retry(what),
         reraise=True,
     )
@@ -103,6 +104,7 @@ class Agent:
         self._apply_wanted = asyncio.Event()
         self._fenced = False
         self._stale = False  # set after a silence > TTL until assignments are re-listed
+        self._tracing = ApplyTracer(config.region)
 
     def _contact(self) -> bool:
         """Record a successful exchange with the server. True when it ends a silence
@@ -202,8 +204,10 @@ class Agent:
         while True:
             await self._apply_wanted.wait()
             self._apply_wanted.clear()
-            for sentence in await self.driver.apply(dict(self.desired)):
-                log.info("agent %s: %s", self.config.region, sentence)
+            desired = dict(self.desired)
+            with self._tracing.applying(desired):
+                for sentence in await self.driver.apply(desired):
+                    log.info("agent %s: %s", self.config.region, sentence)
             self._changed.set()
 
     async def _sync(self, client: ApiClient, revision: int) -> None:

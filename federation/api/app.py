@@ -9,7 +9,18 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from federation.api import assignments, drills, regions, residency, services, system, tokens
+from federation.api import (
+    assignments,
+    audit,
+    drills,
+    metrics,
+    openapi,
+    regions,
+    residency,
+    services,
+    system,
+    tokens,
+)
 from federation.api.context import CONFIG, CONTROLLER, ELECTION, STORE, ServerConfig
 from federation.api.errors import error_middleware
 from federation.controller import Controller
@@ -57,6 +68,9 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(services.routes)
     app.add_routes(assignments.routes)
     app.add_routes(drills.routes)
+    app.add_routes(metrics.routes)
+    app.add_routes(audit.routes)
+    app.add_routes(openapi.routes)
     app[assignments.STREAMS] = set()
     app.on_shutdown.append(assignments.close_streams)
 

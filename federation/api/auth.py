@@ -10,6 +10,7 @@ from federation.api.context import STORE
 from federation.api.errors import ApiError
 from federation.model.token import Role, TokenRecord, hash_secret, role_allows
 from federation.store import tokens
+from federation.store.audit import acting_as
 
 _PRINCIPAL = web.RequestKey("principal", TokenRecord)
 
@@ -28,6 +29,8 @@ async def authenticate(request: web.Request) -> TokenRecord:
     if record is None or record.expired(datetime.now(UTC)):
         raise ApiError(401, "invalid or expired token")
     request[_PRINCIPAL] = record
+    # Every audited write made for this request names this token's subject.
+    acting_as(record.subject)
     return record
 
 

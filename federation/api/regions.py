@@ -16,6 +16,7 @@ from federation.model.region import Cordon, Heartbeat, RegionCreate, RegionRecor
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
 from federation.store import AlreadyExists, Op, keys
 from federation.store import regions as store_regions
+from federation.store.audit import Change
 
 routes = web.RouteTableDef()
 
@@ -149,9 +150,10 @@ async def rotate_region_token(request: web.Request) -> web.Response:
     if entry is None:
         raise _not_found(name)
     existing, _ = await store.scan(keys.TOKENS)
-    old = [
-        t.key for t in existing if t.value.get("role") == "region" and t.value.get("region") == name
+    old_entries = [
+        t for t in existing if t.value.get("role") == "region" and t.value.get("region") == name
     ]
+    old = [t.key for t in old_entries]
     secret, digest, token = _region_token(name)
     await store.replace(
         keys.region(name),
@@ -161,5 +163,10 @@ async def rotate_region_token(request: web.Request) -> web.Response:
             *[Op.delete(k) for k in old],
             Op.put(keys.token(digest), token.model_dump(mode="json")),
         ],
+        audit=Change(
+            "region.token-rotate",
+            keys.region(name),
+            details={"token_id": token.id, "revoked": [t.value.get("id") for t in old_entries]},
+        ),
     )
     return json_response({"region": name, "token": secret, "revoked": len(old)}, status=201)

@@ -1,4 +1,7 @@
-"""Token routes: an admin makes tokens for people and automation."""
+"""Token routes: an admin makes, lists and revokes tokens for people and automation.
+
+Secrets are shown once, when made; lists show ids and roles, never secrets or hashes.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from federation.api.auth import require
-from federation.api.body import json_response, read_model
+from federation.api.body import json_response, path_name, read_model
 from federation.api.context import STORE
 from federation.api.errors import ApiError
 from federation.model.names import Name
@@ -61,3 +64,31 @@ async def create_token(request: web.Request) -> web.Response:
     secret = new_secret()
     await store_tokens.put(store, hash_secret(secret), record)
     return json_response({**record.model_dump(mode="json"), "token": secret}, status=201)
+
+
+def _view(record: TokenRecord) -> dict[str, object]:
+    return {**record.model_dump(mode="json"), "subject": record.subject}
+
+
+@routes.get("/v1/tokens")
+async def list_tokens(request: web.Request) -> web.Response:
+    """Every token: id, role, region, created, expires, description (no secret, no hash)."""
+    await require(request, Role.ADMIN)
+    found, revision = await store_tokens.list_all(request.app[STORE])
+    return json_response({"items": [_view(r) for r in found], "revision": revision})
+
+
+@routes.delete("/v1/tokens/{token}")
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke a token at once, on every replica (tokens are read from etcd per request)."""
+    token_id = path_name(request, "token")
+    await require(request, Role.ADMIN)
+    try:
+        record = await store_tokens.revoke(request.app[STORE], token_id)
+    except store_tokens.TokenNotFound:
+        raise ApiError(404, f"token {token_id!r} not found") from None
+    except store_tokens.LastAdminToken:
+        raise ApiError(
+            409, "this is the last admin token; create another admin token first"
+        ) from None
+    return json_response({**_view(record), "revoked": True})

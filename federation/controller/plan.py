@@ -319,7 +319,7 @@ def _plan_service(
     put = {
         region: a
         for region, a in assignments.items()
-        if existing.get(region) is None or existing[region] != a
+        if existing.get(region) is None or not existing[region].same_work(a)
     }
     delete = sorted(set(existing) - set(assignments))
     return ServicePlan(

@@ -4,7 +4,8 @@ Level-triggered: a watch on the whole prefix only marks the world dirty; each pa
 reads the world afresh, plans every service and writes what changed. Every write is
 one etcd transaction per service that compares the leader key, the service's
 revision and the placement's revision, so neither a deposed leader nor a decision
-made from a stale read can land.
+made from a stale read can land. Each transaction also appends one audit entry
+listing the decisions it writes (federation.store.audit).
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from federation.controller.observe import PassObserver
 from federation.controller.plan import ServicePlan, plan
-from federation.store import Compacted, Cond, Op, Store, StoreError, keys
+from federation.store import Compacted, Cond, Conflict, Op, Store, StoreError, keys
+from federation.store.audit import Change
 from federation.store.election import LeaderElection
 from federation.store.world import World, read_world
+from federation.telemetry import metrics
+from federation.telemetry.setup import tracer
 
 if TYPE_CHECKING:
     from federation.drills.runner import DrillRunner
@@ -28,11 +34,21 @@ log = logging.getLogger(__name__)
 
 # Keys whose changes do not call for a new pass: the election's own key, and
 # heartbeats (capacity changes are picked up by the periodic resync).
-_QUIET = (keys.LEADER, keys.HEARTBEATS, keys.PLACEMENTS, keys.ASSIGNMENTS, keys.TOKENS)
+_QUIET = (
+    keys.LEADER,
+    keys.HEARTBEATS,
+    keys.PLACEMENTS,
+    keys.ASSIGNMENTS,
+    keys.TOKENS,
+    keys.AUDIT,
+    keys.AUDIT_HEAD,
+)
 # Drill progress too: a drill's cordons are region writes, which do call for a pass.
 _QUIET_DRILLS = (keys.DRILLS, keys.DRILL_LOCKS)
 _WRITE_CONCURRENCY = 4
 _TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
+_FIXED_CONDS = 2  # the leader fence and the audit head
+_FIXED_OPS = 2  # the audit entry and the audit head
 
 
 class Controller:
@@ -58,6 +74,7 @@ class Controller:
         self._stopping = False
         self.last_sentences: list[str] = []
         self.drills: DrillRunner | None = None
+        self.observe = PassObserver(region_ttl=region_ttl)
 
     async def start(self) -> None:
         # Imported here: drills build on this package's planner (a cycle at import time).
@@ -101,6 +118,7 @@ class Controller:
         try:
             while True:
                 if not self.election.is_leader:
+                    self.observe.stopped_leading()
                     if watcher is not None:
                         watcher.cancel()
                         watcher = None
@@ -143,17 +161,41 @@ class Controller:
     async def reconcile(self) -> bool:
         """One pass: read, plan, write. Returns True when something is still moving
         (a grace period, a drain or a rollout) and the next pass should come soon."""
+        started = time.perf_counter()
+        with tracer().start_as_current_span("controller.reconcile"):
+            try:
+                busy = await self._reconcile()
+            except Exception:
+                metrics.reconcile_passes.add(1, {"outcome": "failed"})
+                raise
+        metrics.reconcile_passes.add(1, {"outcome": "ok"})
+        metrics.reconcile_duration.record(time.perf_counter() - started)
+        return busy
+
+    async def _reconcile(self) -> bool:
         world = await read_world(self.store)
         now = datetime.now(UTC)
+        planning = time.perf_counter()
         plans = plan(world, now, region_ttl=self.region_ttl)
+        metrics.scheduling_duration.record(time.perf_counter() - planning)
         changed = [p for p in plans.values() if p.changed]
+        # Never written: a plan that breaks residency (counted and logged as a bug).
+        wrong = {p.service for p in self.observe.violations(changed)}
+        changed = [p for p in changed if p.service not in wrong]
+        self.observe.planned(world, plans, len(changed))
+        self.observe.continue_traces(world, changed)
         semaphore = asyncio.Semaphore(_WRITE_CONCURRENCY)
 
         async def write(batch: list[ServicePlan]) -> list[str]:
             async with semaphore:
-                return await self._write_batch(batch)
+                with self.observe.writing(batch):
+                    return await self._write_batch(batch)
 
-        results = await asyncio.gather(*(write(b) for b in self._batches(changed)))
+        try:
+            results = await asyncio.gather(*(write(b) for b in self._batches(changed)))
+        finally:
+            self.observe.end_spans()
+        self.observe.written(plans)
         sentences = [sentence for result in results for sentence in result]
         sentences.extend(await self._collect_orphans(world))
         self.passes += 1
@@ -192,7 +234,10 @@ class Controller:
         n_conds = n_ops = 0
         for p in plans:
             conds, ops = self._parts(p)
-            if current and (n_conds + len(conds) > _TXN_LIMIT - 1 or n_ops + len(ops) > _TXN_LIMIT):
+            if current and (
+                n_conds + len(conds) > _TXN_LIMIT - _FIXED_CONDS
+                or n_ops + len(ops) > _TXN_LIMIT - _FIXED_OPS
+            ):
                 batches.append(current)
                 current, n_conds, n_ops = [], 0, 0
             current.append(p)
@@ -211,7 +256,10 @@ class Controller:
             conds, more = self._parts(p)
             conditions += conds
             ops += more
-        ok, _, _ = await self.store.txn(conditions, ops)
+        try:
+            ok, _, _ = await self.store.txn(conditions, ops, audit=self._audit(batch))
+        except Conflict:
+            ok = False  # the audit head kept moving: as if the write lost a race
         if ok:
             return [p.sentence for p in batch]
         if len(batch) > 1:
@@ -223,6 +271,26 @@ class Controller:
             f"{batch[0].service}: write lost a race (leader, service or placement moved); "
             "replanning"
         ]
+
+    def _audit(self, batch: list[ServicePlan]) -> Change:
+        """One audit entry per transaction: each service's decision and its evidence
+        (the evidence itself is in the placement record this txn writes)."""
+        decisions = {
+            p.service: {
+                "regions": p.record.regions,
+                "draining": sorted(p.record.draining),
+                "reason": p.record.reason,
+                "generation": p.record.generation,
+                "placement_before": p.placement_revision,
+            }
+            for p in batch
+        }
+        return Change(
+            "placement.decide",
+            keys.PLACEMENTS,
+            actor=f"controller:{self.election.identity}",
+            details={"services": decisions},
+        )
 
     async def _collect_orphans(self, world: World) -> list[str]:
         """Placements and assignments of services that no longer exist."""

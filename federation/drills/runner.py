@@ -35,8 +35,9 @@ from federation.model.drill import (
 from federation.model.region import Cordon
 from federation.model.service import Assignment, Phase
 from federation.model.status import service_status
-from federation.store import Cond, Conflict, Store, StoreError
+from federation.store import Cond, Conflict, Store, StoreError, keys
 from federation.store import drills as store_drills
+from federation.store.audit import Change
 from federation.store.election import LeaderElection
 from federation.store.regions import RegionNotFound
 from federation.store.world import World, read_world
@@ -187,7 +188,16 @@ async def abort(store: Store, drill_id: str, *, by: str, reason: str = "") -> Dr
             record, now, DrillState.ABORTED, f"aborted by {by}" + (f": {reason}" if reason else "")
         )
         try:
-            await store_drills.transition(store, record, revision, uncordon=True, release=True)
+            await store_drills.transition(
+                store,
+                record,
+                revision,
+                uncordon=True,
+                release=True,
+                audit=Change(
+                    "drill.abort", keys.drill(drill_id), actor=by, details={"reason": reason}
+                ),
+            )
         except Conflict:
             continue  # the runner wrote meanwhile: read again and abort that
         return record

@@ -173,6 +173,9 @@ class ServiceRecord(BaseModel):
     generation: int
     created_at: datetime
     updated_at: datetime
+    # The W3C trace context of the request that wrote this generation (when tracing
+    # is on), so the controller's placement joins the deploy's trace.
+    trace: dict[str, str] | None = None
 
 
 class Runtime(BaseModel):
@@ -217,6 +220,15 @@ class Assignment(BaseModel):
     replicas: int
     runtime: Runtime
     draining: bool = False
+    # The W3C trace context of the placement that wrote it (when tracing is on): the
+    # agent's apply continues the deploy's trace. Not part of what the region must run.
+    trace: dict[str, str] | None = None
+
+    def same_work(self, other: Assignment) -> bool:
+        """Whether both ask the region for the same thing (the trace aside)."""
+        if self.trace is None and other.trace is None:
+            return self == other
+        return self.model_copy(update={"trace": None}) == other.model_copy(update={"trace": None})
 
 
 class InstanceReport(BaseModel):

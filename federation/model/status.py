@@ -38,6 +38,61 @@ def survivability(allowed_regions: Sequence[str]) -> Condition | None:
     )
 
 
+def _phase(
+    record: ServiceRecord, placement: PlacementRecord, ready_total: int, lost: bool
+) -> Phase:
+    spec = record.spec
+    rollout = placement.rollout
+    placed = sum(placement.regions.values())
+    if (
+        rollout is not None
+        and rollout.to_generation == record.generation
+        and rollout.state in ("failed", "rolled_back")
+    ):
+        return Phase.FAILED
+    if placement.generation != record.generation:
+        # The controller has not acted on this spec yet: the placement shown is the
+        # previous generation's, so it says nothing about health (a scale-up is not
+        # Degraded, a scale to zero is not Running yet).
+        return Phase.DEGRADED if lost else Phase.PROGRESSING
+    if spec.replicas == 0:
+        return Phase.RUNNING
+    if placed == 0:
+        return Phase.PENDING
+    if placed < spec.replicas or lost:
+        return Phase.DEGRADED
+    if (
+        ready_total < spec.replicas
+        or placement.draining
+        or (rollout is not None and rollout.state == "progressing")
+    ):
+        return Phase.PROGRESSING
+    return Phase.RUNNING
+
+
+def service_phase(
+    record: ServiceRecord,
+    placement: PlacementRecord | None,
+    assignments: Mapping[str, Assignment],
+    reports: Mapping[str, RegionReport],
+    alive: Set[str],
+) -> Phase:
+    """The phase `service_status` shows, without building the rest of the status
+    (the controller counts services by phase on every pass)."""
+    if placement is None:
+        return Phase.PENDING if record.spec.replicas else Phase.RUNNING
+    ready_total = 0
+    lost = False
+    for region, a in assignments.items():
+        if a.draining:
+            continue
+        if region in alive:
+            ready_total += _ready(reports.get(region), record.spec.name, a.runtime.generation)
+        else:
+            lost = True
+    return _phase(record, placement, ready_total, lost)
+
+
 def service_status(
     record: ServiceRecord,
     placement: PlacementRecord | None,
@@ -69,16 +124,10 @@ def service_status(
             )
         )
     else:
-        placed = sum(placement.regions.values())
         conditions.append(
             Condition(type="Scheduled", reason=placement.reason, message=placement.message)
         )
         rollout = placement.rollout
-        failed = (
-            rollout is not None
-            and rollout.to_generation == record.generation
-            and rollout.state in ("failed", "rolled_back")
-        )
         if rollout is not None and rollout.to_generation == record.generation:
             reason = {
                 "progressing": "RolloutProgressing",
@@ -100,28 +149,7 @@ def service_status(
                     message=f"replicas left in unreachable region(s): {', '.join(lost)}",
                 )
             )
-        if failed:
-            phase = Phase.FAILED
-        elif placement.generation != record.generation:
-            # The controller has not acted on this spec yet: the placement shown is the
-            # previous generation's, so it says nothing about health (a scale-up is not
-            # Degraded, a scale to zero is not Running yet).
-            phase = Phase.DEGRADED if lost else Phase.PROGRESSING
-        elif spec.replicas == 0:
-            phase = Phase.RUNNING
-        elif placed == 0:
-            phase = Phase.PENDING
-        elif placed < spec.replicas or lost:
-            phase = Phase.DEGRADED
-        elif (
-            ready_total < spec.replicas
-            or placement.draining
-            or (rollout is not None and rollout.state == "progressing")
-            or placement.generation != record.generation
-        ):
-            phase = Phase.PROGRESSING
-        else:
-            phase = Phase.RUNNING
+        phase = _phase(record, placement, ready_total, bool(lost))
     evidence = placement.evidence if placement else None
     allowed = set(evidence.allowed_regions) if evidence else set()
     single = survivability(sorted(allowed)) if spec.replicas else None

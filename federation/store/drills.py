@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from federation.model.drill import DrillRecord, drill_tag
 from federation.model.region import Cordon, RegionRecord
 from federation.store import keys
+from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Op, Store
 from federation.store.regions import RegionNotFound
@@ -39,6 +40,13 @@ async def create(store: Store, record: DrillRecord) -> int:
             *[Op.put(k, {"drill": record.id}) for k in locks],
         ],
         read_on_failure=locks,
+        audit=Change(
+            "drill.create",
+            keys.drill(record.id),
+            actor=record.created_by,
+            before_revision=0,
+            details={"mode": record.mode, "regions": record.regions},
+        ),
     )
     if not ok:
         for region, entry in zip(record.regions, entries, strict=True):
@@ -79,6 +87,7 @@ async def transition(
     uncordon: bool = False,
     release: bool = False,
     conditions: Sequence[Cond] = (),
+    audit: Change | None = None,
 ) -> int:
     """Write `record` (CAS on `revision`) and, in the same txn: cordon its regions with
     `cordon`, or lift the cordons this drill set (`uncordon`), and delete its region
@@ -109,7 +118,8 @@ async def transition(
             lock = await store.get(keys.drill_lock(name))
             if lock is not None and lock.value.get("drill") == record.id:
                 ops.append(Op.delete(keys.drill_lock(name)))
-    ok, new_revision, _ = await store.txn(conds, ops)
+    audited = audit.before(revision) if audit else None
+    ok, new_revision, _ = await store.txn(conds, ops, audit=audited)
     if not ok:
         raise Conflict(keys.drill(record.id), revision, None)
     return new_revision

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import grpc
 import grpc.aio
@@ -27,6 +29,11 @@ from tenacity import (
 )
 
 from federation.store.errors import AlreadyExists, Compacted, Conflict, StoreUnavailable
+from federation.telemetry import metrics as _metrics
+from federation.telemetry.setup import child_span
+
+if TYPE_CHECKING:
+    from federation.store.audit import Change
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ T = TypeVar("T")
 JSON = dict[str, Any]
 
 _EVENT_DELETE = 1  # mvccpb.Event.EventType
+_SCAN_PAGE = 1000  # keys per Range reply of a scan
 
 
 class _Transient(Exception):
@@ -206,6 +214,24 @@ class Store:
     async def _call(
         self, what: str, fn: Callable[[float], Awaitable[T]], *, deadline: float | None = None
     ) -> T:
+        """Every unary etcd call goes through here: a span (when tracing), its latency
+        and its errors by operation (federation.telemetry), then `_attempts`."""
+        started = time.perf_counter()
+        try:
+            with child_span(f"etcd {what}", **{"db.system": "etcd", "db.operation": what}):
+                return await self._attempts(what, fn, deadline=deadline)
+        except Exception as exc:
+            kind = "unavailable" if isinstance(exc, StoreUnavailable) else type(exc).__name__
+            if isinstance(exc, grpc.aio.AioRpcError):
+                kind = exc.code().name.lower()
+            _metrics.etcd_errors.add(1, {"operation": what, "kind": kind})
+            raise
+        finally:
+            _metrics.etcd_duration.record(time.perf_counter() - started, {"operation": what})
+
+    async def _attempts(
+        self, what: str, fn: Callable[[float], Awaitable[T]], *, deadline: float | None = None
+    ) -> T:
         """Run one etcd call, retrying transient failures until the operation's deadline."""
         deadline = deadline if deadline is not None else self.timeout
         loop = asyncio.get_running_loop()
@@ -269,11 +295,24 @@ class Store:
     async def scan(self, prefix: str) -> tuple[list[Entry], int]:
         """All keys under `prefix` and the store revision of the read (Range on a prefix)."""
         start = self._abs(prefix)
-        resp = await self._call(
-            "list",
-            lambda t: self._kv.get(start, range_end=prefix_range_end(start), timeout=t),
-        )
-        return [self._entry(kv) for kv in resp.kvs], int(resp.header.revision)
+        end = prefix_range_end(start)
+        # In pages, all at the first page's revision (one consistent read): one reply
+        # must stay under gRPC's 4 MiB message limit whatever the number of keys.
+        entries: list[Entry] = []
+        key: str | bytes = start
+        revision = 0
+        while True:
+            resp = await self._call(
+                "list",
+                lambda t, k=key, r=revision: self._kv.get(  # type: ignore[misc]
+                    k, range_end=end, revision=r, limit=_SCAN_PAGE, timeout=t
+                ),
+            )
+            revision = revision or int(resp.header.revision)
+            entries += [self._entry(kv) for kv in resp.kvs]
+            if not resp.more or not resp.kvs:
+                return entries, revision
+            key = bytes(resp.kvs[-1].key) + b"\0"
 
     async def count(self, prefix: str) -> int:
         """Number of keys under `prefix` (Range count_only)."""
@@ -325,12 +364,22 @@ class Store:
         ops: Sequence[Op],
         *,
         read_on_failure: Sequence[str] = (),
+        audit: Change | None = None,
     ) -> tuple[bool, int, list[Entry | None]]:
         """Apply `ops` atomically iff every condition holds (one etcd Txn).
 
         Returns (succeeded, revision, entries): on failure, the current entries of the
         keys in `read_on_failure`, read in the same transaction, to explain the conflict.
+        With `audit`, the change is appended to the audit log in the same txn (see
+        `federation.store.audit`); Conflict if the log's head keeps moving.
         """
+        if audit is not None:
+            # Imported here: the audit module builds on this one.
+            from federation.store import audit as audit_log
+
+            return await audit_log.txn(
+                self, conditions, ops, audit, read_on_failure=read_on_failure
+            )
         compares = [self._compare(c) for c in conditions]
         success = [self._request(o) for o in ops]
         failure = [KVService.txn_op_get(self._abs(k)) for k in read_on_failure]
@@ -353,11 +402,20 @@ class Store:
         return int(resp.header.revision)
 
     async def create(
-        self, key: str, value: JSON, *, lease: int = 0, also: Sequence[Op] = ()
+        self,
+        key: str,
+        value: JSON,
+        *,
+        lease: int = 0,
+        also: Sequence[Op] = (),
+        audit: Change | None = None,
     ) -> int:
         """Create-if-absent (Txn on create_revision == 0), with `also` in the same txn."""
         ok, rev, entries = await self.txn(
-            [Cond.absent(key)], [Op.put(key, value, lease=lease), *also], read_on_failure=[key]
+            [Cond.absent(key)],
+            [Op.put(key, value, lease=lease), *also],
+            read_on_failure=[key],
+            audit=audit.before(0) if audit else None,
         )
         if not ok:
             current = entries[0]
@@ -372,23 +430,39 @@ class Store:
         revision: int | None = None,
         also: Sequence[Op] = (),
         conditions: Sequence[Cond] = (),
+        audit: Change | None = None,
     ) -> int:
         """Write `key`; with `revision`, only if its mod_revision still equals it (CAS)."""
         conds = [*conditions]
         if revision is not None:
             conds.append(Cond.at_revision(key, revision))
-        ok, rev, entries = await self.txn(conds, [Op.put(key, value), *also], read_on_failure=[key])
+        ok, rev, entries = await self.txn(
+            conds,
+            [Op.put(key, value), *also],
+            read_on_failure=[key],
+            audit=audit.before(revision) if audit else None,
+        )
         if not ok:
             current = entries[0]
             raise Conflict(key, revision, current.revision if current else None)
         return rev
 
     async def delete(
-        self, key: str, *, revision: int | None = None, also: Sequence[Op] = ()
+        self,
+        key: str,
+        *,
+        revision: int | None = None,
+        also: Sequence[Op] = (),
+        audit: Change | None = None,
     ) -> int:
         """Delete `key` if it exists (and, with `revision`, is unchanged); CAS like replace."""
         cond = Cond.at_revision(key, revision) if revision is not None else Cond.exists(key)
-        ok, rev, entries = await self.txn([cond], [Op.delete(key), *also], read_on_failure=[key])
+        ok, rev, entries = await self.txn(
+            [cond],
+            [Op.delete(key), *also],
+            read_on_failure=[key],
+            audit=audit.before(revision) if audit else None,
+        )
         if not ok:
             current = entries[0]
             raise Conflict(key, revision, current.revision if current else None)
@@ -474,6 +548,25 @@ class Store:
         raise StoreUnavailable("watch stream ended")
 
     # -- maintenance ------------------------------------------------------------------
+
+    async def snapshot(self, path: Path) -> int:
+        """Write an etcd snapshot (the whole database, every prefix) to `path`; returns
+        its size. Written to a temporary file and renamed, so `path` is never partial."""
+        maintenance = self._client.maintenance
+        if maintenance is None:
+            raise StoreUnavailable("store is not connected")
+        tmp = path.with_name(path.name + ".partial")
+        size = 0
+        try:
+            with tmp.open("wb") as out:
+                async for chunk in maintenance.snapshot(timeout=300):
+                    out.write(chunk)
+                    size += len(chunk)
+        except (EtcdConnectionError, EtcdTransientError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreUnavailable(f"etcd snapshot: {exc}") from exc
+        tmp.replace(path)
+        return size
 
     async def compact(self, revision: int) -> None:
         """Compact etcd history up to `revision` (tests and maintenance)."""

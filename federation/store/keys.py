@@ -80,3 +80,7 @@ def drill(drill_id: str) -> str:
 
 def drill_lock(region: str) -> str:
     return DRILL_LOCKS + region
+
+
+AUDIT = "audit/"  # audit/{seq:020d} -> AuditEntry, hash-chained (federation.store.audit)
+AUDIT_HEAD = "audit-head"  # {"seq", "hash"} of the last entry; every audited txn compares it

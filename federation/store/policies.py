@@ -25,6 +25,7 @@ from federation.model.policy import Group, Policy
 from federation.residency.catalogue import GROUP_PREFIX
 from federation.residency.evaluate import AnyPolicy, MalformedPolicy
 from federation.store import keys
+from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import JSON, Cond, Entry, Op, Store
 
@@ -173,10 +174,16 @@ def expected_revision(current: int | None, if_match: int | None, key: str) -> in
 
 
 async def _commit(store: Store, key: str, snap: Snapshot, expected: int, op: Op) -> int:
+    # Audited in the same txn; the actor is the caller's (see audit.acting_as).
+    kind = "policy" if key.startswith(keys.POLICIES) else "group"
+    change = Change(
+        f"{kind}.{op.kind}", key, before_revision=expected, details={"value": op.value or {}}
+    )
     ok, revision, entries = await store.txn(
         [Cond.at_revision(keys.RESIDENCY_FENCE, snap.fence), Cond.at_revision(key, expected)],
         [op, Op.put(keys.RESIDENCY_FENCE, {"last_write": key})],
         read_on_failure=[keys.RESIDENCY_FENCE],
+        audit=change,
     )
     if not ok:
         fence = entries[0] if entries else None

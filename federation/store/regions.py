@@ -17,6 +17,7 @@ from federation.model.region import (
 )
 from federation.model.token import TokenRecord
 from federation.store import keys
+from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Op, Store
 
@@ -26,11 +27,17 @@ class RegionNotFound(LookupError):
 
 
 async def create(store: Store, record: RegionRecord, token_digest: str, token: TokenRecord) -> int:
-    """Create the region and its token in one txn (create-if-absent on the region key)."""
+    """Create the region and its token in one txn (create-if-absent on the region key),
+    audited."""
     return await store.create(
         keys.region(record.name),
         record.model_dump(mode="json"),
         also=[Op.put(keys.token(token_digest), token.model_dump(mode="json"))],
+        audit=Change(
+            "region.create",
+            keys.region(record.name),
+            details={"country": record.country, "token_id": token.id},
+        ),
     )
 
 
@@ -83,7 +90,14 @@ async def set_cordon(
         raise Conflict(keys.region(name), revision, entry.revision)
     record = RegionRecord.model_validate(entry.value)
     record.cordon = cordon
-    await store.replace(keys.region(name), record.model_dump(mode="json"), revision=entry.revision)
+    change = Change(
+        "region.cordon" if cordon else "region.uncordon",
+        keys.region(name),
+        details={"reason": cordon.reason} if cordon else {},
+    )
+    await store.replace(
+        keys.region(name), record.model_dump(mode="json"), revision=entry.revision, audit=change
+    )
     return await get_view(store, name)
 
 
@@ -96,6 +110,7 @@ async def delete(store: Store, name: str, *, revision: int | None = None) -> Non
     region_tokens = [
         t.key for t in tokens if t.value.get("role") == "region" and t.value.get("region") == name
     ]
+    revoked = set(region_tokens)
     await store.delete(
         keys.region(name),
         revision=revision if revision is not None else entry.revision,
@@ -104,6 +119,11 @@ async def delete(store: Store, name: str, *, revision: int | None = None) -> Non
             Op.delete(keys.heartbeat(name)),
             *[Op.delete(k) for k in region_tokens],
         ],
+        audit=Change(
+            "region.delete",
+            keys.region(name),
+            details={"tokens_revoked": [t.value.get("id") for t in tokens if t.key in revoked]},
+        ),
     )
 
 

@@ -14,8 +14,10 @@ from federation.model.service import (
 )
 from federation.model.status import service_status
 from federation.store import keys
+from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Op, Store
+from federation.telemetry.setup import current_carrier
 
 
 class ServiceNotFound(LookupError):
@@ -40,8 +42,14 @@ async def apply(
     if current is None:
         if if_match is not None and if_match != 0:
             raise Conflict(keys.service(spec.name), if_match, None)
-        record = ServiceRecord(spec=spec, generation=1, created_at=now, updated_at=now)
-        revision = await store.create(keys.service(spec.name), record.model_dump(mode="json"))
+        record = ServiceRecord(
+            spec=spec, generation=1, created_at=now, updated_at=now, trace=current_carrier()
+        )
+        revision = await store.create(
+            keys.service(spec.name),
+            record.model_dump(mode="json"),
+            audit=Change("service.put", keys.service(spec.name), details={"generation": 1}),
+        )
         return record, revision, True, True
     existing, revision = current
     if if_match is not None and if_match != revision:
@@ -53,9 +61,15 @@ async def apply(
         generation=existing.generation + 1,
         created_at=existing.created_at,
         updated_at=now,
+        trace=current_carrier(),  # the controller's placement joins this request's trace
     )
     new_revision = await store.replace(
-        keys.service(spec.name), record.model_dump(mode="json"), revision=revision
+        keys.service(spec.name),
+        record.model_dump(mode="json"),
+        revision=revision,
+        audit=Change(
+            "service.put", keys.service(spec.name), details={"generation": record.generation}
+        ),
     )
     return record, new_revision, False, True
 
@@ -76,6 +90,7 @@ async def delete(store: Store, name: str, *, if_match: int | None) -> None:
         keys.service(name),
         revision=if_match if if_match is not None else entry.revision,
         also=ops,
+        audit=Change("service.delete", keys.service(name), details={"regions": sorted(regions)}),
     )
 
 
@@ -84,6 +99,7 @@ async def request_rebalance(store: Store, name: str) -> None:
     ok, _, _ = await store.txn(
         [Cond.exists(keys.service(name))],
         [Op.put(keys.rebalance(name), {"requested_at": datetime.now(UTC).isoformat()})],
+        audit=Change("service.rebalance", keys.service(name)),
     )
     if not ok:
         raise ServiceNotFound(name)

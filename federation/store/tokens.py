@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import contextlib
 
-from federation.model.token import TokenRecord
+from pydantic import ValidationError
+
+from federation.model.token import Role, TokenRecord
 from federation.store import keys
-from federation.store.errors import AlreadyExists
-from federation.store.etcd import Cond, Op, Store
+from federation.store.audit import Change
+from federation.store.errors import AlreadyExists, Conflict
+from federation.store.etcd import Cond, Entry, Op, Store
+
+
+class TokenNotFound(LookupError):
+    """No token with that id."""
+
+
+class LastAdminToken(Exception):
+    """Revoking this token would leave no admin token at all."""
 
 
 async def lookup(store: Store, digest: str) -> TokenRecord | None:
@@ -17,8 +28,62 @@ async def lookup(store: Store, digest: str) -> TokenRecord | None:
 
 
 async def put(store: Store, digest: str, record: TokenRecord) -> None:
-    """Store a token under its hash."""
-    await store.put(keys.token(digest), record.model_dump(mode="json"))
+    """Store a new token under its hash (create-if-absent), audited."""
+    await store.create(
+        keys.token(digest),
+        record.model_dump(mode="json"),
+        audit=Change(
+            "token.create",
+            f"tokens/{record.id}",
+            details={"role": record.role.value, "region": record.region},
+        ),
+    )
+
+
+async def list_all(store: Store) -> tuple[list[TokenRecord], int]:
+    """Every token record (never a secret; the hashes stay in the keys), oldest first."""
+    entries, revision = await store.scan(keys.TOKENS)
+    found = [r for r in map(_parse, entries) if r is not None]
+    found.sort(key=lambda r: (r.created_at, r.id))
+    return found, revision
+
+
+def _parse(entry: Entry) -> TokenRecord | None:
+    try:
+        return TokenRecord.model_validate(entry.value)
+    except ValidationError:
+        return None
+
+
+async def revoke(store: Store, token_id: str) -> TokenRecord:
+    """Delete the token with this id (CAS on its key), audited. Every replica looks
+    tokens up in etcd on each request, so the revocation is effective at once."""
+    entries, _ = await store.scan(keys.TOKENS)
+    parsed = [(e, _parse(e)) for e in entries]
+    match = [(e, r) for e, r in parsed if r is not None and r.id == token_id]
+    if not match:
+        raise TokenNotFound(token_id)
+    entry, record = match[0]
+    conditions = [Cond.at_revision(entry.key, entry.revision)]
+    if record.role is Role.ADMIN:
+        admins = [e for e, r in parsed if r is not None and r.role is Role.ADMIN]
+        if len(admins) <= 1:
+            raise LastAdminToken(token_id)
+        # Two revocations at once must not both see "another admin is left".
+        conditions += [Cond.at_revision(e.key, e.revision) for e in admins]
+    ok, _, _ = await store.txn(
+        conditions,
+        [Op.delete(entry.key)],
+        audit=Change(
+            "token.revoke",
+            f"tokens/{record.id}",
+            before_revision=entry.revision,
+            details={"role": record.role.value, "region": record.region},
+        ),
+    )
+    if not ok:
+        raise Conflict(f"tokens/{record.id}", entry.revision, None)
+    return record
 
 
 async def bootstrap_admin(store: Store, digest: str, record: TokenRecord) -> bool:

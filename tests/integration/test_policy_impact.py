@@ -34,6 +34,7 @@ async def test_dry_run_lists_services_that_would_move_or_go_pending(
         expect=201,
     )
     await federation.wait_placed("records", {"eu-de-1": 2, "eu-fr-1": 2})
+    await federation.wait_decided("docs")
     before, _ = await store.scan("")
 
     only_de = {**EU_PATIENT_DATA, "allow": ["DE"]}

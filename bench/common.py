@@ -1,0 +1,149 @@
+"""What the benchmarks share: a real etcd and a real `federation serve` process, the
+machine line, and the results log at the end of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from federation.client import ApiClient, ApiError
+from federation.store.local_etcd import LocalEtcd, die_with_parent, free_port
+
+# FEDERATION_BENCH_LOG sends the results log elsewhere (the test of the benchmarks).
+DOCS = Path(
+    os.environ.get("FEDERATION_BENCH_LOG")
+    or Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+)
+LOG_HEADING = "## Results log"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def record(bench: str, figures: str) -> None:
+    """Append one dated line to the results log of docs/benchmarks.md."""
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if LOG_HEADING not in text:
+        text = text.rstrip("\n") + (
+            f"\n\n{LOG_HEADING}\n\nOne line per run, appended by the benchmarks themselves "
+            "(`bench/*.py`).\n\n"
+        )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = text.rstrip("\n")
+    sep = "\n" if body.splitlines()[-1].startswith("- ") else "\n\n"
+    text = body + sep + f"- {stamp} `{bench}` ({machine()}): {figures}\n"
+    DOCS.write_text(text)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@dataclass
+class Server:
+    url: str
+    admin: str
+    etcd: str
+    pid: int
+
+
+@contextlib.asynccontextmanager
+async def cluster(workdir: Path, *, region_ttl: int = 10) -> AsyncIterator[Server]:
+    """A local etcd and one `federation serve` process (stopped on the way out)."""
+    etcd = LocalEtcd(workdir / "etcd")
+    etcd.start()
+    port = free_port()
+    admin = "fed_bench-" + os.urandom(8).hex()
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "federation",
+            "--log-level=warning",
+            "serve",
+            f"--etcd={etcd.endpoint}",
+            f"--port={port}",
+            f"--region-ttl={region_ttl}",
+            "--identity=bench",
+        ],
+        env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with ApiClient(url, admin, timeout=30) as api:
+            end = time.monotonic() + 30
+            while True:
+                try:
+                    await api.request("GET", "/v1/ready")
+                    break
+                except ApiError:
+                    if time.monotonic() > end or server.poll() is not None:
+                        raise
+                    await asyncio.sleep(0.1)
+        yield Server(url, admin, etcd.endpoint, server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        etcd.stop()
+
+
+@contextlib.asynccontextmanager
+async def regions(
+    api: ApiClient, names: dict[str, str], *, cpu: float = 100_000
+) -> AsyncIterator[None]:
+    """Register regions and keep them alive with heartbeats (no agent: nothing runs)."""
+    tokens = {}
+    for name, country in names.items():
+        answer = await api.request("POST", "/v1/regions", body={"name": name, "country": country})
+        tokens[name] = answer["token"]
+
+    async def beat(name: str) -> None:
+        async with ApiClient(api.url, tokens[name], timeout=30) as client:
+            while True:
+                with contextlib.suppress(ApiError):
+                    await client.request(
+                        "POST",
+                        f"/v1/regions/{name}/heartbeat",
+                        body={"capacity": {"cpu": cpu, "memory_mb": int(cpu * 1000)}},
+                    )
+                await asyncio.sleep(1.0)
+
+    tasks = [asyncio.create_task(beat(n)) for n in names]
+    try:
+        while True:
+            items = (await api.request("GET", "/v1/regions"))["items"]
+            if all(i["state"] == "ready" for i in items):
+                break
+            await asyncio.sleep(0.1)
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=5)

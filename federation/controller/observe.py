@@ -1,0 +1,208 @@
+"""What a controller pass tells telemetry, and the one check it must pass to write.
+
+- Before writing: the residency invariant. A plan that puts a replica in a region
+  whose verdict is not `allowed` is a bug; it is counted
+  (`federation_residency_violations_total`), logged, and not written.
+- Traces: a service whose new generation was written by a traced request gets a
+  placement span in that trace; the span's context goes into the assignments written
+  for it, so the agent's apply joins the same trace.
+- Gauges from the pass (regions by state, services by phase, residency rejections,
+  services changed) and the failover clock: from the pass that first sees a region
+  unreachable to the pass after which none of its services is placed there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span
+
+from federation.controller.plan import ServicePlan
+from federation.model.service import Phase
+from federation.model.status import service_phase
+from federation.store.world import World
+from federation.telemetry import metrics, setup
+
+log = logging.getLogger(__name__)
+
+REGION_STATES = ("ready", "unreachable", "cordoned")
+
+
+def region_states(world: World) -> dict[str, str]:
+    """Each region's state as the planner sees it (lease, then cordon)."""
+    return {
+        name: "unreachable"
+        if name not in world.alive
+        else ("cordoned" if record.cordon is not None else "ready")
+        for name, record in world.regions.items()
+    }
+
+
+@dataclass
+class _Lost:
+    since: float  # wall clock: the lease's expiry (last heartbeat + TTL), else first seen
+    services: set[str] = field(default_factory=set)
+
+
+class PassObserver:
+    """Telemetry for the passes of one controller (kept across passes: the failover
+    clocks)."""
+
+    def __init__(self, *, region_ttl: float) -> None:
+        self.region_ttl = region_ttl
+        self._lost: dict[str, _Lost] = {}
+        self._spans: dict[str, Span] = {}
+
+    # -- the invariant ------------------------------------------------------------------
+
+    def violations(self, plans: Sequence[ServicePlan]) -> list[ServicePlan]:
+        """Plans that place a replica where residency says no (there must be none)."""
+        bad = []
+        for p in plans:
+            if p.evaluation is None:
+                continue
+            allowed = set(p.evaluation.allowed_regions)
+            wrong = sorted(r for r in p.record.regions if r not in allowed)
+            if wrong:
+                bad.append(p)
+                metrics.residency_violations.add(1)
+                log.error(
+                    "controller: BUG: plan for %s places replicas in %s, which residency "
+                    "rejects; not written (please report it)",
+                    p.service,
+                    ", ".join(wrong),
+                )
+        return bad
+
+    # -- traces -------------------------------------------------------------------------
+
+    def continue_traces(self, world: World, changed: Sequence[ServicePlan]) -> None:
+        """Open a placement span in the deploy's trace for each service whose new
+        generation came from a traced request, and stamp its assignments with it."""
+        if not setup.tracing_enabled():
+            return
+        here = trace.get_current_span().get_span_context()
+        links = [Link(here)] if here.is_valid else []
+        for p in changed:
+            service = world.services.get(p.service)
+            if service is None or not service[0].trace or not p.put:
+                continue
+            prev = world.placements.get(p.service)
+            if prev is not None and prev[0].generation >= p.record.generation:
+                continue  # this generation was placed before: a move, not its deploy
+            span = setup.tracer().start_span(
+                "controller.place",
+                context=setup.context_from(service[0].trace),
+                links=links,
+                attributes={
+                    "federation.service": p.service,
+                    "federation.generation": p.record.generation,
+                    "federation.reason": p.record.reason,
+                    "federation.regions": ",".join(sorted(p.record.regions)),
+                },
+            )
+            self._spans[p.service] = span
+            with trace.use_span(span, end_on_exit=False):
+                carrier = setup.current_carrier()
+            p.put = {r: a.model_copy(update={"trace": carrier}) for r, a in p.put.items()}
+
+    @contextlib.contextmanager
+    def writing(self, batch: Sequence[ServicePlan]) -> Iterator[None]:
+        """The batch's etcd write runs inside the first traced service's placement span."""
+        span = next((self._spans[p.service] for p in batch if p.service in self._spans), None)
+        if span is None:
+            yield
+            return
+        with trace.use_span(span, end_on_exit=False):
+            yield
+
+    def end_spans(self) -> None:
+        for span in self._spans.values():
+            span.end()
+        self._spans = {}
+
+    # -- gauges and clocks --------------------------------------------------------------
+
+    def planned(self, world: World, plans: dict[str, ServicePlan], changed: int) -> None:
+        """The gauges of this pass, and the failover clocks."""
+        states = region_states(world)
+        by_state = dict.fromkeys(REGION_STATES, 0)
+        for state in states.values():
+            by_state[state] = by_state.get(state, 0) + 1
+        by_phase = {phase.value: 0 for phase in Phase}
+        rejected: dict[str, int] = {}
+        sharing: dict[int, list[ServicePlan]] = {}
+        for name, p in plans.items():
+            service = world.services.get(name)
+            if service is not None:
+                phase = service_phase(
+                    service[0], p.record, p.assignments, world.reports, world.alive
+                )
+                by_phase[phase.value] += 1
+            if p.evaluation is not None:
+                sharing.setdefault(id(p.evaluation), []).append(p)
+        # Evaluations are shared by services with the same data classes: count once each.
+        for group in sharing.values():
+            evaluation = group[0].evaluation
+            assert evaluation is not None
+            for verdict in evaluation.verdicts:
+                if not verdict.allowed:
+                    kind = metrics.reason_kind(verdict.reasons[0] if verdict.reasons else "")
+                    rejected[kind] = rejected.get(kind, 0) + len(group)
+        metrics.observe_pass(
+            metrics.PassSnapshot(
+                regions_by_state=by_state,
+                services_by_phase=by_phase,
+                rejections_by_reason=rejected,
+                queue_depth=changed,
+            )
+        )
+        self._start_clocks(world, states)
+
+    def _start_clocks(self, world: World, states: dict[str, str]) -> None:
+        now = time.time()
+        for region, state in states.items():
+            if state != "unreachable":
+                self._lost.pop(region, None)
+            elif region not in self._lost:
+                beat = world.heartbeats.get(region)
+                since = beat.at.timestamp() + self.region_ttl if beat is not None else now
+                self._lost[region] = _Lost(
+                    since=min(since, now),
+                    services={
+                        name
+                        for name, (placed, _) in world.placements.items()
+                        if region in placed.regions
+                    },
+                )
+        for region in [r for r in self._lost if r not in states]:
+            del self._lost[region]
+
+    def written(self, plans: dict[str, ServicePlan]) -> None:
+        """After the pass's writes: a lost region none of whose services is placed
+        there any more has failed over; record how long that took."""
+        self.end_spans()
+        now = time.time()
+        for region, lost in self._lost.items():
+            if not lost.services:
+                continue
+            if any(n in plans and region in plans[n].record.regions for n in lost.services):
+                continue
+            metrics.failover_duration.record(now - lost.since)
+            log.info(
+                "controller: %s failed over: %d services re-placed %.2f s after its lease expired",
+                region,
+                len(lost.services),
+                now - lost.since,
+            )
+            lost.services = set()
+
+    def stopped_leading(self) -> None:
+        metrics.clear_pass()
+        self._lost = {}
+        self.end_spans()

@@ -1,0 +1,143 @@
+"""The metrics: what `/metrics` shows. Names are Prometheus names once exported (the
+exporter adds `_total` to counters and the unit to the rest).
+
+Counters and histograms are recorded where things happen. The gauges (regions by
+state, services by phase, residency rejections, the reconcile queue) are observed
+from the last controller pass: `observe_pass` replaces that snapshot after each pass
+of the leader, `clear_pass` drops it when this replica stops leading (a standby must
+not report a stale world).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from federation.telemetry.setup import meter
+
+_SECONDS_FAST = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+_SECONDS_SLOW = [0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 600]
+
+
+@dataclass
+class PassSnapshot:
+    """What the last controller pass saw, for the gauges."""
+
+    regions_by_state: dict[str, int] = field(default_factory=dict)
+    services_by_phase: dict[str, int] = field(default_factory=dict)
+    rejections_by_reason: dict[str, int] = field(default_factory=dict)
+    queue_depth: int = 0
+
+
+_last: PassSnapshot | None = None
+
+
+def observe_pass(snapshot: PassSnapshot) -> None:
+    global _last
+    _last = snapshot
+
+
+def clear_pass() -> None:
+    global _last
+    _last = None
+
+
+def _gauge(values: Mapping[str, int], label: str) -> Iterable[Observation]:
+    return [Observation(n, {label: key}) for key, n in sorted(values.items())]
+
+
+def _regions(options: CallbackOptions) -> Iterable[Observation]:
+    return _gauge(_last.regions_by_state, "state") if _last else []
+
+
+def _services(options: CallbackOptions) -> Iterable[Observation]:
+    return _gauge(_last.services_by_phase, "phase") if _last else []
+
+
+def _rejections(options: CallbackOptions) -> Iterable[Observation]:
+    return _gauge(_last.rejections_by_reason, "reason") if _last else []
+
+
+def _queue(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(_last.queue_depth)] if _last else []
+
+
+def reason_kind(reason: str) -> str:
+    """A residency rejection's reason sentence, as a small fixed set of label values."""
+    if "expired at" in reason:
+        return "exemption_expired"
+    if "is denied by deny" in reason:
+        return "deny"
+    if "is not in allow" in reason:
+        return "not_in_allow"
+    if "cannot be evaluated" in reason:
+        return "policy_error"
+    if "data class" in reason:
+        return "unknown_data_class"
+    if "country" in reason:
+        return "unknown_country"
+    return "other"
+
+
+_meter = meter()
+
+regions = _meter.create_observable_gauge(
+    "federation_regions", [_regions], description="Regions by state (last controller pass)."
+)
+services = _meter.create_observable_gauge(
+    "federation_services", [_services], description="Services by phase (last controller pass)."
+)
+residency_rejections = _meter.create_observable_gauge(
+    "federation_residency_rejections",
+    [_rejections],
+    description="Rejected (service, region) residency verdicts in the last pass, by reason.",
+)
+reconcile_queue_depth = _meter.create_observable_gauge(
+    "federation_reconcile_queue_depth",
+    [_queue],
+    description="Services the last controller pass found changed (to be written).",
+)
+scheduling_duration = _meter.create_histogram(
+    "federation_scheduling_duration",
+    unit="s",
+    description="Time to plan and place every service in one controller pass.",
+    explicit_bucket_boundaries_advisory=_SECONDS_FAST,
+)
+reconcile_duration = _meter.create_histogram(
+    "federation_reconcile_duration",
+    unit="s",
+    description="One controller pass: read the world, plan, write.",
+    explicit_bucket_boundaries_advisory=_SECONDS_FAST,
+)
+reconcile_passes = _meter.create_counter(
+    "federation_reconcile_passes", description="Controller passes, by outcome."
+)
+failover_duration = _meter.create_histogram(
+    "federation_failover_duration",
+    unit="s",
+    description="From a region first seen unreachable to none of its services placed there.",
+    explicit_bucket_boundaries_advisory=_SECONDS_SLOW,
+)
+residency_violations = _meter.create_counter(
+    "federation_residency_violations",
+    description="Plans that assigned a replica to a region residency rejects (must stay 0; "
+    "such a plan is never written).",
+)
+drill_recovery = _meter.create_histogram(
+    "federation_drill_recovery",
+    unit="s",
+    description="Per-service time to recover in live drills.",
+    explicit_bucket_boundaries_advisory=_SECONDS_SLOW,
+)
+etcd_duration = _meter.create_histogram(
+    "federation_etcd_request_duration",
+    unit="s",
+    description="etcd unary calls (with their retries), by operation.",
+    explicit_bucket_boundaries_advisory=_SECONDS_FAST,
+)
+etcd_errors = _meter.create_counter(
+    "federation_etcd_errors", description="etcd calls that failed, by operation and kind."
+)
+residency_violations.add(0)  # shown as 0 from the start, not only after the first
