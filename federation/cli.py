@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from federation.client import ApiClient, ApiError
+from federation.client import ApiClient, ApiError, tls_context
 
 T = TypeVar("T")
 
@@ -52,9 +52,10 @@ def _run(coro: Awaitable[T]) -> T:
 def _api_call(ctx: click.Context, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
     """Run one API interaction; print a readable error and exit 1 on failure."""
     url, token = ctx.obj["url"], ctx.obj["token"]
+    tls = tls_context(ctx.obj.get("ca"))
 
     async def go() -> T:
-        async with ApiClient(url, token) as client:
+        async with ApiClient(url, token, ssl_context=tls) as client:
             return await fn(client)
 
     try:
@@ -79,11 +80,26 @@ def _api_call(ctx: click.Context, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
     show_default=True,
     help="json: one object per line (time, level, logger, message, trace_id, span_id).",
 )
+@click.option(
+    "--ca",
+    "ca",
+    envvar="FEDERATION_CA",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Verify an HTTPS server with this CA (or FEDERATION_CA).",
+)
 @click.pass_context
-def main(ctx: click.Context, url: str, token: str | None, log_level: str, log_format: str) -> None:
+def main(
+    ctx: click.Context,
+    url: str,
+    token: str | None,
+    log_level: str,
+    log_format: str,
+    ca: Path | None,
+) -> None:
     """Federate datacenters in several countries under data-residency rules."""
     ctx.ensure_object(dict)
-    ctx.obj.update(url=url, token=token)
+    ctx.obj.update(url=url, token=token, ca=ca)
     _setup_logging(log_level, log_format)
 
 
@@ -116,6 +132,45 @@ def main(ctx: click.Context, url: str, token: str | None, log_level: str, log_fo
     help="Seconds before a standby replaces a silent controller leader.",
 )
 @click.option("--identity", default=None, help="This replica's name (default: host-pid).")
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Serve HTTPS with this certificate (PEM, chain first).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The certificate's private key (PEM).",
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--etcd-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Talk to etcd over TLS, verifying it with this CA.",
+)
+@click.option(
+    "--etcd-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Client certificate for etcd (mutual TLS).",
+)
+@click.option(
+    "--etcd-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Key of the etcd client certificate.",
+)
+@click.option(
+    "--etcd-user", default=None, help="etcd user (password from FEDERATION_ETCD_PASSWORD)."
+)
 def serve(
     etcd: str,
     prefix: str,
@@ -124,6 +179,13 @@ def serve(
     region_ttl: int,
     election_ttl: int,
     identity: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None,
+    etcd_ca: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    etcd_user: str | None,
 ) -> None:
     """Run a federation server: the API on every replica, the controller on the leader."""
     from aiohttp import web
@@ -143,12 +205,36 @@ def serve(
         election_ttl=election_ttl,
         identity=identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
         admin_token=os.environ.get("FEDERATION_ADMIN_TOKEN") or None,
+        etcd_ca=etcd_ca,
+        etcd_cert=etcd_cert,
+        etcd_key=etcd_key,
+        etcd_user=etcd_user,
+        etcd_password=os.environ.get("FEDERATION_ETCD_PASSWORD") or None,
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if client_ca is not None and tls_cert is None:
+        raise click.UsageError("--client-ca needs --tls-cert and --tls-key")
+    ssl_context = None
+    scheme = "http"
+    if tls_cert is not None and tls_key is not None:
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        ssl_context.load_cert_chain(tls_cert, tls_key)
+        if client_ca is not None:
+            ssl_context.load_verify_locations(client_ca)
+            ssl_context.verify_mode = ssl.CERT_REQUIRED
+        scheme = "https"
     web.run_app(
         create_app(config),
         host=host,
         port=port,
-        print=lambda *_: click.echo(f"federation server {config.identity} on http://{host}:{port}"),
+        ssl_context=ssl_context,
+        print=lambda *_: click.echo(
+            f"federation server {config.identity} on {scheme}://{host}:{port}"
+        ),
         access_log=None,
         handle_signals=True,
     )
@@ -183,6 +269,24 @@ def serve(
     is_flag=True,
     help="On stop, leave instances running for the next agent to adopt (upgrades).",
 )
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Verify the server's certificate with this CA (PEM).",
+)
+@click.option(
+    "--cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Client certificate for mutual TLS (PEM).",
+)
+@click.option(
+    "--key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Key of the client certificate (PEM).",
+)
 def agent(
     server: str,
     region: str,
@@ -192,6 +296,9 @@ def agent(
     cpu: float | None,
     memory_mb: int | None,
     keep_instances: bool,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
 ) -> None:
     """Run a region master: heartbeats for REGION and runs what is assigned to it."""
     from federation.agent.loop import Agent, AgentConfig, local_capacity
@@ -208,6 +315,9 @@ def agent(
         memory_mb=memory_mb if memory_mb is not None else host_mem,
         state_dir=state_dir or Path(f".federation-agent-{region}"),
         keep_instances=keep_instances,
+        ca=ca,
+        cert=cert,
+        key=key,
     )
 
     async def run() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +21,20 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.details = details
+
+
+def tls_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext | None:
+    """Client TLS: verify the server with `ca` (else the system's roots), and present
+    `cert`/`key` for mutual TLS. None when nothing is configured (system defaults)."""
+    if ca is None and cert is None:
+        return None
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
 
 
 class ApiClient:

@@ -36,7 +36,7 @@ from tenacity import (
 from federation.agent.drivers import Desired, Driver
 from federation.agent.drivers.process import ProcessDriver
 from federation.agent.tracing import ApplyTracer
-from federation.client import ApiClient, ApiError
+from federation.client import ApiClient, ApiError, tls_context
 from federation.model.service import Assignment
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class AgentConfig:
     memory_mb: int
     state_dir: Path
     keep_instances: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
 
 
 def local_capacity() -> tuple[float, int]:
@@ -119,7 +122,10 @@ class Agent:
 
     async def run(self) -> None:
         """Run until cancelled; then stop the driver (and its instances, unless kept)."""
-        async with ApiClient(self.config.server, self.config.token, timeout=10.0) as client:
+        tls = tls_context(self.config.ca, self.config.cert, self.config.key)
+        async with ApiClient(
+            self.config.server, self.config.token, timeout=10.0, ssl_context=tls
+        ) as client:
             self.desired, revision = await self._list(client)
             for sentence in await self.driver.start(self.desired):
                 log.info("agent %s: %s", self.config.region, sentence)

@@ -75,7 +75,15 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.on_shutdown.append(assignments.close_streams)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        store = Store(list(config.etcd_endpoints), prefix=config.prefix)
+        store = Store(
+            list(config.etcd_endpoints),
+            prefix=config.prefix,
+            ca_cert=config.etcd_ca.read_bytes() if config.etcd_ca else None,
+            cert_chain=config.etcd_cert.read_bytes() if config.etcd_cert else None,
+            cert_key=config.etcd_key.read_bytes() if config.etcd_key else None,
+            username=config.etcd_user,
+            password=config.etcd_password,
+        )
         await store.connect()
         app[STORE] = store
         election = LeaderElection(store, identity=config.identity, ttl=config.election_ttl)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -24,6 +25,11 @@ class ServerConfig:
     identity: str = "server"
     admin_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 1024 * 1024
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    etcd_user: str | None = None
+    etcd_password: str | None = field(default=None, repr=False)
 
 
 CONFIG = web.AppKey("config", ServerConfig)

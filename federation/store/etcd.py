@@ -162,6 +162,8 @@ class Store:
         cert_key: bytes | None = None,
         cert_chain: bytes | None = None,
         tls_server_name: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not prefix.endswith("/"):
             prefix += "/"
@@ -177,14 +179,27 @@ class Store:
             cert_chain=cert_chain,
         )
         self._connected = False
+        self._credentials = (username, password) if username else None
+        self._refresher: Any = None
 
     async def connect(self) -> None:
-        """Open the gRPC channel (lazy: no etcd round trip happens here)."""
+        """Open the gRPC channel. With etcd credentials, authenticate now and keep the
+        etcd auth token refreshed in the background; otherwise no round trip here."""
         await self._client.connect()
         self._connected = True
+        if self._credentials is not None:
+            name, secret = self._credentials
+            try:
+                self._refresher = self._client.token_refresher(name, secret or "")
+                await self._refresher.__aenter__()
+            except (EtcdConnectionError, EtcdTransientError) as exc:
+                raise StoreUnavailable(f"etcd authentication: {exc}") from exc
 
     async def close(self) -> None:
         """Close the channel; in-flight calls fail with StoreUnavailable."""
+        if self._refresher is not None:
+            await self._refresher.__aexit__(None, None, None)
+            self._refresher = None
         if self._connected:
             await self._client.close()
             self._connected = False
