@@ -12,10 +12,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -83,6 +85,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """Certificates for an etcd that serves clients over TLS and requires theirs."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path
+    client_key: Path
+
+
 class LocalEtcd:
     """One etcd member on loopback with its data in `data_dir`."""
 
@@ -94,6 +107,7 @@ class LocalEtcd:
         peer_port: int | None = None,
         name: str = "federation-dev",
         initial_cluster: str | None = None,
+        tls: EtcdTLS | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.peer_port = peer_port or free_port()
@@ -101,8 +115,13 @@ class LocalEtcd:
         while self.client_port == self.peer_port:  # both picked while neither was bound
             self.client_port = free_port()
         self.name = name
+        self.tls = tls
         self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
 
     @property
     def peer_url(self) -> str:
@@ -122,11 +141,20 @@ class LocalEtcd:
         """Start the process without waiting: cluster members must start together."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "etcd.log", "ab")  # noqa: SIM115 - owned by the child
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = f"{self._scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
+        tls_flags = []
+        if self.tls is not None:
+            tls_flags = [
+                f"--cert-file={self.tls.cert}",
+                f"--key-file={self.tls.key}",
+                f"--trusted-ca-file={self.tls.ca}",
+                "--client-cert-auth",
+            ]
         self.proc = subprocess.Popen(
             [
                 find_etcd(),
+                *tls_flags,
                 f"--name={self.name}",
                 f"--data-dir={self.data_dir / 'member'}",
                 f"--listen-client-urls={client}",
@@ -147,7 +175,11 @@ class LocalEtcd:
     def wait_healthy(self, timeout: float = 20.0) -> None:
         """Wait until this member reports healthy (for a cluster member: has quorum)."""
         assert self.proc is not None
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = f"{self._scheme}://127.0.0.1:{self.client_port}"
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -155,7 +187,7 @@ class LocalEtcd:
                     f"etcd exited with {self.proc.returncode}; see {self.data_dir / 'etcd.log'}"
                 )
             try:
-                with urllib.request.urlopen(f"{client}/health", timeout=1) as resp:
+                with urllib.request.urlopen(f"{client}/health", timeout=1, context=context) as resp:
                     if b'"true"' in resp.read():
                         return
             except (urllib.error.URLError, OSError):
