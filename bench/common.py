@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federation.client import ApiClient, ApiError
-from federation.store.local_etcd import LocalEtcd, die_with_parent, free_port
+from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
 
 # FEDERATION_BENCH_LOG sends the results log elsewhere (the test of the benchmarks).
 DOCS = Path(
@@ -73,22 +73,23 @@ async def cluster(workdir: Path, *, region_ttl: int = 10) -> AsyncIterator[Serve
     admin = "fed_bench-" + os.urandom(8).hex()
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "federation",
-            "--log-level=warning",
-            "serve",
-            f"--etcd={etcd.endpoint}",
-            f"--port={port}",
-            f"--region-ttl={region_ttl}",
-            "--identity=bench",
-        ],
+        with_parent_death(
+            [
+                sys.executable,
+                "-m",
+                "federation",
+                "--log-level=warning",
+                "serve",
+                f"--etcd={etcd.endpoint}",
+                f"--port={port}",
+                f"--region-ttl={region_ttl}",
+                "--identity=bench",
+            ]
+        ),
         env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
         stdout=subprocess.DEVNULL,
         stderr=log,
         start_new_session=True,
-        preexec_fn=die_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -38,7 +38,7 @@ from federation.agent.drivers import Desired
 from federation.agent.loop import Agent, AgentConfig
 from federation.client import ApiClient, ApiError
 from federation.model.service import InstanceReport
-from federation.store.local_etcd import LocalEtcd, die_with_parent, free_port
+from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
 
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}
 
@@ -87,22 +87,23 @@ async def run(services: int, ttl: int, workdir: Path) -> dict[str, float]:
     port = free_port()
     admin = "fed_bench-" + os.urandom(8).hex()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "federation",
-            "--log-level=warning",
-            "serve",
-            f"--etcd={etcd.endpoint}",
-            f"--port={port}",
-            f"--region-ttl={ttl}",
-            "--identity=bench",
-        ],
+        with_parent_death(
+            [
+                sys.executable,
+                "-m",
+                "federation",
+                "--log-level=warning",
+                "serve",
+                f"--etcd={etcd.endpoint}",
+                f"--port={port}",
+                f"--region-ttl={ttl}",
+                "--identity=bench",
+            ]
+        ),
         env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
         stdout=subprocess.DEVNULL,
         stderr=open(workdir / "server.log", "wb"),  # noqa: SIM115 - owned by the child
         start_new_session=True,
-        preexec_fn=die_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     agents: dict[str, asyncio.Task[None]] = {}

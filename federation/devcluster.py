@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.model.token import new_secret
-from federation.store.local_etcd import LocalEtcd, die_with_parent, free_port
+from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
 
 
 @dataclass(frozen=True)
@@ -152,13 +152,12 @@ class LocalFederation:
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.log", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "federation", *args],
+                with_parent_death([sys.executable, "-m", "federation", *args]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **env},
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
 
     def _wait_ready(self, timeout: float) -> None:

@@ -29,7 +29,7 @@ from federation.api.app import create_app
 from federation.api.context import ServerConfig
 from federation.model.token import new_secret
 from federation.store import Store
-from federation.store.local_etcd import LocalEtcd, die_with_parent, free_port
+from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
 
 
 @pytest.fixture(scope="session")
@@ -163,24 +163,25 @@ def spawn_server(
         log = tmp_path / f"{identity}.log"
         with open(log, "ab") as fh:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "federation",
-                    "serve",
-                    f"--etcd={etcd.endpoint}",
-                    f"--prefix={prefix}",
-                    f"--port={port}",
-                    f"--identity={identity}",
-                    "--election-ttl=2",
-                    "--region-ttl=2",
-                    *extra,
-                ],
+                with_parent_death(
+                    [
+                        sys.executable,
+                        "-m",
+                        "federation",
+                        "serve",
+                        f"--etcd={etcd.endpoint}",
+                        f"--prefix={prefix}",
+                        f"--port={port}",
+                        f"--identity={identity}",
+                        "--election-ttl=2",
+                        "--region-ttl=2",
+                        *extra,
+                    ]
+                ),
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         server = ServerProcess(proc, f"http://127.0.0.1:{port}", identity, log)
         started.append(server)

@@ -176,7 +176,8 @@ class Controller:
         world = await read_world(self.store)
         now = datetime.now(UTC)
         planning = time.perf_counter()
-        plans = plan(world, now, region_ttl=self.region_ttl)
+        # In a thread: planning is CPU-bound and pure, and the API shares this loop.
+        plans = await asyncio.to_thread(plan, world, now, region_ttl=self.region_ttl)
         metrics.scheduling_duration.record(time.perf_counter() - planning)
         changed = [p for p in plans.values() if p.changed]
         # Never written: a plan that breaks residency (counted and logged as a bug).

@@ -6,8 +6,6 @@ It finds the `etcd` binary on PATH or beside the running interpreter (where the
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shutil
 import signal
@@ -20,17 +18,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
 
+def with_parent_death(argv: list[str]) -> list[str]:
+    """`argv`, run so the child gets SIGKILL when the process that started it dies (a
+    killed test run or `federation up` cannot leave an etcd or a server behind).
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL when the process that started it dies, so a
-    killed test run or `federation up` cannot leave an etcd (or a server) behind."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: fall back to the explicit stop
+    Done with util-linux's `setpriv --pdeathsig` rather than a `preexec_fn`: Python code
+    between fork and exec crashes the child when gRPC threads are running (seen as
+    SIGSEGV in tests that hold an etcd connection)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", *argv] if setpriv else argv
 
 
 def find_tool(name: str = "etcd") -> str:
@@ -152,23 +149,24 @@ class LocalEtcd:
                 "--client-cert-auth",
             ]
         self.proc = subprocess.Popen(
-            [
-                find_etcd(),
-                *tls_flags,
-                f"--name={self.name}",
-                f"--data-dir={self.data_dir / 'member'}",
-                f"--listen-client-urls={client}",
-                f"--advertise-client-urls={client}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster={self.initial_cluster}",
-                "--log-level=warn",
-            ],
+            with_parent_death(
+                [
+                    find_etcd(),
+                    *tls_flags,
+                    f"--name={self.name}",
+                    f"--data-dir={self.data_dir / 'member'}",
+                    f"--listen-client-urls={client}",
+                    f"--advertise-client-urls={client}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster={self.initial_cluster}",
+                    "--log-level=warn",
+                ]
+            ),
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
         log.close()
 

@@ -8,6 +8,7 @@ next pass decides again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from federation.model.region import HeartbeatRecord, RegionRecord
 from federation.model.service import Assignment, PlacementRecord, RegionReport, ServiceRecord
 from federation.store import keys
 from federation.store import policies as store_policies
-from federation.store.etcd import Store
+from federation.store.etcd import Entry, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,35 @@ def _tail(key: str, prefix: str) -> str:
 
 
 async def read_world(store: Store) -> World:
-    """Read services, placements, assignments, regions, liveness, reports and policies."""
+    """Read services, placements, assignments, regions, liveness, reports and policies.
+
+    The reads are awaited here; the parsing (pydantic validation of every record, the
+    bulk of the cost with thousands of services) runs in a worker thread so the API
+    sharing this event loop keeps answering meanwhile."""
+    raw: dict[str, list[Entry]] = {}
+    services, revision = await store.scan(keys.SERVICES)
+    raw[keys.SERVICES] = services
+    for prefix in (
+        keys.PLACEMENTS,
+        keys.ASSIGNMENTS,
+        keys.REGIONS,
+        keys.ALIVE,
+        keys.HEARTBEATS,
+        keys.REPORTS,
+        keys.REBALANCE,
+    ):
+        raw[prefix], _ = await store.scan(prefix)
+    residency = await store_policies.snapshot(store)
+    world = await asyncio.to_thread(_parse, raw)
+    world.revision = revision
+    world.residency = residency
+    world.read_at = datetime.now(UTC)
+    return world
+
+
+def _parse(raw: dict[str, list[Entry]]) -> World:
     world = World()
-    entries, world.revision = await store.scan(keys.SERVICES)
-    for entry in entries:
+    for entry in raw[keys.SERVICES]:
         try:
             world.services[_tail(entry.key, keys.SERVICES)] = (
                 ServiceRecord.model_validate(entry.value),
@@ -57,34 +83,26 @@ async def read_world(store: Store) -> World:
         except ValidationError:
             # Written only through the validated API; a bad record is left alone, loudly.
             log.error("stored service %s does not validate; skipped", entry.key)
-    entries, _ = await store.scan(keys.PLACEMENTS)
-    for entry in entries:
+    for entry in raw[keys.PLACEMENTS]:
         world.placements[_tail(entry.key, keys.PLACEMENTS)] = (
             PlacementRecord.model_validate(entry.value),
             entry.revision,
         )
-    entries, _ = await store.scan(keys.ASSIGNMENTS)
-    for entry in entries:
+    for entry in raw[keys.ASSIGNMENTS]:
         region, _, service = _tail(entry.key, keys.ASSIGNMENTS).partition("/")
         world.assignments[(region, service)] = Assignment.model_validate(entry.value)
-    entries, _ = await store.scan(keys.REGIONS)
-    for entry in entries:
+    for entry in raw[keys.REGIONS]:
         record = RegionRecord.model_validate(entry.value)
         world.regions[record.name] = record
-    entries, _ = await store.scan(keys.ALIVE)
-    world.alive = {_tail(e.key, keys.ALIVE) for e in entries}
-    entries, _ = await store.scan(keys.HEARTBEATS)
+    world.alive = {_tail(e.key, keys.ALIVE) for e in raw[keys.ALIVE]}
     world.heartbeats = {
-        _tail(e.key, keys.HEARTBEATS): HeartbeatRecord.model_validate(e.value) for e in entries
+        _tail(e.key, keys.HEARTBEATS): HeartbeatRecord.model_validate(e.value)
+        for e in raw[keys.HEARTBEATS]
     }
-    entries, _ = await store.scan(keys.REPORTS)
-    for entry in entries:
+    for entry in raw[keys.REPORTS]:
         try:
             world.reports[_tail(entry.key, keys.REPORTS)] = RegionReport.model_validate(entry.value)
         except ValidationError:
             log.error("stored report %s does not validate; skipped", entry.key)
-    entries, _ = await store.scan(keys.REBALANCE)
-    world.rebalance = {_tail(e.key, keys.REBALANCE) for e in entries}
-    world.residency = await store_policies.snapshot(store)
-    world.read_at = datetime.now(UTC)
+    world.rebalance = {_tail(e.key, keys.REBALANCE) for e in raw[keys.REBALANCE]}
     return world

@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from federation.model.token import new_secret
-from federation.store.local_etcd import LocalEtcd, die_with_parent, free_port
+from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
 from tests.conftest import ServerProcess
 
 
@@ -39,24 +39,25 @@ def tls_server(
     log = tmp_path / "server.log"
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "federation",
-                "serve",
-                f"--etcd={etcd.endpoint}",
-                f"--prefix={prefix}",
-                f"--port={port}",
-                "--region-ttl=2",
-                "--election-ttl=2",
-                f"--tls-cert={cert_file}",
-                f"--tls-key={key_file}",
-            ],
+            with_parent_death(
+                [
+                    sys.executable,
+                    "-m",
+                    "federation",
+                    "serve",
+                    f"--etcd={etcd.endpoint}",
+                    f"--prefix={prefix}",
+                    f"--port={port}",
+                    "--region-ttl=2",
+                    "--election-ttl=2",
+                    f"--tls-cert={cert_file}",
+                    f"--tls-key={key_file}",
+                ]
+            ),
             stdout=fh,
             stderr=subprocess.STDOUT,
             env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
     server = ServerProcess(proc, f"https://127.0.0.1:{port}", "tls", log)
     context = ssl.create_default_context(cafile=str(ca_file))
@@ -107,21 +108,22 @@ def test_an_agent_checks_the_servers_certificate(
 
     def agent(ca: Path, name: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "federation",
-                "agent",
-                f"--server={server.url}",
-                "--region=eu-de-1",
-                f"--state-dir={tmp_path / name}",
-                f"--ca={ca}",
-            ],
+            with_parent_death(
+                [
+                    sys.executable,
+                    "-m",
+                    "federation",
+                    "agent",
+                    f"--server={server.url}",
+                    "--region=eu-de-1",
+                    f"--state-dir={tmp_path / name}",
+                    f"--ca={ca}",
+                ]
+            ),
             stdout=open(tmp_path / f"{name}.log", "wb"),
             stderr=subprocess.STDOUT,
             env={**os.environ, "FEDERATION_REGION_TOKEN": token},
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
 
     def state() -> str:

