@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,11 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import cluster
 from federation.agent.drivers import Desired
 from federation.agent.loop import Agent, AgentConfig
-from federation.client import ApiClient, ApiError
+from federation.client import ApiClient
 from federation.model.service import InstanceReport
-from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
 
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}
 
@@ -82,127 +79,95 @@ class InstantDriver:
 
 
 async def run(services: int, ttl: int, workdir: Path) -> dict[str, float]:
-    etcd = LocalEtcd(workdir / "etcd")
-    etcd.start()
-    port = free_port()
-    admin = "fed_bench-" + os.urandom(8).hex()
-    server = subprocess.Popen(
-        with_parent_death(
-            [
-                sys.executable,
-                "-m",
-                "federation",
-                "--log-level=warning",
-                "serve",
-                f"--etcd={etcd.endpoint}",
-                f"--port={port}",
-                f"--region-ttl={ttl}",
-                "--identity=bench",
-            ]
-        ),
-        env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "server.log", "wb"),  # noqa: SIM115 - owned by the child
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     agents: dict[str, asyncio.Task[None]] = {}
-    try:
-        async with ApiClient(url, admin, timeout=30) as api:
-            for _ in range(200):
-                with contextlib.suppress(ApiError):
-                    await api.request("GET", "/v1/ready")
-                    break
-                await asyncio.sleep(0.1)
-            for name, country in REGIONS.items():
-                answer = await api.request(
-                    "POST", "/v1/regions", body={"name": name, "country": country}
-                )
-                config = AgentConfig(
-                    server=url,
-                    region=name,
-                    token=answer["token"],
-                    cpu=100_000,
-                    memory_mb=100_000_000,
-                    state_dir=workdir / name,
-                )
-                agent = Agent(config, driver=InstantDriver())
-                agents[name] = asyncio.create_task(agent.run())
-            await api.request(
-                "PUT",
-                "/v1/policies/eu-patient-data",
-                body={"data_classes": ["phi-eu"], "allow": ["group:eea", "CH"]},
-            )
-            while True:
-                items = (await api.request("GET", "/v1/regions"))["items"]
-                if all(i["state"] == "ready" for i in items):
-                    break
-                await asyncio.sleep(0.1)
-            started = time.monotonic()
-            sem = asyncio.Semaphore(16)
-
-            async def deploy(i: int) -> None:
-                async with sem:
-                    await api.request(
-                        "PUT",
-                        f"/v1/services/svc-{i:05d}",
-                        body={
-                            "command": ["true"],
-                            "replicas": 1,
-                            "data_classes": ["phi-eu"],
-                            "placement": {"prefer": ["eu-de-1"]},
-                            "resources": {"cpu": 0.01, "memory_mb": 1},
-                        },
-                    )
-
-            await asyncio.gather(*(deploy(i) for i in range(services)))
-            deploy_s = time.monotonic() - started
-
-            async def count(region: str) -> tuple[int, int]:
-                items = (await api.request("GET", "/v1/services"))["items"]
-                ready = sum(
-                    1 for s in items if s["status"]["placements"].get(region, {}).get("ready")
-                )
-                us = sum(1 for s in items if "us-east-1" in s["status"]["placements"])
-                return ready, us
-
-            while (await count("eu-de-1"))[0] < services:
-                await asyncio.sleep(0.2)
-            running_s = time.monotonic() - started
-
-            # The region is lost: its agent stops dead (no goodbye, the lease runs out).
-            beat = (await api.request("GET", "/v1/regions/eu-de-1"))["last_heartbeat"]
-            agents["eu-de-1"].cancel()
-            lost_at = time.time()
-            from datetime import datetime
-
-            last_beat = datetime.fromisoformat(beat).timestamp()
-            timeline = asyncio.create_task(_timeline(etcd.endpoint, services))
-            violations = 0
-            while True:
-                ready, us = await count("eu-fr-1")
-                violations = max(violations, us)
-                if ready >= services:
-                    break
-                if time.time() - lost_at > ttl + 60:
-                    raise SystemExit(f"only {ready}/{services} recovered after {ttl + 60} s")
-                # Listing every service's status is not free: poll gently, or the
-                # measurement slows down the server it measures.
-                await asyncio.sleep(0.25)
-            done = time.time()
-            marks = await timeline
-            beats = (await api.request("GET", "/v1/regions/eu-de-1"))["last_heartbeat"]
-            last_beat = max(last_beat, datetime.fromisoformat(beats).timestamp())
-    finally:
-        for task in agents.values():
-            task.cancel()
-        await asyncio.wait(list(agents.values()), timeout=10) if agents else None
-        server.send_signal(signal.SIGTERM)
+    async with cluster(workdir, region_ttl=ttl) as server:
+        url, admin = server.url, server.admin
         try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        etcd.stop()
+            async with ApiClient(url, admin, timeout=30) as api:
+                for name, country in REGIONS.items():
+                    answer = await api.request(
+                        "POST", "/v1/regions", body={"name": name, "country": country}
+                    )
+                    config = AgentConfig(
+                        server=url,
+                        region=name,
+                        token=answer["token"],
+                        cpu=100_000,
+                        memory_mb=100_000_000,
+                        state_dir=workdir / name,
+                    )
+                    agent = Agent(config, driver=InstantDriver())
+                    agents[name] = asyncio.create_task(agent.run())
+                await api.request(
+                    "PUT",
+                    "/v1/policies/eu-patient-data",
+                    body={"data_classes": ["phi-eu"], "allow": ["group:eea", "CH"]},
+                )
+                while True:
+                    items = (await api.request("GET", "/v1/regions"))["items"]
+                    if all(i["state"] == "ready" for i in items):
+                        break
+                    await asyncio.sleep(0.1)
+                started = time.monotonic()
+                sem = asyncio.Semaphore(16)
+
+                async def deploy(i: int) -> None:
+                    async with sem:
+                        await api.request(
+                            "PUT",
+                            f"/v1/services/svc-{i:05d}",
+                            body={
+                                "command": ["true"],
+                                "replicas": 1,
+                                "data_classes": ["phi-eu"],
+                                "placement": {"prefer": ["eu-de-1"]},
+                                "resources": {"cpu": 0.01, "memory_mb": 1},
+                            },
+                        )
+
+                await asyncio.gather(*(deploy(i) for i in range(services)))
+                deploy_s = time.monotonic() - started
+
+                async def count(region: str) -> tuple[int, int]:
+                    items = (await api.request("GET", "/v1/services"))["items"]
+                    ready = sum(
+                        1 for s in items if s["status"]["placements"].get(region, {}).get("ready")
+                    )
+                    us = sum(1 for s in items if "us-east-1" in s["status"]["placements"])
+                    return ready, us
+
+                while (await count("eu-de-1"))[0] < services:
+                    await asyncio.sleep(0.2)
+                running_s = time.monotonic() - started
+
+                # The region is lost: its agent stops dead (no goodbye, the lease runs out).
+                beat = (await api.request("GET", "/v1/regions/eu-de-1"))["last_heartbeat"]
+                agents["eu-de-1"].cancel()
+                lost_at = time.time()
+                from datetime import datetime
+
+                last_beat = datetime.fromisoformat(beat).timestamp()
+                timeline = asyncio.create_task(_timeline(server.etcd, services))
+                violations = 0
+                while True:
+                    ready, us = await count("eu-fr-1")
+                    violations = max(violations, us)
+                    if ready >= services:
+                        break
+                    if time.time() - lost_at > ttl + 60:
+                        raise SystemExit(f"only {ready}/{services} recovered after {ttl + 60} s")
+                    # Listing every service's status is not free: poll gently, or the
+                    # measurement slows down the server it measures.
+                    await asyncio.sleep(0.25)
+                done = time.time()
+                marks = await timeline
+                beats = (await api.request("GET", "/v1/regions/eu-de-1"))["last_heartbeat"]
+                last_beat = max(last_beat, datetime.fromisoformat(beats).timestamp())
+        finally:
+            for task in agents.values():
+                task.cancel()
+            if agents:
+                await asyncio.wait(list(agents.values()), timeout=10)
     return {
         "deploy_s": deploy_s,
         "deploy_per_s": services / deploy_s,

@@ -16,6 +16,7 @@ from federation.model.region import Cordon, Heartbeat, RegionCreate, RegionRecor
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
 from federation.store import AlreadyExists, Op, keys
 from federation.store import regions as store_regions
+from federation.store import tokens as store_tokens
 from federation.store.audit import Change
 
 routes = web.RouteTableDef()
@@ -149,10 +150,7 @@ async def rotate_region_token(request: web.Request) -> web.Response:
     entry = await store.get(keys.region(name))
     if entry is None:
         raise _not_found(name)
-    existing, _ = await store.scan(keys.TOKENS)
-    old_entries = [
-        t for t in existing if t.value.get("role") == "region" and t.value.get("region") == name
-    ]
+    old_entries = await store_tokens.of_region(store, name)
     old = [t.key for t in old_entries]
     secret, digest, token = _region_token(name)
     await store.replace(

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from federation.api.auth import require, require_region
-from federation.api.body import if_match, json_response, path_name, read_document
+from federation.api.body import if_match, json_response, path_name, read_document, read_model
 from federation.api.context import CONFIG, CONTROLLER, STORE
 from federation.api.errors import ApiError, from_validation
 from federation.controller.plan import plan
@@ -52,9 +52,8 @@ async def put_service(request: web.Request) -> web.Response:
     await require(request, Role.OPERATOR)
     spec = await _read_spec(request, name)
     store = request.app[STORE]
-    snapshot = await store_policies.snapshot(store)
     # A typo in a data class must not mean "anywhere": every class needs a policy.
-    unknown = unknown_data_classes(spec.data_classes, snapshot.all_policies())
+    unknown = unknown_data_classes(spec.data_classes, await store_policies.policies(store))
     if unknown:
         details = [
             {
@@ -168,13 +167,7 @@ async def put_region_status(request: web.Request) -> web.Response:
     """A region reports the instances it runs (its own token only)."""
     name = path_name(request, "region")
     await require_region(request, name)
-    data = await read_document(request)
-    if not isinstance(data, dict):
-        raise ApiError(422, "body: must be an object", details=[{"field": "body"}])
-    try:
-        report = RegionReport.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation(exc) from None
+    report = await read_model(request, RegionReport)
     report.at = datetime.now(UTC)
     try:
         revision = await store_services.put_report(request.app[STORE], name, report)

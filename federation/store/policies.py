@@ -137,6 +137,13 @@ def parse_group(entry: Entry) -> StoredGroup:
     return StoredGroup(name, group, None, entry.revision, entry.value)
 
 
+async def policies(store: Store) -> list[AnyPolicy]:
+    """Every stored policy, malformed ones included (one Range read; no fence, no
+    groups: for checks that only need to know which data classes are named)."""
+    entries, _ = await store.scan(keys.POLICIES)
+    return [parse_policy(e).policy for e in entries]
+
+
 async def snapshot(store: Store) -> Snapshot:
     """Read the fence, then every policy and group (three Range reads).
 

@@ -17,6 +17,7 @@ from federation.model.region import (
 )
 from federation.model.token import TokenRecord
 from federation.store import keys
+from federation.store import tokens as store_tokens
 from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Op, Store
@@ -106,11 +107,8 @@ async def delete(store: Store, name: str, *, revision: int | None = None) -> Non
     entry = await store.get(keys.region(name))
     if entry is None:
         raise RegionNotFound(name)
-    tokens, _ = await store.scan(keys.TOKENS)
-    region_tokens = [
-        t.key for t in tokens if t.value.get("role") == "region" and t.value.get("region") == name
-    ]
-    revoked = set(region_tokens)
+    tokens = await store_tokens.of_region(store, name)
+    region_tokens = [t.key for t in tokens]
     await store.delete(
         keys.region(name),
         revision=revision if revision is not None else entry.revision,
@@ -122,7 +120,7 @@ async def delete(store: Store, name: str, *, revision: int | None = None) -> Non
         audit=Change(
             "region.delete",
             keys.region(name),
-            details={"tokens_revoked": [t.value.get("id") for t in tokens if t.key in revoked]},
+            details={"tokens_revoked": [t.value.get("id") for t in tokens]},
         ),
     )
 

@@ -110,3 +110,11 @@ async def ensure(store: Store, digest: str, record: TokenRecord) -> None:
             record.model_dump(mode="json"),
             also=[Op.put(keys.BOOTSTRAP, {"token_id": record.id})],
         )
+
+
+async def of_region(store: Store, region: str) -> list[Entry]:
+    """The stored tokens of region `region` (a scan of all tokens: there are few)."""
+    entries, _ = await store.scan(keys.TOKENS)
+    return [
+        e for e in entries if e.value.get("role") == "region" and e.value.get("region") == region
+    ]
