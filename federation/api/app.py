@@ -21,13 +21,15 @@ from federation.api import (
     system,
     tokens,
 )
-from federation.api.context import CONFIG, CONTROLLER, ELECTION, STORE, ServerConfig
+from federation.api.context import CONFIG, CONTROLLER, ELECTION, MIRROR, STORE, ServerConfig
 from federation.api.errors import error_middleware
 from federation.controller import Controller
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
 from federation.store import Store
 from federation.store import tokens as store_tokens
 from federation.store.election import LeaderElection
+from federation.store.mirror import Mirror
+from federation.store.world import MIRROR_CACHED, MIRRORED
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,18 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         if secret and announce:
             # Printed, never logged: logs are shipped and kept; stdout is the operator's.
             print(BOOTSTRAP_NOTICE + secret, flush=True)
-        controller = Controller(store, election, region_ttl=config.region_ttl)
+        # One watched copy of the services and regions, shared by the controller and
+        # the service reads (federation.store.mirror).
+        mirror = Mirror(store, MIRRORED, cached=MIRROR_CACHED)
+        app[MIRROR] = mirror
+        controller = Controller(store, election, region_ttl=config.region_ttl, mirror=mirror)
         app[CONTROLLER] = controller
         await controller.start()
         try:
             yield
         finally:
             await controller.stop()
+            await mirror.stop()
             await store.close()
 
     app.cleanup_ctx.append(resources)

@@ -10,6 +10,7 @@ from aiohttp import web
 from federation.controller import Controller
 from federation.store import Store
 from federation.store.election import LeaderElection
+from federation.store.mirror import Mirror
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,4 @@ CONFIG = web.AppKey("config", ServerConfig)
 STORE = web.AppKey("store", Store)
 ELECTION = web.AppKey("election", LeaderElection)
 CONTROLLER = web.AppKey("controller", Controller)
+MIRROR = web.AppKey("mirror", Mirror)

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span
 
+from federation.controller.ledger import Ledger
 from federation.controller.plan import ServicePlan
 from federation.model.service import Phase
-from federation.model.status import service_phase
 from federation.store.world import World
 from federation.telemetry import metrics, setup
 
@@ -128,43 +128,10 @@ class PassObserver:
 
     # -- gauges and clocks --------------------------------------------------------------
 
-    def planned(self, world: World, plans: dict[str, ServicePlan], changed: int) -> None:
-        """The gauges of this pass, and the failover clocks."""
+    def starting(self, world: World, ledger: Ledger) -> None:
+        """Before a pass plans anything: start the clock of each region newly seen
+        unreachable, with the services the ledger still holds there."""
         states = region_states(world)
-        by_state = dict.fromkeys(REGION_STATES, 0)
-        for state in states.values():
-            by_state[state] = by_state.get(state, 0) + 1
-        by_phase = {phase.value: 0 for phase in Phase}
-        rejected: dict[str, int] = {}
-        sharing: dict[int, list[ServicePlan]] = {}
-        for name, p in plans.items():
-            service = world.services.get(name)
-            if service is not None:
-                phase = service_phase(
-                    service[0], p.record, p.assignments, world.reports, world.alive
-                )
-                by_phase[phase.value] += 1
-            if p.evaluation is not None:
-                sharing.setdefault(id(p.evaluation), []).append(p)
-        # Evaluations are shared by services with the same data classes: count once each.
-        for group in sharing.values():
-            evaluation = group[0].evaluation
-            assert evaluation is not None
-            for verdict in evaluation.verdicts:
-                if not verdict.allowed:
-                    kind = metrics.reason_kind(verdict.reasons[0] if verdict.reasons else "")
-                    rejected[kind] = rejected.get(kind, 0) + len(group)
-        metrics.observe_pass(
-            metrics.PassSnapshot(
-                regions_by_state=by_state,
-                services_by_phase=by_phase,
-                rejections_by_reason=rejected,
-                queue_depth=changed,
-            )
-        )
-        self._start_clocks(world, states)
-
-    def _start_clocks(self, world: World, states: dict[str, str]) -> None:
         now = time.time()
         for region, state in states.items():
             if state != "unreachable":
@@ -172,18 +139,29 @@ class PassObserver:
             elif region not in self._lost:
                 beat = world.heartbeats.get(region)
                 since = beat.at.timestamp() + self.region_ttl if beat is not None else now
-                self._lost[region] = _Lost(
-                    since=min(since, now),
-                    services={
-                        name
-                        for name, (placed, _) in world.placements.items()
-                        if region in placed.regions
-                    },
-                )
+                self._lost[region] = _Lost(since=min(since, now), services=ledger.placed_in(region))
         for region in [r for r in self._lost if r not in states]:
             del self._lost[region]
 
-    def written(self, plans: dict[str, ServicePlan]) -> None:
+    def planned(self, world: World, ledger: Ledger, changed: int) -> None:
+        """The gauges after a pass, counted over every service (from the ledger)."""
+        by_state = dict.fromkeys(REGION_STATES, 0)
+        for state in region_states(world).values():
+            by_state[state] = by_state.get(state, 0) + 1
+        by_phase = {phase.value: 0 for phase in Phase}
+        for phase, count in ledger.phases.items():
+            if count:
+                by_phase[phase] = count
+        metrics.observe_pass(
+            metrics.PassSnapshot(
+                regions_by_state=by_state,
+                services_by_phase=by_phase,
+                rejections_by_reason={k: n for k, n in ledger.rejections.items() if n},
+                queue_depth=changed,
+            )
+        )
+
+    def written(self, ledger: Ledger) -> None:
         """After the pass's writes: a lost region none of whose services is placed
         there any more has failed over; record how long that took."""
         self.end_spans()
@@ -191,7 +169,7 @@ class PassObserver:
         for region, lost in self._lost.items():
             if not lost.services:
                 continue
-            if any(n in plans and region in plans[n].record.regions for n in lost.services):
+            if any(ledger.held[n].count_in(region) for n in lost.services if n in ledger.held):
                 continue
             metrics.failover_duration.record(now - lost.since)
             log.info(

@@ -51,21 +51,22 @@ class ServicePlan:
         return f"{self.service}: {self.record.reason} ({where}); {self.record.message}"
 
 
-def region_infos(world: World, now: datetime, *, region_ttl: float) -> list[RegionInfo]:
-    """Regions with their state and free capacity net of every current placement."""
-    used_cpu: dict[str, float] = {}
-    used_mem: dict[str, int] = {}
-    for name, (placed, _) in world.placements.items():
-        service = world.services.get(name)
-        if service is None:
-            continue
-        res = service[0].spec.resources
-        counts = dict(placed.regions)
-        for region, drain in placed.draining.items():
-            counts[region] = counts.get(region, 0) + drain.replicas
-        for region, count in counts.items():
-            used_cpu[region] = used_cpu.get(region, 0.0) + count * res.cpu
-            used_mem[region] = used_mem.get(region, 0) + count * res.memory_mb
+# Capacity used per region (cpu, memory), when the caller keeps it for the whole world
+# and plans only some services (federation.controller.ledger).
+Used = tuple[Mapping[str, float], Mapping[str, int]]
+
+
+def region_infos(
+    world: World, now: datetime, *, region_ttl: float, used: Used | None = None
+) -> list[RegionInfo]:
+    """Regions with their state and free capacity net of every current placement
+    (`used`, if given; else summed over the world's placements)."""
+    used_cpu: Mapping[str, float]
+    used_mem: Mapping[str, int]
+    if used is not None:
+        used_cpu, used_mem = used
+    else:
+        used_cpu, used_mem = _used(world)
     infos = []
     for name, record in world.regions.items():
         beat = world.heartbeats.get(name)
@@ -93,6 +94,23 @@ def region_infos(world: World, now: datetime, *, region_ttl: float) -> list[Regi
             )
         )
     return infos
+
+
+def _used(world: World) -> tuple[dict[str, float], dict[str, int]]:
+    used_cpu: dict[str, float] = {}
+    used_mem: dict[str, int] = {}
+    for name, (placed, _) in world.placements.items():
+        service = world.services.get(name)
+        if service is None:
+            continue
+        res = service[0].spec.resources
+        counts = dict(placed.regions)
+        for region, drain in placed.draining.items():
+            counts[region] = counts.get(region, 0) + drain.replicas
+        for region, count in counts.items():
+            used_cpu[region] = used_cpu.get(region, 0.0) + count * res.cpu
+            used_mem[region] = used_mem.get(region, 0) + count * res.memory_mb
+    return used_cpu, used_mem
 
 
 def evaluations(world: World, now: datetime) -> dict[str, Evaluation]:
@@ -135,9 +153,12 @@ def plan(
     *,
     region_ttl: float,
     rebalance: frozenset[str] = frozenset(),
+    used: Used | None = None,
 ) -> dict[str, ServicePlan]:
-    """Plan every service. Pure: the same world and `now` give the same plans."""
-    infos = region_infos(world, now, region_ttl=region_ttl)
+    """Plan every service of `world`. Pure: the same world and `now` give the same
+    plans. With `used`, the world may hold only some services: capacity is net of
+    `used` (every service's placement), and the others keep where they are."""
+    infos = region_infos(world, now, region_ttl=region_ttl, used=used)
     states = {r.name: r.state for r in infos}
     evals = evaluations(world, now)
     specs = [record.spec for record, _ in world.services.values()]

@@ -1,11 +1,20 @@
 """Runs the election and, while this replica leads, the reconcile loop.
 
-Level-triggered: a watch on the whole prefix only marks the world dirty; each pass
-reads the world afresh, plans every service and writes what changed. Every write is
-one etcd transaction per service that compares the leader key, the service's
-revision and the placement's revision, so neither a deposed leader nor a decision
-made from a stale read can land. Each transaction also appends one audit entry
-listing the decisions it writes (federation.store.audit).
+Level-triggered, but incremental. The server's mirror of the store (one watch,
+federation.store.mirror) tells the controller which keys changed; a pass plans the
+services those changes touch (their spec, placement, assignments or rebalance request,
+a lost region's services, services whose ready counts a report changed), plus the
+ones still moving (grace periods, drains, rollouts). Capacity, phases and residency
+rejections of all the others come from the ledger (federation.controller.ledger). A
+full pass plans everything: on taking the lead, after a re-list, when regions or
+residency policies change, and every `full_resync_s` anyway, so nothing missed can
+last. Passes plan and write in chunks, parsed and planned in worker threads, so a
+pass over 100,000 services neither holds them all in memory nor stalls the API.
+
+Every write is one etcd transaction per batch of services that compares the leader
+key, each service's revision and its placement's revision, so neither a deposed
+leader nor a decision made from a stale read can land. Each transaction also appends
+one audit entry listing the decisions it writes (federation.store.audit).
 """
 
 from __future__ import annotations
@@ -14,16 +23,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from federation.controller.ledger import Held, Ledger, holding
 from federation.controller.observe import PassObserver
 from federation.controller.plan import ServicePlan, plan
-from federation.store import Compacted, Cond, Conflict, Op, Store, StoreError, keys
+from federation.model.region import HeartbeatRecord
+from federation.model.service import PlacementRecord, RegionReport, ServiceRecord
+from federation.model.status import service_phase
+from federation.residency.evaluate import Evaluation
+from federation.scheduler import PLACED, SCALED_TO_ZERO
+from federation.store import Cond, Conflict, Op, Store, StoreError, keys
+from federation.store import policies as store_policies
 from federation.store.audit import Change
 from federation.store.election import LeaderElection
-from federation.store.world import World, read_world
+from federation.store.mirror import Mirror
+from federation.store.world import MIRROR_CACHED, MIRRORED, World, world_of
 from federation.telemetry import metrics
 from federation.telemetry.setup import tracer
 
@@ -32,23 +49,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Keys whose changes do not call for a new pass: the election's own key, and
-# heartbeats (capacity changes are picked up by the periodic resync).
-_QUIET = (
-    keys.LEADER,
-    keys.HEARTBEATS,
-    keys.PLACEMENTS,
-    keys.ASSIGNMENTS,
-    keys.TOKENS,
-    keys.AUDIT,
-    keys.AUDIT_HEAD,
-)
-# Drill progress too: a drill's cordons are region writes, which do call for a pass.
-_QUIET_DRILLS = (keys.DRILLS, keys.DRILL_LOCKS)
 _WRITE_CONCURRENCY = 4
 _TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
 _FIXED_CONDS = 2  # the leader fence and the audit head
 _FIXED_OPS = 2  # the audit entry and the audit head
+_CHUNK = 2000  # services parsed and planned at a time
+# Changes to these mean "plan everything": region identity, cordons and membership,
+# and residency. A region's loss is handled on its own (its services, not all).
+_EVERYTHING = (keys.REGIONS, keys.POLICIES, keys.GROUPS, keys.RESIDENCY_FENCE)
 
 
 class Controller:
@@ -62,15 +70,36 @@ class Controller:
         region_ttl: float,
         resync_s: float = 5.0,
         busy_resync_s: float = 0.5,
+        full_resync_s: float = 60.0,
+        mirror: Mirror | None = None,
+        chunk: int = _CHUNK,
     ) -> None:
         self.store = store
         self.election = election
         self.region_ttl = region_ttl
         self.resync_s = resync_s
         self.busy_resync_s = busy_resync_s
+        self.full_resync_s = full_resync_s
+        self.chunk = chunk
+        self._own_mirror = mirror is None
+        self.mirror = mirror or Mirror(store, MIRRORED, cached=MIRROR_CACHED)
+        self.mirror.subscribe(self._changed)
+        self.ledger = Ledger()
         self._dirty = asyncio.Event()
+        self._names: set[str] = set()  # services some change touched since the last pass
+        self._lost: set[str] = set()  # regions whose lease went since the last pass
+        self._reported: set[str] = set()  # regions whose report changed
+        self._full = True
+        self._last_full = 0.0
+        self._busy: set[str] = set()
+        self._written: dict[str, int] = {}  # service -> revision of this pass's write
+        self._ready: dict[str, dict[tuple[str, int], int]] = {}  # region -> report index
+        self._capacity: dict[str, tuple[float, int]] = {}
+        self._residency: store_policies.Snapshot | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.passes = 0
+        self.full_passes = 0
+        self.last_planned = 0
         self._stopping = False
         self.last_sentences: list[str] = []
         self.drills: DrillRunner | None = None
@@ -96,10 +125,42 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._own_mirror:
+            await self.mirror.stop()
         await self.election.resign()
 
     def poke(self) -> None:
         """Ask for a pass soon (used by the API after writes it knows matter)."""
+        self._dirty.set()
+
+    def _changed(self, key: str, revision: int) -> None:
+        """The mirror applied a change: note what it touches (no I/O, no parsing)."""
+        if not self.election.is_leader:
+            self._full = True  # whoever leads next starts from a full pass
+            return
+        if key == "" or key.startswith(_EVERYTHING):
+            self._full = True
+            self._residency = None
+        elif key.startswith((keys.SERVICES, keys.PLACEMENTS, keys.REBALANCE)):
+            name = key.split("/", 1)[1]
+            if self._written.get(name) == revision and not key.startswith(keys.SERVICES):
+                return  # the echo of this controller's own write
+            self._names.add(name)
+        elif key.startswith(keys.ASSIGNMENTS):
+            name = key.rsplit("/", 1)[1]
+            if self._written.get(name) == revision:
+                return
+            self._names.add(name)
+        elif key.startswith(keys.ALIVE):
+            region = key.removeprefix(keys.ALIVE)
+            if self.mirror.has(keys.ALIVE, region):
+                self._full = True  # back (or new): failback and waiting services
+            else:
+                self._lost.add(region)
+        elif key.startswith(keys.REPORTS):
+            self._reported.add(key.removeprefix(keys.REPORTS))
+        else:
+            return  # heartbeats: capacity is compared on every pass
         self._dirty.set()
 
     async def _guard(self, body: Callable[[], Awaitable[None]]) -> None:
@@ -114,53 +175,31 @@ class Controller:
                 await asyncio.sleep(1)
 
     async def _loop(self) -> None:
-        watcher: asyncio.Task[None] | None = None
-        try:
-            while True:
-                if not self.election.is_leader:
-                    self.observe.stopped_leading()
-                    if watcher is not None:
-                        watcher.cancel()
-                        watcher = None
-                    self.election.changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.5):
-                            await self.election.changed.wait()
-                    continue
-                if watcher is None or watcher.done():
-                    watcher = asyncio.create_task(self._watch(), name="controller-watch")
-                self._dirty.clear()
-                busy = False
-                try:
-                    busy = await self.reconcile()
-                except StoreError as exc:
-                    log.warning("reconcile pass failed: %s", exc)
-                    busy = True
+        while True:
+            if not self.election.is_leader:
+                self.observe.stopped_leading()
+                self._full = True
+                self.election.changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.busy_resync_s if busy else self.resync_s):
-                        await self._dirty.wait()
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-                # Bounded: a gRPC stream must not be able to hold a shutdown hostage.
-                await asyncio.wait([watcher], timeout=2)
-
-    async def _watch(self) -> None:
-        """Mark the world dirty on any relevant change; re-establish on errors."""
-        while not self._stopping:
+                    async with asyncio.timeout(0.5):
+                        await self.election.changed.wait()
+                continue
+            self._dirty.clear()
+            busy = False
             try:
-                start = await self.store.revision() + 1
-                self._dirty.set()
-                async for batch in self.store.watch("", start_revision=start):
-                    if any(not e.key.startswith(_QUIET + _QUIET_DRILLS) for e in batch):
-                        self._dirty.set()
-            except (Compacted, StoreError) as exc:
-                log.info("controller watch restarting: %s", exc)
-                await asyncio.sleep(0.5)
+                busy = await self.reconcile()
+            except StoreError as exc:
+                log.warning("reconcile pass failed: %s", exc)
+                self._full = True
+                busy = True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.busy_resync_s if busy else self.resync_s):
+                    await self._dirty.wait()
 
     async def reconcile(self) -> bool:
-        """One pass: read, plan, write. Returns True when something is still moving
-        (a grace period, a drain or a rollout) and the next pass should come soon."""
+        """One pass: plan and write what changed (or everything, on a full pass).
+        Returns True when something is still moving (a grace period, a drain or a
+        rollout) and the next pass should come soon."""
         started = time.perf_counter()
         with tracer().start_as_current_span("controller.reconcile"):
             try:
@@ -173,21 +212,94 @@ class Controller:
         return busy
 
     async def _reconcile(self) -> bool:
-        world = await read_world(self.store)
+        await self.mirror.sync()
+        # Every echo of earlier writes has been applied by now.
+        self._written = {}
         now = datetime.now(UTC)
+        if self._residency is None:
+            self._residency = store_policies.snapshot_of(self.mirror)
+        residency = self._residency
+        full = self._full or time.monotonic() - self._last_full >= self.full_resync_s
+        services = set(self.mirror.tails(keys.SERVICES))
+        if full:
+            self._full = False
+            self._names, self._lost, self._reported = set(), set(), set()
+            self._last_full = time.monotonic()
+            self.full_passes += 1
+            self.ledger.reset(await asyncio.to_thread(self._held_by_everyone, services))
+            self._reports_changed(set(self.mirror.tails(keys.REPORTS)))
+            names = services
+            orphans = self._orphans(services)
+        else:
+            names = self._names | self._busy
+            self._names = set()
+            for region in self._lost:
+                names |= self.ledger.placed_in(region) | self.ledger.waiting()
+            self._lost = set()
+            names |= self._reports_changed(self._reported)
+            self._reported = set()
+            if self._capacity_grew():
+                names |= self.ledger.waiting()
+            orphans = {n for n in names if n not in services}
+            names &= services
+        self._capacity_grew()  # remember this pass's capacities
+        base = await asyncio.to_thread(world_of, self.mirror, (), residency)
+        self.observe.starting(base, self.ledger)
+        freed = False
+        for name in orphans:
+            freed = self.ledger.drop(name) or freed
+        sentences = await self._collect_orphans(orphans)
+        busy: set[str] = set()
+        changed_total = 0
+        ordered = sorted(names)
+        for start in range(0, len(ordered), self.chunk):
+            chunk = ordered[start : start + self.chunk]
+            world = await asyncio.to_thread(world_of, self.mirror, chunk, residency)
+            written, changed, chunk_busy, chunk_freed = await self._pass_chunk(world, now)
+            sentences += written
+            changed_total += changed
+            busy |= chunk_busy
+            freed = freed or chunk_freed
+        self._busy = busy
+        if freed:
+            # Capacity came free: services waiting for some get another go at once.
+            waiting = self.ledger.waiting() - names
+            if waiting:
+                self._names |= waiting
+                self._dirty.set()
+        self.observe.planned(base, self.ledger, changed_total)
+        self.observe.written(self.ledger)
+        self.passes += 1
+        self.last_planned = len(names)
+        self.last_sentences = list(sentences)
+        for sentence in sentences:
+            log.info("controller: %s", sentence)
+        return bool(busy)
+
+    async def _pass_chunk(
+        self, world: World, now: datetime
+    ) -> tuple[list[str], int, set[str], bool]:
+        """Plan and write the services of `world`; update the ledger. Returns the
+        sentences, how many changed, which are still moving, and whether capacity
+        came free."""
         planning = time.perf_counter()
         # In a thread: planning is CPU-bound and pure, and the API shares this loop.
-        plans = await asyncio.to_thread(plan, world, now, region_ttl=self.region_ttl)
+        plans = await asyncio.to_thread(
+            plan,
+            world,
+            now,
+            region_ttl=self.region_ttl,
+            used=(self.ledger.cpu_used, self.ledger.memory_used),
+        )
         metrics.scheduling_duration.record(time.perf_counter() - planning)
         changed = [p for p in plans.values() if p.changed]
         # Never written: a plan that breaks residency (counted and logged as a bug).
         wrong = {p.service for p in self.observe.violations(changed)}
         changed = [p for p in changed if p.service not in wrong]
-        self.observe.planned(world, plans, len(changed))
         self.observe.continue_traces(world, changed)
         semaphore = asyncio.Semaphore(_WRITE_CONCURRENCY)
 
-        async def write(batch: list[ServicePlan]) -> list[str]:
+        async def write(batch: list[ServicePlan]) -> list[tuple[ServicePlan, int, str]]:
             async with semaphore:
                 with self.observe.writing(batch):
                     return await self._write_batch(batch)
@@ -196,19 +308,100 @@ class Controller:
             results = await asyncio.gather(*(write(b) for b in self._batches(changed)))
         finally:
             self.observe.end_spans()
-        self.observe.written(plans)
-        sentences = [sentence for result in results for sentence in result]
-        sentences.extend(await self._collect_orphans(world))
-        self.passes += 1
-        self.last_sentences = list(sentences)
-        for sentence in sentences:
-            log.info("controller: %s", sentence)
-        return any(
-            p.record.draining
-            or (p.record.rollout is not None and p.record.rollout.state == "progressing")
-            or (p.decision is not None and bool(p.decision.kept))
-            for p in plans.values()
+        outcome = {p.service: revision for r in results for p, revision, _ in r}
+        sentences = [sentence for r in results for _, _, sentence in r]
+        busy: set[str] = set()
+        freed = False
+        for name, p in plans.items():
+            service, _ = world.services[name]
+            if p.changed and not outcome.get(name):
+                # Not written (lost a race, or refused): planned again next pass.
+                self._names.add(name)
+                continue
+            if p.changed:
+                self._written[name] = outcome[name]
+            freed = self.ledger.put(name, self._held(service, p, world)) or freed
+            if _moving(p):
+                busy.add(name)
+        return sentences, len(changed), busy, freed
+
+    def _held(self, service: ServiceRecord, p: ServicePlan, world: World) -> Held:
+        """What the ledger keeps of a service after its plan was written (or stood)."""
+        spec = service.spec
+        phase = service_phase(service, p.record, p.assignments, world.reports, world.alive)
+        evaluation: Evaluation | None = p.evaluation
+        rejected = tuple(
+            metrics.reason_kind(v.reasons[0] if v.reasons else "")
+            for v in (evaluation.verdicts if evaluation is not None else ())
+            if not v.allowed
         )
+        return Held(
+            cpu=spec.resources.cpu,
+            memory_mb=spec.resources.memory_mb,
+            regions=holding(spec, p.record),
+            phase=phase.value,
+            rejected=rejected,
+            waiting=p.record.reason not in (PLACED, SCALED_TO_ZERO),
+        )
+
+    def _held_by_everyone(self, services: Iterable[str]) -> list[tuple[str, Held]]:
+        """Every service's capacity as stored (a full pass starts from it, so its first
+        chunk already sees what the later chunks' services hold)."""
+        found = []
+        for name in services:
+            service = self.mirror.get(keys.SERVICES, name, ServiceRecord)
+            if service is None:
+                continue
+            placement = self.mirror.get(keys.PLACEMENTS, name, PlacementRecord)
+            spec = service[0].spec
+            found.append(
+                (
+                    name,
+                    Held(
+                        cpu=spec.resources.cpu,
+                        memory_mb=spec.resources.memory_mb,
+                        regions=holding(spec, placement[0] if placement else None),
+                    ),
+                )
+            )
+        return found
+
+    def _reports_changed(self, regions: set[str]) -> set[str]:
+        """Services whose ready counts changed in the reports of `regions`."""
+        touched: set[str] = set()
+        for region in regions:
+            got = self.mirror.get(keys.REPORTS, region, RegionReport)
+            index = dict(got[0].ready_index()) if got is not None else {}
+            before = self._ready.get(region, {})
+            for key in index.keys() ^ before.keys():
+                touched.add(key[0])
+            for key in index.keys() & before.keys():
+                if index[key] != before[key]:
+                    touched.add(key[0])
+            self._ready[region] = index
+        return touched
+
+    def _capacity_grew(self) -> bool:
+        """Did any region report more capacity than at the last pass? (Remembers.)"""
+        grew = False
+        now: dict[str, tuple[float, int]] = {}
+        for region, (beat, _) in self.mirror.all(keys.HEARTBEATS, HeartbeatRecord).items():
+            cap = (beat.capacity.cpu, beat.capacity.memory_mb)
+            now[region] = cap
+            was = self._capacity.get(region)
+            if was is not None and (cap[0] > was[0] or cap[1] > was[1]):
+                grew = True
+        self._capacity = now
+        return grew
+
+    def _orphans(self, services: set[str]) -> set[str]:
+        """Services that left a placement or assignments behind when deleted."""
+        found = {n for n in self.mirror.tails(keys.PLACEMENTS) if n not in services}
+        for tail in self.mirror.tails(keys.ASSIGNMENTS):
+            name = tail.partition("/")[2]
+            if name not in services:
+                found.add(name)
+        return found
 
     def _parts(self, p: ServicePlan) -> tuple[list[Cond], list[Op]]:
         """The conditions and operations that write one service's decision."""
@@ -248,9 +441,10 @@ class Controller:
             batches.append(current)
         return batches
 
-    async def _write_batch(self, batch: list[ServicePlan]) -> list[str]:
+    async def _write_batch(self, batch: list[ServicePlan]) -> list[tuple[ServicePlan, int, str]]:
+        """Write a batch in one txn: (plan, revision or 0 if not written, sentence)."""
         if not self.election.is_leader:
-            return [f"{p.service}: not written, no longer leader" for p in batch]
+            return [(p, 0, f"{p.service}: not written, no longer leader") for p in batch]
         conditions: list[Cond] = [self.election.fence()]
         ops: list[Op] = []
         for p in batch:
@@ -258,20 +452,21 @@ class Controller:
             conditions += conds
             ops += more
         try:
-            ok, _, _ = await self.store.txn(conditions, ops, audit=self._audit(batch))
+            ok, revision, _ = await self.store.txn(conditions, ops, audit=self._audit(batch))
         except Conflict:
-            ok = False  # the audit head kept moving: as if the write lost a race
+            ok, revision = False, 0  # the audit head kept moving: as if the write lost a race
         if ok:
-            return [p.sentence for p in batch]
+            return [(p, revision, p.sentence) for p in batch]
         if len(batch) > 1:
             # One stale service fails the whole batch: write them one by one instead.
             results = await asyncio.gather(*(self._write_batch([p]) for p in batch))
-            return [sentence for result in results for sentence in result]
+            return [row for result in results for row in result]
         self._dirty.set()
-        return [
+        sentence = (
             f"{batch[0].service}: write lost a race (leader, service or placement moved); "
             "replanning"
-        ]
+        )
+        return [(batch[0], 0, sentence)]
 
     def _audit(self, batch: list[ServicePlan]) -> Change:
         """One audit entry per transaction: each service's decision and its evidence
@@ -293,17 +488,22 @@ class Controller:
             details={"services": decisions},
         )
 
-    async def _collect_orphans(self, world: World) -> list[str]:
-        """Placements and assignments of services that no longer exist."""
-        orphans = {name for name in world.placements if name not in world.services}
-        orphans |= {svc for (_, svc) in world.assignments if svc not in world.services}
+    async def _collect_orphans(self, names: Iterable[str]) -> list[str]:
+        """Remove the placements and assignments of services that no longer exist."""
+        regions = list(self.mirror.tails(keys.REGIONS))
         sentences = []
-        for name in sorted(orphans):
+        for name in sorted(names):
             ops = [Op.delete(keys.placement(name))]
             ops += [
-                Op.delete(keys.assignment(region, svc))
-                for (region, svc) in world.assignments
-                if svc == name
+                Op.delete(keys.assignment(region, name))
+                for region in regions
+                if self.mirror.has(keys.ASSIGNMENTS, f"{region}/{name}")
+            ]
+            # Assignments of regions deleted since: found by their keys.
+            ops += [
+                Op.delete(keys.ASSIGNMENTS + tail)
+                for tail in self.mirror.tails(keys.ASSIGNMENTS)
+                if tail.endswith("/" + name) and tail.partition("/")[0] not in regions
             ]
             ok, _, _ = await self.store.txn(
                 [self.election.fence(), Cond.absent(keys.service(name))], ops
@@ -311,3 +511,12 @@ class Controller:
             if ok:
                 sentences.append(f"{name}: service deleted; placement and assignments removed")
         return sentences
+
+
+def _moving(p: ServicePlan) -> bool:
+    """Still in motion: the next pass must look again soon, whatever changes."""
+    return bool(
+        p.record.draining
+        or (p.record.rollout is not None and p.record.rollout.state == "progressing")
+        or (p.decision is not None and p.decision.kept)
+    )

@@ -257,13 +257,17 @@ class RegionReport(BaseModel):
     def ready_count(self, service: str, generation: int) -> int:
         """Ready instances of `service` at `generation`. Indexed once per report: status
         for N services over a report of N instances must not cost N squared."""
+        return self.ready_index().get((service, generation), 0)
+
+    def ready_index(self) -> dict[tuple[str, int], int]:
+        """(service, generation) -> ready instances, built once per report."""
         if self._ready is None:
             index: dict[tuple[str, int], int] = {}
             for i in self.instances:
                 if i.ready:
                     index[(i.service, i.generation)] = index.get((i.service, i.generation), 0) + 1
             self._ready = index
-        return self._ready.get((service, generation), 0)
+        return self._ready
 
 
 PlacementRecord.model_rebuild()

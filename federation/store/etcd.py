@@ -329,6 +329,27 @@ class Store:
                 return entries, revision
             key = bytes(resp.kvs[-1].key) + b"\0"
 
+    async def scan_raw(self, prefix: str) -> tuple[list[tuple[str, bytes, int]], int]:
+        """`scan` without decoding: (key, raw value, mod_revision) per key, and the
+        revision of the read. For the mirror, which keeps values as bytes."""
+        start = self._abs(prefix)
+        end = prefix_range_end(start)
+        found: list[tuple[str, bytes, int]] = []
+        key: str | bytes = start
+        revision = 0
+        while True:
+            resp = await self._call(
+                "list",
+                lambda t, k=key, r=revision: self._kv.get(  # type: ignore[misc]
+                    k, range_end=end, revision=r, limit=_SCAN_PAGE, timeout=t
+                ),
+            )
+            revision = revision or int(resp.header.revision)
+            found += [(self._rel(kv.key), bytes(kv.value), int(kv.mod_revision)) for kv in resp.kvs]
+            if not resp.more or not resp.kvs:
+                return found, revision
+            key = bytes(resp.kvs[-1].key) + b"\0"
+
     async def count(self, prefix: str) -> int:
         """Number of keys under `prefix` (Range count_only)."""
         start = self._abs(prefix)
@@ -529,6 +550,32 @@ class Store:
         Raises Compacted when `start_revision` is older than etcd's history, and
         StoreUnavailable when the stream fails; either way the caller re-lists.
         """
+        async for events in self._watch(prefix, start_revision):
+            yield [
+                Event(
+                    type="delete" if ev.type == _EVENT_DELETE else "put",
+                    key=self._rel(ev.kv.key),
+                    value=None if ev.type == _EVENT_DELETE else _decode(ev.kv.value),
+                    revision=int(ev.kv.mod_revision),
+                )
+                for ev in events
+            ]
+
+    async def watch_raw(
+        self, prefix: str, *, start_revision: int
+    ) -> AsyncIterator[list[tuple[str, bytes | None, int]]]:
+        """`watch` without decoding: (key, raw value or None for a delete, mod_revision)."""
+        async for events in self._watch(prefix, start_revision):
+            yield [
+                (
+                    self._rel(ev.kv.key),
+                    None if ev.type == _EVENT_DELETE else bytes(ev.kv.value),
+                    int(ev.kv.mod_revision),
+                )
+                for ev in events
+            ]
+
+    async def _watch(self, prefix: str, start_revision: int) -> AsyncIterator[Sequence[Any]]:
         watcher = self._client.watch
         if watcher is None:
             raise StoreUnavailable("store is not connected")
@@ -541,17 +588,8 @@ class Store:
                     raise Compacted(int(resp.compact_revision))
                 if resp.canceled:
                     raise StoreUnavailable(f"watch cancelled: {resp.cancel_reason}")
-                if not resp.events:
-                    continue
-                yield [
-                    Event(
-                        type="delete" if ev.type == _EVENT_DELETE else "put",
-                        key=self._rel(ev.kv.key),
-                        value=None if ev.type == _EVENT_DELETE else _decode(ev.kv.value),
-                        revision=int(ev.kv.mod_revision),
-                    )
-                    for ev in resp.events
-                ]
+                if resp.events:
+                    yield resp.events
         except grpc.aio.AioRpcError as exc:
             _reraise_cancellation(exc)
             raise StoreUnavailable(f"watch: {exc.code().name}") from exc

@@ -28,6 +28,7 @@ from federation.store import keys
 from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import JSON, Cond, Entry, Op, Store
+from federation.store.mirror import Mirror
 
 T = TypeVar("T")
 
@@ -158,6 +159,27 @@ async def snapshot(store: Store) -> Snapshot:
         groups={g.name: g for g in map(parse_group, group_entries)},
         fence=fence.revision if fence else 0,
         revision=revision,
+    )
+
+
+def snapshot_of(mirror: Mirror) -> Snapshot:
+    """The snapshot as the mirror holds it (no etcd read; for the controller's passes)."""
+    fence = mirror.raw(keys.RESIDENCY_FENCE, "")
+
+    def entries(prefix: str) -> list[Entry]:
+        found = []
+        for tail in mirror.tails(prefix):
+            held = mirror.raw(prefix, tail)
+            value = mirror.json(prefix, tail)
+            if held is not None and isinstance(value, dict):
+                found.append(Entry(prefix + tail, value, held[1], 0, 0))
+        return found
+
+    return Snapshot(
+        policies={p.name: p for p in map(parse_policy, entries(keys.POLICIES))},
+        groups={g.name: g for g in map(parse_group, entries(keys.GROUPS))},
+        fence=fence[1] if fence else 0,
+        revision=mirror.revision,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,6 +21,7 @@ from federation.model.service import Assignment, PlacementRecord, RegionReport, 
 from federation.store import keys
 from federation.store import policies as store_policies
 from federation.store.etcd import Entry, Store
+from federation.store.mirror import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -105,4 +107,51 @@ def _parse(raw: dict[str, list[Entry]]) -> World:
         except ValidationError:
             log.error("stored report %s does not validate; skipped", entry.key)
     world.rebalance = {_tail(e.key, keys.REBALANCE) for e in raw[keys.REBALANCE]}
+    return world
+
+
+# What a server mirrors (federation.store.mirror): everything the controller plans from
+# and the API's service reads show. The small ones keep their parsed form.
+MIRRORED = (
+    keys.SERVICES,
+    keys.PLACEMENTS,
+    keys.ASSIGNMENTS,
+    keys.REBALANCE,
+    keys.REGIONS,
+    keys.ALIVE,
+    keys.HEARTBEATS,
+    keys.REPORTS,
+    keys.POLICIES,
+    keys.GROUPS,
+    keys.RESIDENCY_FENCE,
+)
+MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS)
+
+
+def world_of(mirror: Mirror, names: Collection[str], residency: store_policies.Snapshot) -> World:
+    """The world as the mirror holds it, with only `names` among services, placements
+    and assignments (regions, liveness, reports and policies in full). No etcd reads;
+    the services' records are parsed here (call it in a worker thread for many)."""
+    world = World(residency=residency, revision=mirror.revision)
+    for record, _ in mirror.all(keys.REGIONS, RegionRecord).values():
+        world.regions[record.name] = record
+    world.alive = set(mirror.tails(keys.ALIVE))
+    world.heartbeats = {t: r for t, (r, _) in mirror.all(keys.HEARTBEATS, HeartbeatRecord).items()}
+    world.reports = {t: r for t, (r, _) in mirror.all(keys.REPORTS, RegionReport).items()}
+    regions = list(mirror.tails(keys.REGIONS))
+    for name in names:
+        service = mirror.get(keys.SERVICES, name, ServiceRecord)
+        if service is not None:
+            world.services[name] = service
+        placement = mirror.get(keys.PLACEMENTS, name, PlacementRecord)
+        if placement is not None:
+            world.placements[name] = placement
+        # Assignments are keyed by region first; probing each region is O(regions)
+        # per service instead of a scan of every assignment.
+        for region in regions:
+            got = mirror.get(keys.ASSIGNMENTS, f"{region}/{name}", Assignment)
+            if got is not None:
+                world.assignments[(region, name)] = got[0]
+        if mirror.has(keys.REBALANCE, name):
+            world.rebalance.add(name)
     return world

@@ -362,6 +362,7 @@ async def test_a_deposed_leader_cannot_write(store: Store) -> None:
 
     deposed = Controller(store, a, region_ttl=2)
     await deposed.reconcile()
+    await deposed.stop()
     assert deposed.last_sentences == [
         "svc: write lost a race (leader, service or placement moved); replanning"
     ]
@@ -375,4 +376,4 @@ async def test_a_deposed_leader_cannot_write(store: Store) -> None:
     assert leader.last_sentences[0].startswith("svc: ")
     placed = await store.get(keys.placement("svc"))
     assert placed is not None and placed.value["service"] == "svc"
-    await b.resign()
+    await leader.stop()

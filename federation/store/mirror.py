@@ -1,0 +1,247 @@
+"""A watched in-memory copy of some prefixes of the store.
+
+The controller and the API's reads answer from it instead of re-reading etcd: one
+scan per prefix at start, then one watch on the whole keyspace applies every change,
+so a controller pass or a status read costs what it touches, not the size of the
+world.
+
+Values are kept as the raw JSON bytes etcd holds (about a sixth of the memory of the
+parsed records: 100,000 services are about 65 MB as bytes, over 400 MB as pydantic
+models) and parsed by whoever reads them. Prefixes named in `cached` also keep their
+parsed model, for the few small keys every pass reads (regions, liveness, policies).
+
+Consistency: `sync()` reads etcd's current revision (one linearizable round trip) and
+waits until the watch has applied it, so a read after a write sees the write, as a
+direct etcd read would. The scan of each prefix and the watch's start are not one
+revision; the watch replays from before the first scan, and an event only replaces a
+value older than itself, so the copy converges on etcd's state once the watch has
+passed the scans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from federation.store.errors import Compacted, StoreError, StoreUnavailable
+from federation.store.etcd import Store
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+# Called with (key, revision) for every change applied, and with ("", 0) after a
+# re-list, when anything may have changed.
+Listener = Callable[[str, int], None]
+
+
+class Mirror:
+    """The keys under `prefixes`, kept current by a watch. Start with `start()`."""
+
+    def __init__(
+        self,
+        store: Store,
+        prefixes: Sequence[str],
+        *,
+        cached: Sequence[str] = (),
+        sync_timeout: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.prefixes = tuple(prefixes)
+        self.cached = tuple(cached)
+        self.sync_timeout = sync_timeout
+        self._data: dict[str, dict[str, tuple[bytes, int]]] = {p: {} for p in self.prefixes}
+        self._models: dict[tuple[str, str], tuple[int, BaseModel]] = {}
+        self.revision = 0
+        self._listeners: list[Listener] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._loaded = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the prefixes and start following changes (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="store-mirror")
+        await self._wait_loaded()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            # Bounded: a gRPC stream must not be able to hold a shutdown hostage.
+            await asyncio.wait([self._task], timeout=2)
+            self._task = None
+        self._loaded.clear()
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(StoreUnavailable("store mirror stopped"))
+        self._waiters = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(key, revision)` for every change applied from now on."""
+        self._listeners.append(listener)
+
+    async def _wait_loaded(self) -> None:
+        try:
+            async with asyncio.timeout(self.sync_timeout):
+                await self._loaded.wait()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"store mirror not loaded within {self.sync_timeout:g} s"
+                + (f": {self._failure}" if self._failure else "")
+            ) from None
+
+    async def _run(self) -> None:
+        relist = True
+        while True:
+            try:
+                if relist:
+                    await self._load()
+                    relist = False
+                async for events in self.store.watch_raw("", start_revision=self.revision + 1):
+                    self._apply(events)
+            except Compacted as exc:
+                log.info("store mirror: history compacted (%s); re-listing", exc)
+                relist = True
+            except StoreError as exc:
+                self._failure = exc
+                log.info("store mirror: watch restarting: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _load(self) -> None:
+        start = await self.store.revision()
+        data: dict[str, dict[str, tuple[bytes, int]]] = {}
+        for prefix in self.prefixes:
+            entries, _ = await self.store.scan_raw(prefix)
+            data[prefix] = {key[len(prefix) :]: (raw, rev) for key, raw, rev in entries}
+        self._data = data
+        self._models = {}
+        self.revision = start
+        self._failure = None
+        self._loaded.set()
+        for listener in self._listeners:
+            listener("", 0)
+        self._wake()
+
+    def _apply(self, events: Sequence[tuple[str, bytes | None, int]]) -> None:
+        for key, raw, revision in events:
+            prefix = self._prefix_of(key)
+            if prefix is not None:
+                table = self._data[prefix]
+                tail = key[len(prefix) :]
+                held = table.get(tail)
+                if raw is None:
+                    if held is None or held[1] <= revision:
+                        table.pop(tail, None)
+                        self._models.pop((prefix, tail), None)
+                elif held is None or held[1] < revision:
+                    table[tail] = (raw, revision)
+                for listener in self._listeners:
+                    listener(key, revision)
+            self.revision = max(self.revision, revision)
+        self._wake()
+
+    def _prefix_of(self, key: str) -> str | None:
+        for prefix in self.prefixes:
+            if key.startswith(prefix):
+                return prefix
+        return None
+
+    def _wake(self) -> None:
+        waiting = []
+        for revision, future in self._waiters:
+            if future.done():
+                continue
+            if revision <= self.revision:
+                future.set_result(None)
+            else:
+                waiting.append((revision, future))
+        self._waiters = waiting
+
+    # -- consistency --------------------------------------------------------------------
+
+    async def wait_for(self, revision: int) -> None:
+        """Return once every change up to `revision` is applied (StoreUnavailable if
+        that takes longer than `sync_timeout`)."""
+        await self._wait_loaded()
+        if revision <= self.revision:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((revision, future))
+        try:
+            async with asyncio.timeout(self.sync_timeout):
+                await future
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"store mirror is behind: at revision {self.revision}, waiting for {revision}"
+            ) from None
+
+    async def sync(self) -> int:
+        """Wait until the mirror holds everything etcd had committed when this was
+        called (a linearizable read, as a direct read would be). Returns that revision."""
+        await self.start()
+        revision = await self.store.revision()
+        await self.wait_for(revision)
+        return revision
+
+    # -- reads --------------------------------------------------------------------------
+
+    def raw(self, prefix: str, tail: str) -> tuple[bytes, int] | None:
+        """The raw value and mod_revision of `prefix + tail`, if present."""
+        return self._data[prefix].get(tail)
+
+    def has(self, prefix: str, tail: str) -> bool:
+        return tail in self._data[prefix]
+
+    def tails(self, prefix: str) -> Iterator[str]:
+        """The keys under `prefix`, without it (a snapshot: safe to change while iterating)."""
+        return iter(list(self._data[prefix]))
+
+    def count(self, prefix: str) -> int:
+        return len(self._data[prefix])
+
+    def get(self, prefix: str, tail: str, model: type[M]) -> tuple[M, int] | None:
+        """`prefix + tail` parsed as `model`, with its revision; None if absent or if it
+        does not validate (logged: only validated writes reach the store)."""
+        held = self._data[prefix].get(tail)
+        if held is None:
+            return None
+        raw, revision = held
+        if prefix in self.cached:
+            memo = self._models.get((prefix, tail))
+            if memo is not None and memo[0] == revision and isinstance(memo[1], model):
+                return memo[1], revision
+        try:
+            parsed = model.model_validate_json(raw)
+        except ValidationError:
+            log.error("stored %s%s does not validate as %s; skipped", prefix, tail, model.__name__)
+            return None
+        if prefix in self.cached:
+            self._models[(prefix, tail)] = (revision, parsed)
+        return parsed, revision
+
+    def all(self, prefix: str, model: type[M]) -> dict[str, tuple[M, int]]:
+        """Every key under `prefix`, parsed (meant for the small, cached prefixes)."""
+        found: dict[str, tuple[M, int]] = {}
+        for tail in list(self._data[prefix]):
+            got = self.get(prefix, tail, model)
+            if got is not None:
+                found[tail] = got
+        return found
+
+    def json(self, prefix: str, tail: str) -> Any:
+        """`prefix + tail` as decoded JSON, or None."""
+        held = self._data[prefix].get(tail)
+        if held is None:
+            return None
+        with contextlib.suppress(ValueError):
+            return json.loads(held[0])
+        return None
