@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from aiohttp import web
 
 from federation.api.app import create_app
 from federation.api.context import ServerConfig
@@ -62,6 +63,7 @@ class Api:
     session: aiohttp.ClientSession
     config: ServerConfig
     tokens: dict[str, str] = field(default_factory=dict)
+    app: web.Application | None = None  # set for an in-process server
 
     async def call(
         self,
@@ -113,7 +115,13 @@ async def api(etcd: LocalEtcd, prefix: str) -> AsyncIterator[Api]:
     try:
         async with aiohttp.ClientSession() as session:
             assert config.admin_token is not None
-            yield Api(str(server.make_url("")).rstrip("/"), config.admin_token, session, config)
+            yield Api(
+                str(server.make_url("")).rstrip("/"),
+                config.admin_token,
+                session,
+                config,
+                app=server.app,
+            )
     finally:
         await server.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -77,6 +78,10 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.on_shutdown.append(assignments.close_streams)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        # The controller plans in worker threads. With CPython's default 5 ms switch
+        # interval, a planning thread holds the GIL for 5 ms each time the event loop
+        # waits on I/O, so a request with a few etcd round trips queued for tens of ms.
+        sys.setswitchinterval(0.0005)
         store = Store(
             list(config.etcd_endpoints),
             prefix=config.prefix,

@@ -3,6 +3,7 @@ region's side of it: its status reports."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from federation.api.auth import require, require_region
 from federation.api.body import if_match, json_response, path_name, read_document, read_model
-from federation.api.context import CONFIG, CONTROLLER, STORE
+from federation.api.context import CONFIG, CONTROLLER, MIRROR, STORE
 from federation.api.errors import ApiError, from_validation
 from federation.controller.plan import plan
 from federation.model.service import RegionReport, ServiceSpec
@@ -51,9 +52,10 @@ async def put_service(request: web.Request) -> web.Response:
     name = path_name(request, "service")
     await require(request, Role.OPERATOR)
     spec = await _read_spec(request, name)
-    store = request.app[STORE]
+    store, mirror = request.app[STORE], request.app[MIRROR]
+    await mirror.sync()
     # A typo in a data class must not mean "anywhere": every class needs a policy.
-    unknown = unknown_data_classes(spec.data_classes, await store_policies.policies(store))
+    unknown = unknown_data_classes(spec.data_classes, store_policies.policies_of(mirror))
     if unknown:
         details = [
             {
@@ -63,17 +65,23 @@ async def put_service(request: web.Request) -> web.Response:
             for c in unknown
         ]
         raise ApiError(422, f"{details[0]['field']}: {details[0]['message']}", details=details)
-    _, _, created, changed = await store_services.apply(store, spec, if_match=if_match(request))
+    _, revision, created, changed = await store_services.apply(
+        store, spec, if_match=if_match(request), mirror=mirror
+    )
     if changed:
         request.app[CONTROLLER].poke()
-    views, _ = await store_services.list_views(store, only=name)
-    return json_response(views[0], status=201 if created else 200, revision=views[0]["revision"])
+    await mirror.wait_for(revision)
+    found = store_services.view_of(mirror, name)
+    return json_response(found, status=201 if created else 200, revision=found["revision"])
 
 
 @routes.get("/v1/services")
 async def list_services(request: web.Request) -> web.Response:
     await require(request, Role.VIEWER)
-    views, revision = await store_services.list_views(request.app[STORE])
+    mirror = request.app[MIRROR]
+    revision = await mirror.sync()
+    # Parsing every service is CPU-bound: off the loop, so other requests go on.
+    views = await asyncio.to_thread(store_services.views_of, mirror)
     return json_response({"items": views, "revision": revision})
 
 
@@ -81,11 +89,13 @@ async def list_services(request: web.Request) -> web.Response:
 async def get_service(request: web.Request) -> web.Response:
     name = path_name(request, "service")
     await require(request, Role.VIEWER)
+    mirror = request.app[MIRROR]
+    await mirror.sync()
     try:
-        views, _ = await store_services.list_views(request.app[STORE], only=name)
+        found = store_services.view_of(mirror, name)
     except store_services.ServiceNotFound:
         raise _not_found(name) from None
-    return json_response(views[0], revision=views[0]["revision"])
+    return json_response(found, revision=found["revision"])
 
 
 @routes.delete("/v1/services/{service}")

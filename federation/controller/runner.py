@@ -92,6 +92,7 @@ class Controller:
         self._full = True
         self._last_full = 0.0
         self._busy: set[str] = set()
+        self._busy_due = 0.0
         self._written: dict[str, int] = {}  # service -> revision of this pass's write
         self._ready: dict[str, dict[tuple[str, int], int]] = {}  # region -> report index
         self._capacity: dict[str, tuple[float, int]] = {}
@@ -231,8 +232,13 @@ class Controller:
             names = services
             orphans = self._orphans(services)
         else:
-            names = self._names | self._busy
+            names = set(self._names)
             self._names = set()
+            if time.monotonic() >= self._busy_due:
+                # Services in motion are looked at every busy_resync_s, not on every
+                # pass a deploy's poke causes.
+                names |= self._busy
+                self._busy_due = time.monotonic() + self.busy_resync_s
             for region in self._lost:
                 names |= self.ledger.placed_in(region) | self.ledger.waiting()
             self._lost = set()
@@ -260,7 +266,7 @@ class Controller:
             changed_total += changed
             busy |= chunk_busy
             freed = freed or chunk_freed
-        self._busy = busy
+        self._busy = (self._busy - names - orphans) | busy
         if freed:
             # Capacity came free: services waiting for some get another go at once.
             waiting = self.ledger.waiting() - names

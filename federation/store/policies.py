@@ -162,6 +162,11 @@ async def snapshot(store: Store) -> Snapshot:
     )
 
 
+def policies_of(mirror: Mirror) -> list[AnyPolicy]:
+    """Every policy the mirror holds, malformed ones included (no etcd read)."""
+    return snapshot_of(mirror).all_policies()
+
+
 def snapshot_of(mirror: Mirror) -> Snapshot:
     """The snapshot as the mirror holds it (no etcd read; for the controller's passes)."""
     fence = mirror.raw(keys.RESIDENCY_FENCE, "")

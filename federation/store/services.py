@@ -17,6 +17,7 @@ from federation.store import keys
 from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Op, Store
+from federation.store.mirror import Mirror
 from federation.telemetry.setup import current_carrier
 
 
@@ -33,12 +34,17 @@ async def get(store: Store, name: str) -> tuple[ServiceRecord, int] | None:
 
 
 async def apply(
-    store: Store, spec: ServiceSpec, *, if_match: int | None
+    store: Store, spec: ServiceSpec, *, if_match: int | None, mirror: Mirror | None = None
 ) -> tuple[ServiceRecord, int, bool, bool]:
     """Create or update a service (CAS on its revision). Idempotent: the same spec again
-    writes nothing. Returns (record, revision, created, changed)."""
+    writes nothing. Returns (record, revision, created, changed). With a (synced)
+    `mirror`, the current record is read from it instead of etcd: the CAS catches a
+    write that came in between either way."""
     now = datetime.now(UTC)
-    current = await get(store, spec.name)
+    if mirror is not None:
+        current = mirror.get(keys.SERVICES, spec.name, ServiceRecord)
+    else:
+        current = await get(store, spec.name)
     if current is None:
         if if_match is not None and if_match != 0:
             raise Conflict(keys.service(spec.name), if_match, None)
@@ -124,63 +130,40 @@ def view(
     }
 
 
-async def list_views(store: Store, only: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Every service (or just `only`) with its status, and the store revision."""
-    if only is not None:
-        entry = await store.get(keys.service(only))
-        if entry is None:
-            raise ServiceNotFound(only)
-        services = [entry]
-        revision = entry.revision
-        placement_entries = [e for e in [await store.get(keys.placement(only))] if e]
-    else:
-        services, revision = await store.scan(keys.SERVICES)
-        placement_entries, _ = await store.scan(keys.PLACEMENTS)
-    placements = {
-        e.key.removeprefix(keys.PLACEMENTS): PlacementRecord.model_validate(e.value)
-        for e in placement_entries
-    }
-    by_service: dict[str, dict[str, Assignment]] = {}
+def view_of(mirror: Mirror, name: str) -> dict[str, Any]:
+    """One service with its status, as the (synced) mirror holds it."""
+    found = mirror.get(keys.SERVICES, name, ServiceRecord)
+    if found is None:
+        raise ServiceNotFound(name)
+    return _view(mirror, name, *found)
+
+
+def views_of(mirror: Mirror) -> list[dict[str, Any]]:
+    """Every service with its status, as the mirror holds it (parses them all: call
+    it in a worker thread)."""
+    found = []
+    for name in sorted(mirror.tails(keys.SERVICES)):
+        service = mirror.get(keys.SERVICES, name, ServiceRecord)
+        if service is not None:
+            found.append(_view(mirror, name, *service))
+    return found
+
+
+def _view(mirror: Mirror, name: str, record: ServiceRecord, revision: int) -> dict[str, Any]:
+    got = mirror.get(keys.PLACEMENTS, name, PlacementRecord)
+    placement = got[0] if got is not None else None
+    assignments: dict[str, Assignment] = {}
     reports: dict[str, RegionReport] = {}
-    if only is not None:
-        # One service: read only its own assignments and its regions' reports, so a
-        # deploy's answer costs the same with 10 services or 100,000.
-        placed = placements.get(only)
-        regions = sorted(set(placed.regions) | set(placed.draining)) if placed else []
-        for region in regions:
-            entry = await store.get(keys.assignment(region, only))
-            if entry is not None:
-                by_service.setdefault(only, {})[region] = Assignment.model_validate(entry.value)
-            report = await store.get(keys.report(region))
+    if placement is not None:
+        for region in sorted(set(placement.regions) | set(placement.draining)):
+            held = mirror.get(keys.ASSIGNMENTS, f"{region}/{name}", Assignment)
+            if held is not None:
+                assignments[region] = held[0]
+            report = mirror.get(keys.REPORTS, region, RegionReport)
             if report is not None:
-                reports[region] = RegionReport.model_validate(report.value)
-    else:
-        assignment_entries, _ = await store.scan(keys.ASSIGNMENTS)
-        for e in assignment_entries:
-            region, _, svc = e.key.removeprefix(keys.ASSIGNMENTS).partition("/")
-            by_service.setdefault(svc, {})[region] = Assignment.model_validate(e.value)
-        report_entries, _ = await store.scan(keys.REPORTS)
-        reports = {
-            e.key.removeprefix(keys.REPORTS): RegionReport.model_validate(e.value)
-            for e in report_entries
-        }
-    alive_entries, _ = await store.scan(keys.ALIVE)
-    alive = {e.key.removeprefix(keys.ALIVE) for e in alive_entries}
-    views = []
-    for entry in services:
-        name = entry.key.removeprefix(keys.SERVICES)
-        record = ServiceRecord.model_validate(entry.value)
-        views.append(
-            view(
-                record,
-                entry.revision,
-                placements.get(name),
-                by_service.get(name, {}),
-                reports,
-                alive,
-            )
-        )
-    return views, revision
+                reports[region] = report[0]
+    alive = set(mirror.tails(keys.ALIVE))
+    return view(record, revision, placement, assignments, reports, alive)
 
 
 async def put_report(store: Store, region: str, report: RegionReport) -> int:
