@@ -23,8 +23,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from federation.api.app import create_app
 from federation.api.context import ServerConfig

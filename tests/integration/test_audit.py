@@ -1,0 +1,299 @@
+"""The audit log's group commit, against a real etcd: concurrent audited writes share
+transactions, yet each writer gets the answer it would have had alone, and the chain
+stays whole (federation/store/audit.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from federation.store import AlreadyExists, Cond, Op, Store, audit
+from federation.store.audit import Change
+from federation.store.etcd import Entry
+from federation.store.local_etcd import LocalEtcd
+
+
+@dataclass
+class Sent:
+    """One etcd txn as the audit committer sent it."""
+
+    conditions: list[Cond]
+    ops: list[Op]
+    ok: bool | None = None
+
+
+def record_txns(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
+    """Every etcd txn `store` sends from now on (audited writes reach etcd as plain txns)."""
+    sent: list[Sent] = []
+    original = store.txn
+
+    async def txn(
+        conditions: Sequence[Cond],
+        ops: Sequence[Op],
+        *,
+        read_on_failure: Sequence[str] = (),
+        audit: Change | None = None,
+    ) -> tuple[bool, int, list[Entry | None]]:
+        if audit is None:
+            sent.append(Sent(list(conditions), list(ops)))
+        result = await original(conditions, ops, read_on_failure=read_on_failure, audit=audit)
+        if audit is None:
+            sent[-1].ok = result[0]
+        return result
+
+    monkeypatch.setattr(store, "txn", txn)
+    return sent
+
+
+def create(key: str, value: dict[str, Any] | None = None) -> tuple[list[Cond], list[Op], Change]:
+    """An audited create-if-absent of `key`, as audit.txn takes it."""
+    return [Cond.absent(key)], [Op.put(key, value or {"v": 1})], Change("thing.create", key)
+
+
+async def log(store: Store) -> list[dict[str, Any]]:
+    entries, _ = await audit.since(store, 0, limit=100_000)
+    return entries
+
+
+async def assert_whole_chain(store: Store, n: int) -> list[dict[str, Any]]:
+    """The log verifies and holds entries 1..n, without a gap."""
+    result = await audit.verify(store)
+    assert result.ok, result
+    assert result.entries == n
+    entries = await log(store)
+    assert [e["seq"] for e in entries] == list(range(1, n + 1))
+    return entries
+
+
+async def no_committer_left() -> bool:
+    for _ in range(20):
+        if not [t for t in asyncio.all_tasks() if t.get_name() == "audit-committer"]:
+            return True
+        await asyncio.sleep(0)
+    return False
+
+
+async def test_concurrent_audited_writes_all_land_in_far_fewer_txns(store: Store) -> None:
+    n = 200
+    before = await store.revision()
+    revisions = await asyncio.gather(
+        *(
+            store.create(
+                f"things/{i:03d}", {"i": i}, audit=Change("thing.create", f"things/{i:03d}")
+            )
+            for i in range(n)
+        )
+    )
+    # etcd gives each txn one revision: 200 writes in a handful of txns.
+    consumed = await store.revision() - before
+    assert consumed < n // 10, consumed
+    assert len(set(revisions)) == consumed
+    entries = await assert_whole_chain(store, n)
+    assert sorted(e["resource"] for e in entries) == [f"things/{i:03d}" for i in range(n)]
+    # Each entry's "after" revision is the revision its change was written at.
+    written = {f"things/{i:03d}": r for i, r in enumerate(revisions)}
+    assert all(e["after_revision"] == written[e["resource"]] for e in entries)
+    things, _ = await store.scan("things/")
+    assert len(things) == n
+    assert await no_committer_left(), "the committer task outlived its writes"
+
+
+async def test_a_merged_txn_that_fails_on_one_writers_condition_fails_only_that_writer(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = await store.create("things/taken", {"v": 0})  # not audited: the log is empty
+    sent = record_txns(store, monkeypatch)
+    names = ["things/a", "things/taken", "things/b", "things/c"]
+    results = await asyncio.gather(
+        *(audit.txn(store, *create(k), read_on_failure=[k]) for k in names)
+    )
+    # They were tried together, in one txn, which failed on things/taken's condition.
+    assert sent[0].ok is False
+    assert {op.key for op in sent[0].ops} >= set(names)
+    ok, _, read = results[1]
+    assert ok is False
+    assert len(read) == 1 and read[0] is not None
+    assert (read[0].key, read[0].value, read[0].revision) == ("things/taken", {"v": 0}, taken)
+    for ok, revision, read in (results[0], *results[2:]):
+        assert ok is True and read == []
+        assert revision > taken
+    entries = await assert_whole_chain(store, 3)
+    assert sorted(e["resource"] for e in entries) == ["things/a", "things/b", "things/c"]
+    taken_now = await store.get("things/taken")
+    assert taken_now is not None and taken_now.value == {"v": 0}
+
+
+async def test_writers_of_the_same_key_are_never_merged(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = record_txns(store, monkeypatch)
+    results = await asyncio.gather(
+        store.create("things/x", {"by": 1}, audit=Change("thing.create", "things/x")),
+        store.create("things/x", {"by": 2}, audit=Change("thing.create", "things/x")),
+        store.create("things/y", {"by": 3}, audit=Change("thing.create", "things/y")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], int)
+    assert isinstance(results[1], AlreadyExists), results[1]
+    assert isinstance(results[2], int)
+    # The first in the queue won; the other writer of things/x waited for the next txn
+    # rather than compare the key before its first writer's put.
+    x = await store.get("things/x")
+    assert x is not None and x.value == {"by": 1}
+    for txn in sent:
+        keys_put = [op.key for op in txn.ops]
+        assert len(keys_put) == len(set(keys_put)), keys_put
+    entries = await assert_whole_chain(store, 2)
+    assert sorted(e["resource"] for e in entries) == ["things/x", "things/y"]
+
+
+async def test_a_writer_comparing_a_key_another_writes_waits_for_it(store: Store) -> None:
+    revision = await store.create("things/x", {"v": 1})
+    # A blind put of things/x, then a write of things/y on condition that things/x is
+    # unchanged, queued in this order. One after the other, the condition fails; in one
+    # txn it would hold, since etcd evaluates every condition before any put.
+    results = await asyncio.gather(
+        audit.txn(store, [], [Op.put("things/x", {"v": 2})], Change("thing.put", "things/x")),
+        audit.txn(
+            store,
+            [Cond.at_revision("things/x", revision)],
+            [Op.put("things/y", {"v": 1})],
+            Change("thing.put", "things/y"),
+            read_on_failure=["things/x"],
+        ),
+    )
+    assert results[0][0] is True
+    assert results[1][0] is False
+    current = results[1][2][0]
+    assert current is not None and current.value == {"v": 2}
+    assert await store.get("things/y") is None
+    entries = await assert_whole_chain(store, 1)
+    assert entries[0]["resource"] == "things/x"
+
+
+async def test_two_stores_writing_at_once_keep_one_chain(etcd: LocalEtcd, store: Store) -> None:
+    # Like two server replicas: each has its own committer and cached head, and they
+    # race on the head.
+    async with Store([etcd.endpoint], prefix=store.prefix) as other:
+
+        async def writes(s: Store, who: str) -> None:
+            for round_ in range(5):
+                await asyncio.gather(
+                    *(
+                        s.create(
+                            f"things/{who}-{round_}-{i}",
+                            {},
+                            audit=Change("thing.create", f"things/{who}-{round_}-{i}"),
+                        )
+                        for i in range(10)
+                    )
+                )
+
+        await asyncio.gather(writes(store, "a"), writes(other, "b"))
+    entries = await assert_whole_chain(store, 100)
+    assert len({e["resource"] for e in entries}) == 100
+
+
+async def test_a_writer_cancelled_while_queued_leaves_the_others_and_the_log_whole(
+    store: Store,
+) -> None:
+    # One key, so each write is its own txn and most of them wait in the queue.
+    tasks = [
+        asyncio.create_task(
+            audit.txn(store, [], [Op.put("things/same", {"n": i})], Change("thing.put", str(i)))
+        )
+        for i in range(10)
+    ]
+    await asyncio.sleep(0)  # every write is queued
+    for task in tasks[5:]:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, tuple) and r[0] is True for r in results[:5]), results
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[5:]), results
+    # Writes of one key land in the order they were made.
+    same = await store.get("things/same")
+    assert same is not None and same.value == {"n": 4}
+    entries = await assert_whole_chain(store, 5)
+    assert [e["resource"] for e in entries] == ["0", "1", "2", "3", "4"]
+    # The committer still serves later writes.
+    ok, _, _ = await audit.txn(store, *create("things/after"))
+    assert ok
+    await assert_whole_chain(store, 6)
+
+
+async def test_a_writer_etcd_rejects_does_not_sink_the_txn_it_shared(store: Store) -> None:
+    results = await asyncio.gather(
+        audit.txn(store, *create("things/a")),
+        # No such lease: etcd refuses the whole txn this put is in.
+        audit.txn(store, [], [Op.put("things/leased", {}, lease=424242)], Change("x", "y")),
+        audit.txn(store, *create("things/b")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], grpc.aio.AioRpcError)
+    assert results[1].code() == grpc.StatusCode.NOT_FOUND
+    assert results[0][0] is True and results[2][0] is True  # type: ignore[index]
+    entries = await assert_whole_chain(store, 2)
+    assert sorted(e["resource"] for e in entries) == ["things/a", "things/b"]
+    assert await store.get("things/leased") is None
+
+
+async def test_merged_txns_stay_within_etcds_limits(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = record_txns(store, monkeypatch)
+
+    def wide(w: int, n: int) -> tuple[list[Cond], list[Op], Change]:
+        names = [f"things/{w}-{i}" for i in range(n)]
+        conds = [Cond.absent(k) for k in names]
+        return conds, [Op.put(k, {}) for k in names], Change("thing.create", f"things/{w}")
+
+    # 30 writers of 10 keys each, and one of 118 (the controller's largest batch).
+    results = await asyncio.gather(
+        *(audit.txn(store, *wide(w, 10)) for w in range(30)), audit.txn(store, *wide(99, 118))
+    )
+    assert all(ok for ok, _, _ in results)
+    assert len(sent) >= 4
+    for txn in sent:
+        assert len(txn.conditions) <= 120 and len(txn.ops) <= 120
+    # The large writer's txn was its own.
+    (large,) = [t for t in sent if any(op.key.startswith("things/99-") for op in t.ops)]
+    writers = {op.key.split("-")[0] for op in large.ops if op.key.startswith("things/")}
+    assert writers == {"things/99"}
+    await assert_whole_chain(store, 31)
+    assert await store.count("things/") == 30 * 10 + 118
+
+
+async def test_large_writes_share_txns_only_within_etcds_request_size(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = record_txns(store, monkeypatch)
+    big = {"pad": "x" * 200_000}
+    # Eight of them in one txn would pass etcd's 1.5 MiB request limit.
+    results = await asyncio.gather(
+        *(audit.txn(store, *create(f"things/{i}", big)) for i in range(8))
+    )
+    assert all(ok for ok, _, _ in results)
+    assert all(t.ok for t in sent), "no txn was refused"
+    assert 1 < len(sent) < 8
+    await assert_whole_chain(store, 8)
+
+
+async def test_a_store_whose_cached_head_is_stale_reads_it_again(
+    etcd: LocalEtcd, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (await audit.txn(store, *create("things/a")))[0]
+    async with Store([etcd.endpoint], prefix=store.prefix) as other:
+        assert (await audit.txn(other, *create("things/b")))[0]
+    sent = record_txns(store, monkeypatch)
+    assert (await audit.txn(store, *create("things/c")))[0]
+    # The first try chained onto the head this store had written; the second onto the
+    # head its failure branch read.
+    assert [t.ok for t in sent] == [False, True]
+    entries = await assert_whole_chain(store, 3)
+    assert [e["resource"] for e in entries] == ["things/a", "things/b", "things/c"]
