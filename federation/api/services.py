@@ -12,13 +12,14 @@ from pydantic import ValidationError
 
 from federation.api.auth import require, require_region
 from federation.api.body import if_match, json_response, path_name, read_document, read_model
-from federation.api.context import CONFIG, CONTROLLER, MIRROR, STORE
+from federation.api.context import CONFIG, CONTROLLER, STORE, synced
 from federation.api.errors import ApiError, from_validation
 from federation.controller.plan import plan
 from federation.model.service import RegionReport, ServiceSpec
 from federation.model.status import survivability
 from federation.model.token import Role
 from federation.residency.evaluate import PUBLIC, unknown_data_classes
+from federation.store import keys
 from federation.store import policies as store_policies
 from federation.store import services as store_services
 from federation.store.world import read_world
@@ -52,10 +53,13 @@ async def put_service(request: web.Request) -> web.Response:
     name = path_name(request, "service")
     await require(request, Role.OPERATOR)
     spec = await _read_spec(request, name)
-    store, mirror = request.app[STORE], request.app[MIRROR]
-    await mirror.sync()
+    store, mirror = request.app[STORE], await synced(request)
     # A typo in a data class must not mean "anywhere": every class needs a policy.
     unknown = unknown_data_classes(spec.data_classes, store_policies.policies_of(mirror))
+    if unknown:
+        # The mirror may not have a policy another replica wrote a moment ago: refuse
+        # only on what etcd itself says.
+        unknown = unknown_data_classes(spec.data_classes, await store_policies.policies(store))
     if unknown:
         details = [
             {
@@ -65,21 +69,22 @@ async def put_service(request: web.Request) -> web.Response:
             for c in unknown
         ]
         raise ApiError(422, f"{details[0]['field']}: {details[0]['message']}", details=details)
-    _, revision, created, changed = await store_services.apply(
+    record, revision, created, changed = await store_services.apply(
         store, spec, if_match=if_match(request), mirror=mirror
     )
     if changed:
+        mirror.prime(keys.SERVICES, name, revision, record)
         request.app[CONTROLLER].poke()
-    await mirror.wait_for(revision)
-    found = store_services.view_of(mirror, name)
+    # Answered from the write itself: no need to wait for the mirror to see it.
+    found = store_services.view_in(mirror, name, record, revision)
     return json_response(found, status=201 if created else 200, revision=found["revision"])
 
 
 @routes.get("/v1/services")
 async def list_services(request: web.Request) -> web.Response:
     await require(request, Role.VIEWER)
-    mirror = request.app[MIRROR]
-    revision = await mirror.sync()
+    mirror = await synced(request)
+    revision = mirror.revision
     # Parsing every service is CPU-bound: off the loop, so other requests go on.
     views = await asyncio.to_thread(store_services.views_of, mirror)
     return json_response({"items": views, "revision": revision})
@@ -89,8 +94,7 @@ async def list_services(request: web.Request) -> web.Response:
 async def get_service(request: web.Request) -> web.Response:
     name = path_name(request, "service")
     await require(request, Role.VIEWER)
-    mirror = request.app[MIRROR]
-    await mirror.sync()
+    mirror = await synced(request)
     try:
         found = store_services.view_of(mirror, name)
     except store_services.ServiceNotFound:

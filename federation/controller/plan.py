@@ -171,11 +171,16 @@ def plan(
         current,
         rebalance=wanted_rebalance,
     )
+    # Each service's assignments, found once: not a scan of all of them per service.
+    held: dict[str, dict[str, Assignment]] = {}
+    for (region, svc), a in world.assignments.items():
+        held.setdefault(svc, {})[region] = a
     plans: dict[str, ServicePlan] = {}
     for name, (service, service_rev) in world.services.items():
         prev, prev_rev = world.placements.get(name, (None, 0))
         plans[name] = _plan_service(
             world,
+            held.get(name, {}),
             now,
             service.spec,
             service.generation,
@@ -192,6 +197,7 @@ def plan(
 
 def _plan_service(
     world: World,
+    existing: Mapping[str, Assignment],
     now: datetime,
     spec: ServiceSpec,
     generation: int,
@@ -207,7 +213,6 @@ def _plan_service(
     name = spec.name
     target = Runtime.of(spec, generation)
     deadline = timedelta(seconds=spec.rollout.progress_deadline_s)
-    existing = {region: a for (region, svc), a in world.assignments.items() if svc == name}
     compliant = set(decision.allowed_regions)
 
     # Make-before-break: regions residency no longer allows keep their replicas until

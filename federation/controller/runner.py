@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from federation.controller.ledger import Held, Ledger, holding
 from federation.controller.observe import PassObserver
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from federation.drills.runner import DrillRunner
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _WRITE_CONCURRENCY = 4
 _TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
@@ -221,8 +223,9 @@ class Controller:
             self._residency = store_policies.snapshot_of(self.mirror)
         residency = self._residency
         full = self._full or time.monotonic() - self._last_full >= self.full_resync_s
-        services = set(self.mirror.tails(keys.SERVICES))
+        freed = False
         if full:
+            services = set(self.mirror.tails(keys.SERVICES))
             self._full = False
             self._names, self._lost, self._reported = set(), set(), set()
             self._last_full = time.monotonic()
@@ -246,27 +249,29 @@ class Controller:
             self._reported = set()
             if self._capacity_grew():
                 names |= self.ledger.waiting()
-            orphans = {n for n in names if n not in services}
-            names &= services
+            gone = {n for n in names if not self.mirror.has(keys.SERVICES, n)}
+            names -= gone
+            # A deleted service's placement and assignments go in the delete's own txn;
+            # leftovers (none are known to arise) are collected by the full passes.
+            orphans = set()
+            for name in gone:
+                freed = self.ledger.drop(name) or freed
         self._capacity_grew()  # remember this pass's capacities
-        base = await asyncio.to_thread(world_of, self.mirror, (), residency)
+        base = await _off_loop(len(self._reported) + 1, world_of, self.mirror, (), residency)
         self.observe.starting(base, self.ledger)
-        freed = False
-        for name in orphans:
-            freed = self.ledger.drop(name) or freed
         sentences = await self._collect_orphans(orphans)
         busy: set[str] = set()
         changed_total = 0
         ordered = sorted(names)
         for start in range(0, len(ordered), self.chunk):
             chunk = ordered[start : start + self.chunk]
-            world = await asyncio.to_thread(world_of, self.mirror, chunk, residency)
+            world = await _off_loop(len(chunk), world_of, self.mirror, chunk, residency)
             written, changed, chunk_busy, chunk_freed = await self._pass_chunk(world, now)
             sentences += written
             changed_total += changed
             busy |= chunk_busy
             freed = freed or chunk_freed
-        self._busy = (self._busy - names - orphans) | busy
+        self._busy = {n for n in self._busy - names if self.mirror.has(keys.SERVICES, n)} | busy
         if freed:
             # Capacity came free: services waiting for some get another go at once.
             waiting = self.ledger.waiting() - names
@@ -290,7 +295,8 @@ class Controller:
         came free."""
         planning = time.perf_counter()
         # In a thread: planning is CPU-bound and pure, and the API shares this loop.
-        plans = await asyncio.to_thread(
+        plans = await _off_loop(
+            len(world.services),
             plan,
             world,
             now,
@@ -415,9 +421,9 @@ class Controller:
             Cond.at_revision(keys.service(p.service), p.service_revision),
             Cond.at_revision(keys.placement(p.service), p.placement_revision),
         ]
-        ops = [Op.put(keys.placement(p.service), p.record.model_dump(mode="json"))]
+        ops = [Op.put(keys.placement(p.service), p.record.model_dump_json())]
         ops += [
-            Op.put(keys.assignment(region, p.service), a.model_dump(mode="json"))
+            Op.put(keys.assignment(region, p.service), a.model_dump_json())
             for region, a in sorted(p.put.items())
         ]
         ops += [Op.delete(keys.assignment(region, p.service)) for region in p.delete]
@@ -517,6 +523,18 @@ class Controller:
             if ok:
                 sentences.append(f"{name}: service deleted; placement and assignments removed")
         return sentences
+
+
+# Below this many services, parsing and planning take a few ms: done on the loop, as a
+# thread hand-off (and the GIL going back and forth) would cost more than it saves.
+_INLINE = 64
+
+
+async def _off_loop(size: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` in a worker thread when `size` says it is big."""
+    if size <= _INLINE:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def _moving(p: ServicePlan) -> bool:

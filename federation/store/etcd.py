@@ -110,7 +110,11 @@ class Op:
     lease: int = 0
 
     @staticmethod
-    def put(key: str, value: JSON, *, lease: int = 0) -> Op:
+    def put(key: str, value: JSON | str, *, lease: int = 0) -> Op:
+        """Put a JSON value; a str is taken as JSON already encoded (e.g. by pydantic's
+        `model_dump_json`, several times faster than dumping a dict)."""
+        if isinstance(value, str):
+            return Op("put_raw", key, raw=value, lease=lease)
         return Op("put", key, value=value, lease=lease)
 
     @staticmethod
@@ -179,6 +183,12 @@ class Store:
             cert_chain=cert_chain,
         )
         self._connected = False
+        # The highest revision this client wrote: a mirror of the store waits for it,
+        # so what this process wrote, it reads (federation.store.mirror).
+        self.last_write = 0
+        # Concurrent reads of one key share a round trip (see get_shared).
+        self._next_reads: dict[str, asyncio.Future[Entry | None]] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
         self._credentials = (username, password) if username else None
         self._refresher: Any = None
 
@@ -299,6 +309,33 @@ class Store:
         """Linearizable read of one key (Range)."""
         resp = await self._call("get", lambda t: self._kv.get(self._abs(key), timeout=t))
         return self._entry(resp.kvs[0]) if resp.kvs else None
+
+    async def get_shared(self, key: str) -> Entry | None:
+        """`get`, but concurrent callers share one round trip. Still linearizable: a
+        caller that arrives while a read is in flight waits for the next one, which
+        starts after it arrived. Under load that is about two reads per round trip
+        (e.g. every request checking the same bearer token), not one per caller."""
+        future = self._next_reads.get(key)
+        if future is None:
+            future = self._next_reads[key] = asyncio.get_running_loop().create_future()
+            if key not in self._readers:
+                self._readers[key] = asyncio.create_task(
+                    self._read_for_all(key), name="store-shared-read"
+                )
+        return await asyncio.shield(future)
+
+    async def _read_for_all(self, key: str) -> None:
+        try:
+            while (future := self._next_reads.pop(key, None)) is not None:
+                try:
+                    found = await self.get(key)
+                except Exception as exc:
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: its callers may all have gone
+                else:
+                    future.set_result(found)
+        finally:
+            del self._readers[key]
 
     async def get_raw(self, key: str) -> tuple[str, int] | None:
         """Raw string value and mod_revision of one key, for non-JSON keys."""
@@ -423,6 +460,8 @@ class Store:
             "txn", lambda t: self._kv.txn(compares, success, failure, timeout=t)
         )
         entries: list[Entry | None] = []
+        if resp.succeeded and success:
+            self.last_write = max(self.last_write, int(resp.header.revision))
         if not resp.succeeded:
             for r in resp.responses:
                 kvs = r.response_range.kvs
@@ -435,12 +474,13 @@ class Store:
         resp = await self._call(
             "put", lambda t: self._kv.put(self._abs(key), data, lease=lease, timeout=t)
         )
+        self.last_write = max(self.last_write, int(resp.header.revision))
         return int(resp.header.revision)
 
     async def create(
         self,
         key: str,
-        value: JSON,
+        value: JSON | str,
         *,
         lease: int = 0,
         also: Sequence[Op] = (),
@@ -461,7 +501,7 @@ class Store:
     async def replace(
         self,
         key: str,
-        value: JSON,
+        value: JSON | str,
         *,
         revision: int | None = None,
         also: Sequence[Op] = (),

@@ -8,14 +8,19 @@ world.
 Values are kept as the raw JSON bytes etcd holds (about a sixth of the memory of the
 parsed records: 100,000 services are about 65 MB as bytes, over 400 MB as pydantic
 models) and parsed by whoever reads them. Prefixes named in `cached` also keep their
-parsed model, for the few small keys every pass reads (regions, liveness, policies).
+parsed model, for the few small keys every pass reads (regions, heartbeats, reports).
 
-Consistency: `sync()` reads etcd's current revision (one linearizable round trip) and
-waits until the watch has applied it, so a read after a write sees the write, as a
-direct etcd read would. The scan of each prefix and the watch's start are not one
-revision; the watch replays from before the first scan, and an event only replaces a
-value older than itself, so the copy converges on etcd's state once the watch has
-passed the scans.
+Consistency: `sync()` waits until the watch has applied every write this process made
+(no round trip), so a read after a write through this server sees it. Writes through
+other replicas arrive by the watch within milliseconds; reads that must be current
+across replicas (bearer tokens, a spec before it is changed) go to etcd, or are
+checked by the write's compare-and-swap. (A barrier on etcd's current revision does
+not work: that revision also counts writes under other prefixes, which this watch
+never sees; and etcd 3.5.1's watch progress responses may overtake events.)
+
+The scan of each prefix and the watch's start are not one revision: the watch
+replays from before the first scan, and an event only replaces a value older than
+itself, so the copy converges on etcd's state once the watch has passed the scans.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ M = TypeVar("M", bound=BaseModel)
 # re-list, when anything may have changed.
 Listener = Callable[[str, int], None]
 
+_PRIMED = 2048  # parsed values kept from this process's own writes (see `prime`)
+
 
 class Mirror:
     """The keys under `prefixes`, kept current by a watch. Start with `start()`."""
@@ -58,6 +65,7 @@ class Mirror:
         self.sync_timeout = sync_timeout
         self._data: dict[str, dict[str, tuple[bytes, int]]] = {p: {} for p in self.prefixes}
         self._models: dict[tuple[str, str], tuple[int, BaseModel]] = {}
+        self._primed: dict[tuple[str, str], tuple[int, BaseModel]] = {}
         self.revision = 0
         self._listeners: list[Listener] = []
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -83,6 +91,7 @@ class Mirror:
         for _, future in self._waiters:
             if not future.done():
                 future.set_exception(StoreUnavailable("store mirror stopped"))
+                future.exception()
         self._waiters = []
 
     def subscribe(self, listener: Listener) -> None:
@@ -185,12 +194,12 @@ class Mirror:
             ) from None
 
     async def sync(self) -> int:
-        """Wait until the mirror holds everything etcd had committed when this was
-        called (a linearizable read, as a direct read would be). Returns that revision."""
+        """Wait until the mirror holds every write this process made through its store
+        (read your own writes). Others' writes arrive by the watch, within a few ms.
+        Returns the mirror's revision: a watch from the next one misses nothing."""
         await self.start()
-        revision = await self.store.revision()
-        await self.wait_for(revision)
-        return revision
+        await self.wait_for(self.store.last_write)
+        return self.revision
 
     # -- reads --------------------------------------------------------------------------
 
@@ -215,10 +224,11 @@ class Mirror:
         if held is None:
             return None
         raw, revision = held
-        if prefix in self.cached:
-            memo = self._models.get((prefix, tail))
-            if memo is not None and memo[0] == revision and isinstance(memo[1], model):
-                return memo[1], revision
+        memo = self._models.get((prefix, tail))
+        if memo is None:
+            memo = self._primed.get((prefix, tail))
+        if memo is not None and memo[0] == revision and isinstance(memo[1], model):
+            return memo[1], revision
         try:
             parsed = model.model_validate_json(raw)
         except ValidationError:
@@ -227,6 +237,14 @@ class Mirror:
         if prefix in self.cached:
             self._models[(prefix, tail)] = (revision, parsed)
         return parsed, revision
+
+    def prime(self, prefix: str, tail: str, revision: int, parsed: BaseModel) -> None:
+        """Offer the parsed form of a value this process just wrote at `revision`, so
+        the next reader of that revision (the controller, placing a deploy) need not
+        parse it again. Only the last few thousand are kept."""
+        self._primed[(prefix, tail)] = (revision, parsed)
+        if len(self._primed) > _PRIMED:
+            del self._primed[next(iter(self._primed))]
 
     def all(self, prefix: str, model: type[M]) -> dict[str, tuple[M, int]]:
         """Every key under `prefix`, parsed (meant for the small, cached prefixes)."""

@@ -53,7 +53,7 @@ async def apply(
         )
         revision = await store.create(
             keys.service(spec.name),
-            record.model_dump(mode="json"),
+            record.model_dump_json(),
             audit=Change("service.put", keys.service(spec.name), details={"generation": 1}),
         )
         return record, revision, True, True
@@ -71,7 +71,7 @@ async def apply(
     )
     new_revision = await store.replace(
         keys.service(spec.name),
-        record.model_dump(mode="json"),
+        record.model_dump_json(),
         revision=revision,
         audit=Change(
             "service.put", keys.service(spec.name), details={"generation": record.generation}
@@ -135,7 +135,7 @@ def view_of(mirror: Mirror, name: str) -> dict[str, Any]:
     found = mirror.get(keys.SERVICES, name, ServiceRecord)
     if found is None:
         raise ServiceNotFound(name)
-    return _view(mirror, name, *found)
+    return view_in(mirror, name, *found)
 
 
 def views_of(mirror: Mirror) -> list[dict[str, Any]]:
@@ -145,11 +145,12 @@ def views_of(mirror: Mirror) -> list[dict[str, Any]]:
     for name in sorted(mirror.tails(keys.SERVICES)):
         service = mirror.get(keys.SERVICES, name, ServiceRecord)
         if service is not None:
-            found.append(_view(mirror, name, *service))
+            found.append(view_in(mirror, name, *service))
     return found
 
 
-def _view(mirror: Mirror, name: str, record: ServiceRecord, revision: int) -> dict[str, Any]:
+def view_in(mirror: Mirror, name: str, record: ServiceRecord, revision: int) -> dict[str, Any]:
+    """`record` (at `revision`) with its status from what the mirror holds."""
     got = mirror.get(keys.PLACEMENTS, name, PlacementRecord)
     placement = got[0] if got is not None else None
     assignments: dict[str, Assignment] = {}

@@ -22,8 +22,9 @@ class LastAdminToken(Exception):
 
 
 async def lookup(store: Store, digest: str) -> TokenRecord | None:
-    """The token stored under this secret's hash, if any (one linearizable read)."""
-    entry = await store.get(keys.token(digest))
+    """The token stored under this secret's hash, if any (one linearizable read,
+    shared by concurrent lookups of the same token)."""
+    entry = await store.get_shared(keys.token(digest))
     return TokenRecord.model_validate(entry.value) if entry else None
 
 
