@@ -42,6 +42,7 @@ JSON = dict[str, Any]
 
 _EVENT_DELETE = 1  # mvccpb.Event.EventType
 _SCAN_PAGE = 1000  # keys per Range reply of a scan
+_SHARED_READ_WAIT = 0.02  # see Store.get_shared
 
 
 class _Transient(Exception):
@@ -189,6 +190,7 @@ class Store:
         # Concurrent reads of one key share a round trip (see get_shared).
         self._next_reads: dict[str, asyncio.Future[Entry | None]] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
         self._credentials = (username, password) if username else None
         self._refresher: Any = None
 
@@ -327,15 +329,24 @@ class Store:
     async def _read_for_all(self, key: str) -> None:
         try:
             while (future := self._next_reads.pop(key, None)) is not None:
-                try:
-                    found = await self.get(key)
-                except Exception as exc:
-                    future.set_exception(exc)
-                    future.exception()  # retrieved: its callers may all have gone
-                else:
-                    future.set_result(found)
+                read = asyncio.create_task(self._read_into(key, future))
+                self._inflight.add(read)
+                read.add_done_callback(self._inflight.discard)
+                # The next read starts when this one has answered, or after a short
+                # while if it has not: callers must never queue behind one another's
+                # deadlines (an etcd without quorum answers nothing for seconds).
+                await asyncio.wait([read], timeout=_SHARED_READ_WAIT)
         finally:
             del self._readers[key]
+
+    async def _read_into(self, key: str, future: asyncio.Future[Entry | None]) -> None:
+        try:
+            found = await self.get(key)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: its callers may all have gone
+        else:
+            future.set_result(found)
 
     async def get_raw(self, key: str) -> tuple[str, int] | None:
         """Raw string value and mod_revision of one key, for non-JSON keys."""
