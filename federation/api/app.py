@@ -30,7 +30,7 @@ from federation.store import Store
 from federation.store import tokens as store_tokens
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
-from federation.store.world import MIRROR_CACHED, MIRRORED
+from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
             print(BOOTSTRAP_NOTICE + secret, flush=True)
         # One watched copy of the services and regions, shared by the controller and
         # the service reads (federation.store.mirror).
-        mirror = Mirror(store, MIRRORED, cached=MIRROR_CACHED)
+        mirror = Mirror(store, MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED)
         app[MIRROR] = mirror
         controller = Controller(store, election, region_ttl=config.region_ttl, mirror=mirror)
         app[CONTROLLER] = controller

@@ -164,10 +164,15 @@ def plan(
     specs = [record.spec for record, _ in world.services.values()]
     current = {name: dict(record.regions) for name, (record, _) in world.placements.items()}
     wanted_rebalance = frozenset(rebalance | world.rebalance)
+    # Services with the same data classes share an evaluation: convert each one once.
+    converted: dict[int, dict[str, Verdict]] = {}
+    for ev in evals.values():
+        if id(ev) not in converted:
+            converted[id(ev)] = _verdicts(ev)
     decisions = place_all(
         specs,
         infos,
-        {name: _verdicts(ev) for name, ev in evals.items()},
+        {name: converted[id(ev)] for name, ev in evals.items()},
         current,
         rebalance=wanted_rebalance,
     )

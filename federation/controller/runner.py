@@ -34,13 +34,14 @@ from federation.model.region import HeartbeatRecord
 from federation.model.service import PlacementRecord, RegionReport, ServiceRecord
 from federation.model.status import service_phase
 from federation.residency.evaluate import Evaluation
+from federation.runtime import release_memory
 from federation.scheduler import PLACED, SCALED_TO_ZERO
 from federation.store import Cond, Conflict, Op, Store, StoreError, keys
 from federation.store import policies as store_policies
 from federation.store.audit import Change
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
-from federation.store.world import MIRROR_CACHED, MIRRORED, World, world_of
+from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED, World, world_of
 from federation.telemetry import metrics
 from federation.telemetry.setup import tracer
 
@@ -55,7 +56,7 @@ _WRITE_CONCURRENCY = 4
 _TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
 _FIXED_CONDS = 2  # the leader fence and the audit head
 _FIXED_OPS = 2  # the audit entry and the audit head
-_CHUNK = 2000  # services parsed and planned at a time
+_CHUNK = 500  # services parsed and planned at a time (bounds the memory a pass needs)
 # Changes to these mean "plan everything": region identity, cordons and membership,
 # and residency. A region's loss is handled on its own (its services, not all).
 _EVERYTHING = (keys.REGIONS, keys.POLICIES, keys.GROUPS, keys.RESIDENCY_FENCE)
@@ -82,9 +83,10 @@ class Controller:
         self.resync_s = resync_s
         self.busy_resync_s = busy_resync_s
         self.full_resync_s = full_resync_s
+        self._full_every = full_resync_s
         self.chunk = chunk
         self._own_mirror = mirror is None
-        self.mirror = mirror or Mirror(store, MIRRORED, cached=MIRROR_CACHED)
+        self.mirror = mirror or Mirror(store, MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED)
         self.mirror.subscribe(self._changed)
         self.ledger = Ledger()
         self._dirty = asyncio.Event()
@@ -204,14 +206,21 @@ class Controller:
         Returns True when something is still moving (a grace period, a drain or a
         rollout) and the next pass should come soon."""
         started = time.perf_counter()
+        full_passes = self.full_passes
         with tracer().start_as_current_span("controller.reconcile"):
             try:
                 busy = await self._reconcile()
             except Exception:
                 metrics.reconcile_passes.add(1, {"outcome": "failed"})
                 raise
-        metrics.reconcile_passes.add(1, {"outcome": "ok"})
-        metrics.reconcile_duration.record(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        kind = "full" if self.full_passes > full_passes else "incremental"
+        if kind == "full":
+            # A full pass costs O(services): spread them out so that they take at
+            # most a twentieth of the controller's time, however big the world.
+            self._full_every = max(self.full_resync_s, 20 * took)
+        metrics.reconcile_passes.add(1, {"outcome": "ok", "kind": kind})
+        metrics.reconcile_duration.record(took, {"kind": kind})
         return busy
 
     async def _reconcile(self) -> bool:
@@ -222,7 +231,7 @@ class Controller:
         if self._residency is None:
             self._residency = store_policies.snapshot_of(self.mirror)
         residency = self._residency
-        full = self._full or time.monotonic() - self._last_full >= self.full_resync_s
+        full = self._full or time.monotonic() - self._last_full >= self._full_every
         freed = False
         if full:
             services = set(self.mirror.tails(keys.SERVICES))
@@ -278,6 +287,8 @@ class Controller:
             if waiting:
                 self._names |= waiting
                 self._dirty.set()
+        if len(names) > self.chunk:
+            release_memory()
         self.observe.planned(base, self.ledger, changed_total)
         self.observe.written(self.ledger)
         self.passes += 1

@@ -126,6 +126,8 @@ MIRRORED = (
     keys.RESIDENCY_FENCE,
 )
 MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS)
+# The big ones, one key per service (or per service and region): held deflated.
+MIRROR_PACKED = (keys.SERVICES, keys.PLACEMENTS, keys.ASSIGNMENTS)
 
 
 def world_of(mirror: Mirror, names: Collection[str], residency: store_policies.Snapshot) -> World:

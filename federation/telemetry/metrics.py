@@ -108,11 +108,13 @@ scheduling_duration = _meter.create_histogram(
 reconcile_duration = _meter.create_histogram(
     "federation_reconcile_duration",
     unit="s",
-    description="One controller pass: read the world, plan, write.",
+    description="One controller pass (kind: full or incremental): plan and write.",
     explicit_bucket_boundaries_advisory=_SECONDS_FAST,
 )
 reconcile_passes = _meter.create_counter(
-    "federation_reconcile_passes", description="Controller passes, by outcome."
+    "federation_reconcile_passes",
+    description="Controller passes, by outcome and kind (full: every service; "
+    "incremental: the ones that changed).",
 )
 failover_duration = _meter.create_histogram(
     "federation_failover_duration",
