@@ -192,6 +192,7 @@ def serve(
 
     from federation.api.app import create_app
     from federation.api.context import ServerConfig
+    from federation.runtime import tune_gc
     from federation.telemetry.setup import configure_from_env
 
     # Before the application is built: the aiohttp instrumentation hooks its creation.
@@ -227,6 +228,7 @@ def serve(
             ssl_context.load_verify_locations(client_ca)
             ssl_context.verify_mode = ssl.CERT_REQUIRED
         scheme = "https"
+    tune_gc()
     web.run_app(
         create_app(config),
         host=host,

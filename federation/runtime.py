@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -32,3 +33,17 @@ def release_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def tune_gc() -> None:
+    """Collect garbage cycles less often, and never re-scan what startup built.
+
+    Each deploy allocates a few hundred short-lived objects (requests, pydantic models,
+    protobufs), so with CPython's default gen-0 threshold of 700 the collector ran
+    about every other deploy and took about 8% of the server's time in the deploy
+    benchmark. Almost nothing here forms cycles (reference counting frees it), so a
+    threshold of 50,000 costs little memory. `gc.freeze` moves the objects that exist
+    now (modules, schemas) out of every later collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)

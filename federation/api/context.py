@@ -40,13 +40,9 @@ CONTROLLER = web.AppKey("controller", Controller)
 MIRROR = web.AppKey("mirror", Mirror)
 
 
-_SYNCED = web.RequestKey("synced", int)
-
-
 async def synced(request: web.Request) -> Mirror:
     """The server's mirror, once it holds every write this server made (so a client
-    reads what it wrote through this server); once per request."""
+    reads what it wrote through this server)."""
     mirror = request.app[MIRROR]
-    if request.get(_SYNCED) is None:
-        request[_SYNCED] = await mirror.sync()
+    await mirror.sync()
     return mirror

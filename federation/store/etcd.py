@@ -284,9 +284,15 @@ class Store:
                 raise
 
         try:
+            # Most calls succeed at once: only a failed first attempt pays for the
+            # retry machinery.
+            return await attempt()
+        except _Transient:
+            pass
+        try:
             async for retrying in AsyncRetrying(
                 retry=retry_if_exception_type(_Transient),
-                stop=stop_after_delay(deadline),
+                stop=stop_after_delay(max(0.0, end - loop.time())),
                 wait=wait_exponential(multiplier=0.05, max=1.0),
                 reraise=True,
             ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 from pydantic import ValidationError
 
@@ -25,7 +26,27 @@ async def lookup(store: Store, digest: str) -> TokenRecord | None:
     """The token stored under this secret's hash, if any (one linearizable read,
     shared by concurrent lookups of the same token)."""
     entry = await store.get_shared(keys.token(digest))
-    return TokenRecord.model_validate(entry.value) if entry else None
+    parsed = _parsed.setdefault(store, {})
+    if entry is None:
+        parsed.pop(digest, None)
+        return None
+    # Every request checks its token: parse each stored version of a token once.
+    known = parsed.get(digest)
+    if known is not None and known[0] == entry.revision:
+        return known[1]
+    record = TokenRecord.model_validate(entry.value)
+    if len(parsed) >= _PARSED_MAX:
+        parsed.pop(next(iter(parsed)))
+    parsed[digest] = (entry.revision, record)
+    return record
+
+
+# Per store: digest -> (revision, record) of tokens seen lately. The read itself always
+# goes to etcd, so a revoked or changed token is never answered from here.
+_parsed: weakref.WeakKeyDictionary[Store, dict[str, tuple[int, TokenRecord]]] = (
+    weakref.WeakKeyDictionary()
+)
+_PARSED_MAX = 1024
 
 
 async def put(store: Store, digest: str, record: TokenRecord) -> None:
