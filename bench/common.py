@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +48,12 @@ def record(bench: str, figures: str) -> None:
     DOCS.write_text(text)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of a process, in MiB (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -62,17 +68,17 @@ class Server:
     admin: str
     etcd: str
     pid: int
+    identity: str = "bench-0"
+    # Further replicas (`cluster(replicas=...)`): standbys while the first one leads.
+    standbys: list[Server] = field(default_factory=list)
 
 
-@contextlib.asynccontextmanager
-async def cluster(workdir: Path, *, region_ttl: int = 10) -> AsyncIterator[Server]:
-    """A local etcd and one `federation serve` process (stopped on the way out)."""
-    etcd = LocalEtcd(workdir / "etcd")
-    etcd.start()
+def _spawn(
+    workdir: Path, etcd: LocalEtcd, admin: str, name: str, region_ttl: int
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    admin = "fed_bench-" + os.urandom(8).hex()
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
-    server = subprocess.Popen(
+    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(
         with_parent_death(
             [
                 sys.executable,
@@ -83,7 +89,7 @@ async def cluster(workdir: Path, *, region_ttl: int = 10) -> AsyncIterator[Serve
                 f"--etcd={etcd.endpoint}",
                 f"--port={port}",
                 f"--region-ttl={region_ttl}",
-                "--identity=bench",
+                f"--identity={name}",
             ]
         ),
         env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
@@ -91,27 +97,52 @@ async def cluster(workdir: Path, *, region_ttl: int = 10) -> AsyncIterator[Serve
         stderr=log,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    log.close()
+    return proc, port
+
+
+async def _ready(url: str, admin: str, proc: subprocess.Popen[bytes]) -> None:
+    async with ApiClient(url, admin, timeout=30) as api:
+        end = time.monotonic() + 30
+        while True:
+            try:
+                await api.request("GET", "/v1/ready")
+                return
+            except ApiError:
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise
+                await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    workdir: Path, *, region_ttl: int = 10, replicas: int = 1
+) -> AsyncIterator[Server]:
+    """A local etcd and `replicas` `federation serve` processes (stopped on the way
+    out). The first one started leads (it is ready before the others start)."""
+    etcd = LocalEtcd(workdir / "etcd")
+    etcd.start()
+    admin = "fed_bench-" + os.urandom(8).hex()
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        async with ApiClient(url, admin, timeout=30) as api:
-            end = time.monotonic() + 30
-            while True:
-                try:
-                    await api.request("GET", "/v1/ready")
-                    break
-                except ApiError:
-                    if time.monotonic() > end or server.poll() is not None:
-                        raise
-                    await asyncio.sleep(0.1)
-        yield Server(url, admin, etcd.endpoint, server.pid)
+        servers = []
+        for i in range(replicas):
+            proc, port = _spawn(workdir, etcd, admin, f"bench-{i}", region_ttl)
+            procs.append(proc)
+            url = f"http://127.0.0.1:{port}"
+            await _ready(url, admin, proc)
+            servers.append(Server(url, admin, etcd.endpoint, proc.pid, f"bench-{i}"))
+        servers[0].standbys = servers[1:]
+        yield servers[0]
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         etcd.stop()
 
 

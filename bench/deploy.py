@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import cluster, machine, record, regions
+from bench.common import cluster, cpu_seconds, machine, record, regions
 from federation.client import ApiClient, ApiError
 from federation.store import Store, keys
 
@@ -60,12 +60,17 @@ async def raw_txns(store: Store, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def run(n: int, workdir: Path) -> dict[str, float]:
-    async with cluster(workdir) as server:
-        store = Store([server.etcd])
+async def run(n: int, workdir: Path, replicas: int) -> dict[str, float]:
+    async with cluster(workdir, replicas=replicas) as first:
+        store = Store([first.etcd])
         await store.connect()
         try:
             raw = await raw_txns(store, n)
+            # With two replicas, the deploys go to the one that does not lead: the API
+            # on one, the controller on the other, as behind a load balancer.
+            leader = await store.get_raw(keys.LEADER)
+            servers = [first, *first.standbys]
+            server = next((s for s in servers if not leader or leader[0] != s.identity), first)
             async with (
                 ApiClient(server.url, server.admin, timeout=60) as api,
                 regions(api, REGIONS),
@@ -85,12 +90,14 @@ async def run(n: int, workdir: Path) -> dict[str, float]:
                                     raise
                                 conflicts += 1
 
+                cpu_before = sum(cpu_seconds(s.pid) for s in servers)
                 started = time.perf_counter()
                 await asyncio.gather(*(deploy(i) for i in range(n)))
                 accepted = time.perf_counter() - started
                 while await store.count(keys.PLACEMENTS) < n:
                     await asyncio.sleep(0.05)
                 placed = time.perf_counter() - started
+                server_cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
         finally:
             await store.close()
     return {
@@ -100,6 +107,7 @@ async def run(n: int, workdir: Path) -> dict[str, float]:
         "deploy_per_s": n / placed,
         "ratio": (n / placed) / raw,
         "conflicts": conflicts,
+        "cpu_us": server_cpu / n * 1e6,
     }
 
 
@@ -107,23 +115,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 services")
     parser.add_argument("--services", type=int)
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="servers; with 2, deploys go to the standby"
+    )
     args = parser.parse_args()
     n = args.services or (300 if args.quick else 2000)
     with tempfile.TemporaryDirectory() as tmp:
-        f = asyncio.run(run(n, Path(tmp)))
+        f = asyncio.run(run(n, Path(tmp), args.replicas))
     ok = "OK" if f["ratio"] >= 0.3 else "MISSED"
     print(f"machine: {machine()}")
-    print(f"services: {n}, {IN_FLIGHT} in flight")
+    where = "1 server" if args.replicas == 1 else f"{args.replicas} servers, PUTs to a standby"
+    print(f"services: {n}, {IN_FLIGHT} in flight, {where}")
     print(f"raw etcd txns: {f['raw_per_s']:.0f}/s (same Store client)")
     print(
         f"deploys: all {n} accepted in {f['accepted_s']:.2f} s, placed in {f['placed_s']:.2f} s "
         f"= {f['deploy_per_s']:.0f} services/s (409s retried: {f['conflicts']:.0f})"
     )
+    print(f"server CPU per deploy (API and controller, all servers): {f['cpu_us']:.0f} us")
     print(f"ratio deploy/raw: {f['ratio']:.3f} (target >= 0.3) {ok}")
     record(
-        "deploy.py" + (" --quick" if args.quick else ""),
+        "deploy.py"
+        + (" --quick" if args.quick else "")
+        + (f" --replicas {args.replicas}" if args.replicas != 1 else ""),
         f"{n} services: raw etcd {f['raw_per_s']:.0f} txn/s, deploys {f['deploy_per_s']:.0f}/s, "
-        f"ratio {f['ratio']:.3f} (target >= 0.3, {ok}), 409s retried {f['conflicts']:.0f}",
+        f"ratio {f['ratio']:.3f} (target >= 0.3, {ok}), 409s retried {f['conflicts']:.0f}, "
+        f"server CPU {f['cpu_us']:.0f} us per deploy",
     )
 
 

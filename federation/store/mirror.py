@@ -250,8 +250,11 @@ class Mirror:
         """Wait until the mirror holds every write this process made through its store
         (read your own writes). Others' writes arrive by the watch, within a few ms.
         Returns the mirror's revision: a watch from the next one misses nothing."""
-        await self.start()
-        await self.wait_for(self.store.last_write)
+        running = self._task is not None and not self._task.done()
+        if not (running and self._loaded.is_set() and self.store.last_write <= self.revision):
+            # Only when behind: every request syncs, and timers cost on each one.
+            await self.start()
+            await self.wait_for(self.store.last_write)
         return self.revision
 
     # -- reads --------------------------------------------------------------------------
