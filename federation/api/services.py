@@ -22,7 +22,7 @@ from federation.residency.evaluate import PUBLIC, unknown_data_classes
 from federation.store import keys
 from federation.store import policies as store_policies
 from federation.store import services as store_services
-from federation.store.world import read_world
+from federation.store.world import capacity_used, world_of
 
 routes = web.RouteTableDef()
 
@@ -132,11 +132,18 @@ async def explain(request: web.Request) -> web.Response:
     """Every region: chosen or rejected, and why, as the controller would decide now."""
     name = path_name(request, "service")
     await require(request, Role.VIEWER)
-    world = await read_world(request.app[STORE])
+    mirror = await synced(request)
+    if not mirror.has(keys.SERVICES, name):
+        raise _not_found(name)
+    # This service against every other one's capacity, from the mirror: no read and
+    # no parse of the whole world, whatever its size.
+    residency = store_policies.snapshot_of(mirror)
+    world = await asyncio.to_thread(world_of, mirror, [name], residency)
+    used = await asyncio.to_thread(capacity_used, mirror)
     if name not in world.services:
         raise _not_found(name)
     now = datetime.now(UTC)
-    plans = plan(world, now, region_ttl=request.app[CONFIG].region_ttl)
+    plans = plan(world, now, region_ttl=request.app[CONFIG].region_ttl, used=used)
     p = plans[name]
     assert p.decision is not None and p.evaluation is not None
     verdicts = {v.region: v for v in p.evaluation.verdicts}

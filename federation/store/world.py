@@ -157,3 +157,23 @@ def world_of(mirror: Mirror, names: Collection[str], residency: store_policies.S
         if mirror.has(keys.REBALANCE, name):
             world.rebalance.add(name)
     return world
+
+
+def capacity_used(mirror: Mirror) -> tuple[dict[str, float], dict[str, int]]:
+    """Capacity every placement holds per region (placed and draining replicas times
+    the service's resources), from the mirror's JSON without building models: what a
+    view of one service (explain) plans against, at any size of world."""
+    cpu: dict[str, float] = {}
+    memory: dict[str, int] = {}
+    for name in mirror.tails(keys.PLACEMENTS):
+        placement, service = mirror.json(keys.PLACEMENTS, name), mirror.json(keys.SERVICES, name)
+        if not isinstance(placement, dict) or not isinstance(service, dict):
+            continue
+        resources = service.get("spec", {}).get("resources", {})
+        counts = dict(placement.get("regions", {}))
+        for region, drain in placement.get("draining", {}).items():
+            counts[region] = counts.get(region, 0) + drain.get("replicas", 0)
+        for region, n in counts.items():
+            cpu[region] = cpu.get(region, 0.0) + n * float(resources.get("cpu", 0.0))
+            memory[region] = memory.get(region, 0) + n * int(resources.get("memory_mb", 0))
+    return cpu, memory

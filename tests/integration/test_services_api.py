@@ -430,3 +430,16 @@ async def test_delete_removes_service_placement_and_assignments(
     assert listing["items"] == []
     status, _ = await api.call("DELETE", "/v1/services/patient-records")
     assert status == 404
+
+
+async def test_explain_counts_what_other_services_hold(federation: Federation) -> None:
+    only_de = {"command": ["true"], "placement": {"regions": ["eu-de-1"]}}
+    await federation.deploy({"name": "big", **only_de, "resources": {"cpu": 5}})
+    await federation.wait_placed("big", {"eu-de-1": 1})
+    await federation.deploy({"name": "second", **only_de, "resources": {"cpu": 5}})
+    await federation.wait_decided("second")
+    regions = await explain(federation, "second")
+    # DE offers 8 cpu and `big` holds 5 of them.
+    assert regions["eu-de-1"]["outcome"] == "rejected"
+    assert any("insufficient capacity" in r for r in regions["eu-de-1"]["reasons"])
+    assert (await explain(federation, "big"))["eu-de-1"]["outcome"] == "chosen"
