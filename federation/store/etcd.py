@@ -363,32 +363,28 @@ class Store:
 
     async def scan(self, prefix: str) -> tuple[list[Entry], int]:
         """All keys under `prefix` and the store revision of the read (Range on a prefix)."""
-        start = self._abs(prefix)
-        end = prefix_range_end(start)
-        # In pages, all at the first page's revision (one consistent read): one reply
-        # must stay under gRPC's 4 MiB message limit whatever the number of keys.
         entries: list[Entry] = []
-        key: str | bytes = start
         revision = 0
-        while True:
-            resp = await self._call(
-                "list",
-                lambda t, k=key, r=revision: self._kv.get(  # type: ignore[misc]
-                    k, range_end=end, revision=r, limit=_SCAN_PAGE, timeout=t
-                ),
-            )
-            revision = revision or int(resp.header.revision)
-            entries += [self._entry(kv) for kv in resp.kvs]
-            if not resp.more or not resp.kvs:
-                return entries, revision
-            key = bytes(resp.kvs[-1].key) + b"\0"
+        async for kvs, at in self._pages(prefix):
+            entries += [self._entry(kv) for kv in kvs]
+            revision = at
+        return entries, revision
 
     async def scan_raw(self, prefix: str) -> tuple[list[tuple[str, bytes, int]], int]:
         """`scan` without decoding: (key, raw value, mod_revision) per key, and the
         revision of the read. For the mirror, which keeps values as bytes."""
+        found: list[tuple[str, bytes, int]] = []
+        revision = 0
+        async for kvs, at in self._pages(prefix):
+            found += [(self._rel(kv.key), bytes(kv.value), int(kv.mod_revision)) for kv in kvs]
+            revision = at
+        return found, revision
+
+    async def _pages(self, prefix: str) -> AsyncIterator[tuple[Sequence[Any], int]]:
         start = self._abs(prefix)
         end = prefix_range_end(start)
-        found: list[tuple[str, bytes, int]] = []
+        # In pages, all at the first page's revision (one consistent read): one reply
+        # must stay under gRPC's 4 MiB message limit whatever the number of keys.
         key: str | bytes = start
         revision = 0
         while True:
@@ -399,9 +395,9 @@ class Store:
                 ),
             )
             revision = revision or int(resp.header.revision)
-            found += [(self._rel(kv.key), bytes(kv.value), int(kv.mod_revision)) for kv in resp.kvs]
+            yield resp.kvs, revision
             if not resp.more or not resp.kvs:
-                return found, revision
+                return
             key = bytes(resp.kvs[-1].key) + b"\0"
 
     async def count(self, prefix: str) -> int:
