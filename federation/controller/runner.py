@@ -54,7 +54,7 @@ T = TypeVar("T")
 
 _WRITE_CONCURRENCY = 4
 _TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
-_FIXED_CONDS = 2  # the leader fence and the audit head
+_FIXED_CONDS = 3  # the leader fence, the residency fence and the audit head
 _FIXED_OPS = 2  # the audit entry and the audit head
 _CHUNK = 500  # services parsed and planned at a time (bounds the memory a pass needs)
 # Changes to these mean "plan everything": region identity, cordons and membership,
@@ -105,7 +105,6 @@ class Controller:
         self.passes = 0
         self.full_passes = 0
         self.last_planned = 0
-        self._stopping = False
         self.last_sentences: list[str] = []
         self.drills: DrillRunner | None = None
         self.observe = PassObserver(region_ttl=region_ttl)
@@ -123,7 +122,6 @@ class Controller:
 
     async def stop(self) -> None:
         """Stop reconciling and hand leadership over at once."""
-        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -141,7 +139,9 @@ class Controller:
     def _changed(self, key: str, revision: int) -> None:
         """The mirror applied a change: note what it touches (no I/O, no parsing)."""
         if not self.election.is_leader:
-            self._full = True  # whoever leads next starts from a full pass
+            # Whoever leads next starts from a full pass, with policies read afresh.
+            self._full = True
+            self._residency = None
             return
         if key == "" or key.startswith(_EVERYTHING):
             self._full = True
@@ -228,10 +228,10 @@ class Controller:
         # Every echo of earlier writes has been applied by now.
         self._written = {}
         now = datetime.now(UTC)
-        if self._residency is None:
+        full = self._full or time.monotonic() - self._last_full >= self._full_every
+        if self._residency is None or full:
             self._residency = store_policies.snapshot_of(self.mirror)
         residency = self._residency
-        full = self._full or time.monotonic() - self._last_full >= self._full_every
         freed = False
         if full:
             services = set(self.mirror.tails(keys.SERVICES))
@@ -325,7 +325,7 @@ class Controller:
         async def write(batch: list[ServicePlan]) -> list[tuple[ServicePlan, int, str]]:
             async with semaphore:
                 with self.observe.writing(batch):
-                    return await self._write_batch(batch)
+                    return await self._write_batch(batch, world.residency.fence)
 
         try:
             results = await asyncio.gather(*(write(b) for b in self._batches(changed)))
@@ -464,11 +464,18 @@ class Controller:
             batches.append(current)
         return batches
 
-    async def _write_batch(self, batch: list[ServicePlan]) -> list[tuple[ServicePlan, int, str]]:
-        """Write a batch in one txn: (plan, revision or 0 if not written, sentence)."""
+    async def _write_batch(
+        self, batch: list[ServicePlan], fence: int
+    ) -> list[tuple[ServicePlan, int, str]]:
+        """Write a batch in one txn: (plan, revision or 0 if not written, sentence).
+        `fence` is the residency fence's revision the plans were made under: a policy
+        or group written since fails the txn, and the services are planned again."""
         if not self.election.is_leader:
             return [(p, 0, f"{p.service}: not written, no longer leader") for p in batch]
-        conditions: list[Cond] = [self.election.fence()]
+        conditions: list[Cond] = [
+            self.election.fence(),
+            Cond.at_revision(keys.RESIDENCY_FENCE, fence),
+        ]
         ops: list[Op] = []
         for p in batch:
             conds, more = self._parts(p)
@@ -482,12 +489,13 @@ class Controller:
             return [(p, revision, p.sentence) for p in batch]
         if len(batch) > 1:
             # One stale service fails the whole batch: write them one by one instead.
-            results = await asyncio.gather(*(self._write_batch([p]) for p in batch))
+            results = await asyncio.gather(*(self._write_batch([p], fence) for p in batch))
             return [row for result in results for row in result]
         self._dirty.set()
+        self._residency = None  # in case it was the policies that moved: read them again
         sentence = (
-            f"{batch[0].service}: write lost a race (leader, service or placement moved); "
-            "replanning"
+            f"{batch[0].service}: write lost a race "
+            "(leader, service, placement or policies moved); replanning"
         )
         return [(batch[0], 0, sentence)]
 

@@ -16,6 +16,7 @@ import pytest
 from federation.controller import Controller
 from federation.model.service import ServiceSpec
 from federation.store import Store, keys
+from federation.store import policies as store_policies
 from federation.store import services as store_services
 from federation.store.election import LeaderElection
 from federation.store.etcd import Op
@@ -364,7 +365,7 @@ async def test_a_deposed_leader_cannot_write(store: Store) -> None:
     await deposed.reconcile()
     await deposed.stop()
     assert deposed.last_sentences == [
-        "svc: write lost a race (leader, service or placement moved); replanning"
+        "svc: write lost a race (leader, service, placement or policies moved); replanning"
     ]
     assert await store.get(keys.placement("svc")) is None
     ok, _, _ = await store.txn([a.fence()], [Op.put(keys.placement("svc"), {"x": 1})])
@@ -377,3 +378,33 @@ async def test_a_deposed_leader_cannot_write(store: Store) -> None:
     placed = await store.get(keys.placement("svc"))
     assert placed is not None and placed.value["service"] == "svc"
     await leader.stop()
+
+
+async def test_a_plan_made_under_older_policies_is_not_written(store: Store) -> None:
+    """The controller's policies come from its mirror. Should they lag a policy write
+    (the watch is a few ms behind etcd), its txn compares the residency fence, so the
+    decision fails in etcd instead of landing on outdated residency."""
+    spec = ServiceSpec.model_validate({"name": "svc", "command": ["sleep", "1"]})
+    await store_services.apply(store, spec, if_match=None)
+    election = LeaderElection(store, identity="replica-a", ttl=2)
+    assert await election.step() == "acquired the leader key"
+    controller = Controller(store, election, region_ttl=2)
+    try:
+        await controller.mirror.start()
+        stale = store_policies.snapshot_of(controller.mirror)
+        # A policy write moves the fence (store.policies does it in the same txn).
+        await store.put(keys.RESIDENCY_FENCE, {"last_write": "policies/new"})
+        await controller.mirror.sync()
+        # As if the event had not arrived yet (and no full pass were due).
+        controller._residency, controller._full = stale, False
+        controller._last_full = time.monotonic()
+        controller._names.add("svc")
+        await controller.reconcile()
+        assert controller.last_sentences == [
+            "svc: write lost a race (leader, service, placement or policies moved); replanning"
+        ]
+        assert await store.get(keys.placement("svc")) is None
+        await controller.reconcile()  # with the policies read afresh, it lands
+        assert await store.get(keys.placement("svc")) is not None
+    finally:
+        await controller.stop()
