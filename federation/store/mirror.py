@@ -5,10 +5,11 @@ scan per prefix at start, then one watch on the whole keyspace applies every cha
 so a controller pass or a status read costs what it touches, not the size of the
 world.
 
-Values are kept as the raw JSON bytes etcd holds (about a sixth of the memory of the
-parsed records: 100,000 services are about 65 MB as bytes, over 400 MB as pydantic
-models) and parsed by whoever reads them. Prefixes named in `cached` also keep their
-parsed model, for the few small keys every pass reads (regions, heartbeats, reports).
+Values are kept as the raw JSON bytes etcd holds, and parsed by whoever reads them:
+100,000 service records are over 400 MB as pydantic models, about 65 MB as bytes, and
+about 3 MB in the prefixes named in `packed`, which hold each value deflated against
+a sibling (`_Packer`). Prefixes named in `cached` also keep their parsed model, for
+the few small keys every pass reads (regions, heartbeats, reports).
 
 Consistency: `sync()` waits until the watch has applied every write this process made
 (no round trip), so a read after a write through this server sees it. Writes through

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,14 +38,27 @@ async def apply(
     store: Store, spec: ServiceSpec, *, if_match: int | None, mirror: Mirror | None = None
 ) -> tuple[ServiceRecord, int, bool, bool]:
     """Create or update a service (CAS on its revision). Idempotent: the same spec again
-    writes nothing. Returns (record, revision, created, changed). With a (synced)
-    `mirror`, the current record is read from it instead of etcd: the CAS catches a
-    write that came in between either way."""
-    now = datetime.now(UTC)
+    writes nothing. Returns (record, revision, created, changed).
+
+    With a `mirror`, the current record is taken from it, saving a round trip when a
+    write follows: the write's CAS checks what the mirror said. The mirror may lag a
+    write through another replica by a few ms, so a CAS that fails, and an answer of
+    "unchanged" (which writes nothing to check), are decided again on etcd's word."""
     if mirror is not None:
         current = mirror.get(keys.SERVICES, spec.name, ServiceRecord)
-    else:
-        current = await get(store, spec.name)
+        if current is None or current[0].spec != spec:
+            with contextlib.suppress(Conflict):
+                return await _apply(store, spec, if_match, current)
+    return await _apply(store, spec, if_match, await get(store, spec.name))
+
+
+async def _apply(
+    store: Store,
+    spec: ServiceSpec,
+    if_match: int | None,
+    current: tuple[ServiceRecord, int] | None,
+) -> tuple[ServiceRecord, int, bool, bool]:
+    now = datetime.now(UTC)
     if current is None:
         if if_match is not None and if_match != 0:
             raise Conflict(keys.service(spec.name), if_match, None)

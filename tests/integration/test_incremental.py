@@ -14,7 +14,9 @@ import pytest
 from federation.api.context import CONTROLLER
 from federation.controller import Controller
 from federation.model.region import RegionRecord
+from federation.model.service import ServiceSpec
 from federation.store import Op, Store, keys
+from federation.store import services as store_services
 from federation.store.mirror import Mirror
 from tests.conftest import Api
 from tests.integration.agents import Federation, running_federation, wait_until
@@ -124,3 +126,31 @@ async def test_a_full_pass_after_incremental_ones_moves_nothing(
     )
     after = {e.key: e.revision for e in (await store.scan(keys.PLACEMENTS))[0]}
     assert after == before
+
+
+async def test_a_deploy_decided_on_a_lagging_mirror_is_decided_again_on_etcd(
+    store: Store,
+) -> None:
+    x = ServiceSpec.model_validate({"name": "svc", "command": ["x"]})
+    y = ServiceSpec.model_validate({"name": "svc", "command": ["y"]})
+    mirror = Mirror(store, [keys.SERVICES])
+    try:
+        await mirror.start()
+        await mirror.stop()  # from here on it lags: it holds no `svc`
+        await store_services.apply(store, x, if_match=None)  # as through another replica
+        # The mirror says "absent": the create fails, and etcd's word decides.
+        record, _, created, changed = await store_services.apply(
+            store, y, if_match=None, mirror=mirror
+        )
+        assert (created, changed, record.generation) == (False, True, 2)
+        await mirror.start()
+        await mirror.sync()
+        await mirror.stop()  # holds y at generation 2
+        await store_services.apply(store, x, if_match=None)  # another replica: back to x
+        # The mirror says y is already there: "unchanged" is not taken on its word.
+        record, _, _, changed = await store_services.apply(store, y, if_match=None, mirror=mirror)
+        assert changed and record.generation == 4
+        stored = await store_services.get(store, "svc")
+        assert stored is not None and stored[0].spec == y
+    finally:
+        await mirror.stop()
