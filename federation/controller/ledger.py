@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from federation.model.service import PlacementRecord, ServiceSpec
+from federation.model.service import PlacementRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class Held:
         return next((n for r, n in self.regions if r == region), 0)
 
 
-def holding(spec: ServiceSpec, placement: PlacementRecord | None) -> tuple[tuple[str, int], ...]:
+def holding(placement: PlacementRecord | None) -> tuple[tuple[str, int], ...]:
     """Replicas a placement holds per region, draining ones included."""
     if placement is None:
         return ()

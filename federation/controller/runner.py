@@ -361,7 +361,7 @@ class Controller:
         return Held(
             cpu=spec.resources.cpu,
             memory_mb=spec.resources.memory_mb,
-            regions=holding(spec, p.record),
+            regions=holding(p.record),
             phase=phase.value,
             rejected=rejected,
             waiting=p.record.reason not in (PLACED, SCALED_TO_ZERO),
@@ -383,7 +383,7 @@ class Controller:
                     Held(
                         cpu=spec.resources.cpu,
                         memory_mb=spec.resources.memory_mb,
-                        regions=holding(spec, placement[0] if placement else None),
+                        regions=holding(placement[0] if placement else None),
                     ),
                 )
             )
