@@ -4,6 +4,7 @@ region's side of it: its status reports."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,14 +81,39 @@ async def put_service(request: web.Request) -> web.Response:
     return json_response(found, status=201 if created else 200, revision=found["revision"])
 
 
+# Above this many services, the list is sent in pieces of this many, each parsed and
+# encoded on its own: the server never holds every service as views at once.
+LIST_CHUNK = 1000
+
+
+def _encode(view: dict[str, Any]) -> str:
+    return json.dumps(view, default=str)
+
+
 @routes.get("/v1/services")
-async def list_services(request: web.Request) -> web.Response:
+async def list_services(request: web.Request) -> web.StreamResponse:
     await require(request, Role.VIEWER)
     mirror = await synced(request)
     revision = mirror.revision
-    # Parsing every service is CPU-bound: off the loop, so other requests go on.
-    views = await asyncio.to_thread(store_services.views_of, mirror)
-    return json_response({"items": views, "revision": revision})
+    names = sorted(mirror.tails(keys.SERVICES))
+    if len(names) <= LIST_CHUNK:
+        # Parsing is CPU-bound: off the loop, so other requests go on.
+        views = await asyncio.to_thread(store_services.views_of, mirror, names)
+        return json_response({"items": views, "revision": revision})
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    await response.prepare(request)
+    await response.write(b'{"items":[')
+    separator = b""
+    for start in range(0, len(names), LIST_CHUNK):
+        views = await asyncio.to_thread(
+            store_services.views_of, mirror, names[start : start + LIST_CHUNK]
+        )
+        if views:  # a piece can come out empty: its services were deleted meanwhile
+            await response.write(separator + ",".join(map(_encode, views)).encode())
+            separator = b","
+    await response.write(f'],"revision":{revision}}}'.encode())
+    await response.write_eof()
+    return response
 
 
 @routes.get("/v1/services/{service}")

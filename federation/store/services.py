@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,11 +153,11 @@ def view_of(mirror: Mirror, name: str) -> dict[str, Any]:
     return view_in(mirror, name, *found)
 
 
-def views_of(mirror: Mirror) -> list[dict[str, Any]]:
-    """Every service with its status, as the mirror holds it (parses them all: call
-    it in a worker thread)."""
+def views_of(mirror: Mirror, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Every service (or those of `names`) with its status, as the mirror holds it
+    (parses each one: call it in a worker thread for many)."""
     found = []
-    for name in sorted(mirror.tails(keys.SERVICES)):
+    for name in sorted(mirror.tails(keys.SERVICES)) if names is None else names:
         service = mirror.get(keys.SERVICES, name, ServiceRecord)
         if service is not None:
             found.append(view_in(mirror, name, *service))

@@ -154,3 +154,21 @@ async def test_a_deploy_decided_on_a_lagging_mirror_is_decided_again_on_etcd(
         assert stored is not None and stored[0].spec == y
     finally:
         await mirror.stop()
+
+
+async def test_a_long_service_list_is_streamed_whole(
+    api: Api, federation: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from federation.api import services as services_api
+
+    monkeypatch.setattr(services_api, "LIST_CHUNK", 3)  # pieces of 3: 8 services
+    for i in range(8):
+        await federation.deploy(small(f"svc-{i}"))
+    status, body = await api.call("GET", "/v1/services")
+    assert status == 200, body
+    assert [s["name"] for s in body["items"]] == [f"svc-{i}" for i in range(8)]
+    assert all("status" in s for s in body["items"]) and body["revision"] > 0
+    for i in range(8):
+        await federation.wait_decided(f"svc-{i}")
+    _, again = await api.call("GET", "/v1/services")
+    assert all(s["status"]["observed_generation"] == 1 for s in again["items"])
