@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federation.client import ApiClient, ApiError
-from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
+from federation.store.local_etcd import LocalEtcd, free_port, stop_processes, with_parent_death
 
 # FEDERATION_BENCH_LOG sends the results log elsewhere (the test of the benchmarks).
 DOCS = Path(
@@ -135,14 +134,7 @@ async def cluster(
         servers[0].standbys = servers[1:]
         yield servers[0]
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=15)
         etcd.stop()
 
 

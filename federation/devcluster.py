@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.model.token import new_secret
-from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
+from federation.store.local_etcd import LocalEtcd, free_port, stop_processes, with_parent_death
 
 
 @dataclass(frozen=True)
@@ -259,15 +259,7 @@ class LocalFederation:
     def stop(self) -> None:
         """Stop everything, in order: agents, servers, etcd. Safe to call twice."""
         for group in (list(self.agents.values()), self.servers):
-            for proc in group:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in group:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_processes(group)
         self.agents.clear()
         self.servers = []
         for member in self.etcd:

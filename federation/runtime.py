@@ -1,12 +1,15 @@
-"""Process-level tuning for the long-running server."""
+"""Process-level helpers for the long-running server and agent: tuning, and loops
+that must never die quietly."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import functools
 import gc
 import logging
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +50,16 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+async def forever(what: str, body: Callable[[], Awaitable[None]], logger: logging.Logger) -> None:
+    """Run `body` for as long as the task lives: an eternal loop that crashes is
+    logged (as `what`) and restarted after 1 s, never lost quietly."""
+    while True:
+        try:
+            await body()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s crashed; restarting in 1 s", what)
+            await asyncio.sleep(1)

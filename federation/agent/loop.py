@@ -38,6 +38,7 @@ from federation.agent.drivers.process import ProcessDriver
 from federation.agent.tracing import ApplyTracer
 from federation.client import ApiClient, ApiError, tls_context
 from federation.model.service import Assignment
+from federation.runtime import forever
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,16 @@ class Agent:
             self.desired, revision = await self._list(client)
             for sentence in await self.driver.start(self.desired):
                 log.info("agent %s: %s", self.config.region, sentence)
+            loops: dict[str, Callable[[], Awaitable[None]]] = {
+                "heartbeat": lambda: self._heartbeat(client),
+                "sync": lambda: self._sync(client, revision),
+                "report": lambda: self._report(client),
+                "fence": self._fence,
+                "apply": self._applier,
+            }
             tasks = [
-                asyncio.create_task(self._guard("heartbeat", lambda: self._heartbeat(client))),
-                asyncio.create_task(self._guard("sync", lambda: self._sync(client, revision))),
-                asyncio.create_task(self._guard("report", lambda: self._report(client))),
-                asyncio.create_task(self._guard("fence", self._fence)),
-                asyncio.create_task(self._guard("apply", self._applier)),
+                asyncio.create_task(forever(f"agent loop {name}", body, log))
+                for name, body in loops.items()
             ]
             try:
                 await asyncio.gather(*tasks)
@@ -143,16 +148,6 @@ class Agent:
                     task.cancel()
                 await asyncio.wait(tasks, timeout=5)
                 await self.driver.close(stop_instances=not self.config.keep_instances)
-
-    async def _guard(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            try:
-                await body()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("agent loop %s crashed; restarting in 1 s", name)
-                await asyncio.sleep(1)
 
     # -- heartbeat --------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,7 +34,7 @@ from federation.model.region import HeartbeatRecord
 from federation.model.service import PlacementRecord, RegionReport, ServiceRecord
 from federation.model.status import service_phase
 from federation.residency.evaluate import Evaluation
-from federation.runtime import release_memory
+from federation.runtime import forever, release_memory
 from federation.scheduler import PLACED, SCALED_TO_ZERO
 from federation.store import Cond, Conflict, Op, Store, StoreError, keys
 from federation.store import policies as store_policies
@@ -116,8 +116,12 @@ class Controller:
         self.drills = DrillRunner(self.store, self.election)
         self._tasks = [
             asyncio.create_task(self.election.run(), name="controller-election"),
-            asyncio.create_task(self._guard(self._loop), name="controller-reconcile"),
-            asyncio.create_task(self._guard(self.drills.run), name="controller-drills"),
+            asyncio.create_task(
+                forever("controller loop", self._loop, log), name="controller-reconcile"
+            ),
+            asyncio.create_task(
+                forever("drill runner", self.drills.run, log), name="controller-drills"
+            ),
         ]
 
     async def stop(self) -> None:
@@ -167,17 +171,6 @@ class Controller:
         else:
             return  # heartbeats: capacity is compared on every pass
         self._dirty.set()
-
-    async def _guard(self, body: Callable[[], Awaitable[None]]) -> None:
-        # An eternal task must never die quietly: log and restart it.
-        while True:
-            try:
-                await body()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("controller loop crashed; restarting in 1 s")
-                await asyncio.sleep(1)
 
     async def _loop(self) -> None:
         while True:
@@ -233,6 +226,7 @@ class Controller:
             self._residency = store_policies.snapshot_of(self.mirror)
         residency = self._residency
         freed = False
+        grew = self._capacity_grew()  # compared with the last pass, then remembered
         if full:
             services = set(self.mirror.tails(keys.SERVICES))
             self._full = False
@@ -256,7 +250,7 @@ class Controller:
             self._lost = set()
             names |= self._reports_changed(self._reported)
             self._reported = set()
-            if self._capacity_grew():
+            if grew:
                 names |= self.ledger.waiting()
             gone = {n for n in names if not self.mirror.has(keys.SERVICES, n)}
             names -= gone
@@ -265,7 +259,6 @@ class Controller:
             orphans = set()
             for name in gone:
                 freed = self.ledger.drop(name) or freed
-        self._capacity_grew()  # remember this pass's capacities
         base = await _off_loop(len(self._reported) + 1, world_of, self.mirror, (), residency)
         self.observe.starting(base, self.ledger)
         sentences = await self._collect_orphans(orphans)

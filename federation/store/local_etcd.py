@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,20 @@ def restore_snapshot(
         check=True,
         capture_output=True,
     )
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]], *, timeout: float = 10.0) -> None:
+    """SIGTERM every process still running, then wait for each, SIGKILL after `timeout`
+    (all are signalled first, so they stop side by side)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:
@@ -196,14 +211,8 @@ class LocalEtcd:
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop etcd: SIGTERM, then SIGKILL after `timeout`."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_processes([self.proc], timeout=timeout)
 
     def __enter__(self) -> LocalEtcd:
         self.start()
