@@ -98,6 +98,9 @@ class Controller:
         self._busy: set[str] = set()
         self._busy_due = 0.0
         self._written: dict[str, int] = {}  # service -> revision of this pass's write
+        # service -> revisions of changes to what the controller writes, since the last
+        # pass: its own writes' echoes, or someone else's change
+        self._maybe_echo: dict[str, set[int]] = {}
         self._ready: dict[str, dict[tuple[str, int], int]] = {}  # region -> report index
         self._capacity: dict[str, tuple[float, int]] = {}
         self._residency: store_policies.Snapshot | None = None
@@ -105,6 +108,7 @@ class Controller:
         self.passes = 0
         self.full_passes = 0
         self.last_planned = 0
+        self.planned_total = 0  # services planned, over all passes
         self.last_sentences: list[str] = []
         self.drills: DrillRunner | None = None
         self.observe = PassObserver(region_ttl=region_ttl)
@@ -150,16 +154,16 @@ class Controller:
         if key == "" or key.startswith(_EVERYTHING):
             self._full = True
             self._residency = None
-        elif key.startswith((keys.SERVICES, keys.PLACEMENTS, keys.REBALANCE)):
-            name = key.split("/", 1)[1]
-            if self._written.get(name) == revision and not key.startswith(keys.SERVICES):
-                return  # the echo of this controller's own write
-            self._names.add(name)
-        elif key.startswith(keys.ASSIGNMENTS):
+        elif key.startswith(keys.SERVICES):
+            self._names.add(key.removeprefix(keys.SERVICES))
+        elif key.startswith((keys.PLACEMENTS, keys.REBALANCE, keys.ASSIGNMENTS)):
+            # What the controller writes itself. The echo of a write can arrive before
+            # the write's answer does, so whether it was one is decided at the next
+            # pass's start, when every answer is in (`_echoes_settled`).
             name = key.rsplit("/", 1)[1]
             if self._written.get(name) == revision:
                 return
-            self._names.add(name)
+            self._maybe_echo.setdefault(name, set()).add(revision)
         elif key.startswith(keys.ALIVE):
             region = key.removeprefix(keys.ALIVE)
             if self.mirror.has(keys.ALIVE, region):
@@ -219,7 +223,7 @@ class Controller:
     async def _reconcile(self) -> bool:
         await self.mirror.sync()
         # Every echo of earlier writes has been applied by now.
-        self._written = {}
+        self._echoes_settled()
         now = datetime.now(UTC)
         full = self._full or time.monotonic() - self._last_full >= self._full_every
         if self._residency is None or full:
@@ -286,10 +290,20 @@ class Controller:
         self.observe.written(self.ledger)
         self.passes += 1
         self.last_planned = len(names)
+        self.planned_total += len(names)
         self.last_sentences = list(sentences)
         for sentence in sentences:
             log.info("controller: %s", sentence)
-        return bool(busy)
+        return bool(self._busy)
+
+    def _echoes_settled(self) -> None:
+        """Changes to placements and assignments that were not this controller's own
+        writes touch their services; the echoes of its writes do not."""
+        for name, revisions in self._maybe_echo.items():
+            if revisions != {self._written.get(name)}:
+                self._names.add(name)
+        self._maybe_echo = {}
+        self._written = {}
 
     async def _pass_chunk(
         self, world: World, now: datetime

@@ -91,6 +91,31 @@ async def test_a_deploy_among_many_services_plans_only_that_service(
     assert ctl.last_planned <= 2, "the pass that placed it planned more than it"
 
 
+async def test_the_controller_does_not_plan_its_own_writes_again(
+    api: Api, federation: Federation
+) -> None:
+    # A write's echo (its placement and assignments coming back through the watch) can
+    # arrive before the write's answer; it must still not count as a change.
+    ctl = controller(api)
+    for i in range(5):
+        await federation.deploy(small(f"svc-{i:02d}"))
+        await federation.wait_decided(f"svc-{i:02d}")
+
+    async def passes_after(n: int) -> bool:
+        ctl.poke()
+        return ctl.passes >= n
+
+    target = ctl.passes + 2
+    await wait_until(lambda: passes_after(target), timeout=5, what="two more passes")
+    planned, full = ctl.planned_total, ctl.full_passes
+    await federation.deploy(small("one-more"))
+    await federation.wait_decided("one-more")
+    target = ctl.passes + 3
+    await wait_until(lambda: passes_after(target), timeout=5, what="three more passes")
+    assert ctl.full_passes == full
+    assert ctl.planned_total - planned == 1, "planned again after its own write"
+
+
 async def test_capacity_freed_by_a_delete_goes_to_a_waiting_service_at_once(
     api: Api, federation: Federation
 ) -> None:
