@@ -22,6 +22,7 @@ from federation.api import (
     system,
     tokens,
 )
+from federation.api.auth import confirm_middleware
 from federation.api.context import CONFIG, CONTROLLER, ELECTION, MIRROR, STORE, ServerConfig
 from federation.api.errors import error_middleware
 from federation.controller import Controller
@@ -62,7 +63,9 @@ async def bootstrap_admin(store: Store, config: ServerConfig) -> str | None:
 
 def create_app(config: ServerConfig, *, announce: bool = True) -> web.Application:
     """Build the API application; its cleanup context owns the store and the controller."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, confirm_middleware], client_max_size=config.max_body_bytes
+    )
     app[CONFIG] = config
     app.add_routes(system.routes)
     app.add_routes(regions.routes)

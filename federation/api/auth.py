@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from federation.api.context import STORE
-from federation.api.errors import ApiError
+from federation.api.context import MIRROR, STORE
+from federation.api.errors import ApiError, Handler
 from federation.model.token import Role, TokenRecord, hash_secret, role_allows
-from federation.store import tokens
+from federation.store import fence_writes, keys, tokens, unfence_writes, write_fence
 from federation.store.audit import acting_as
 
 # The caller of the request being handled. A context variable, not a request key:
@@ -18,6 +18,8 @@ from federation.store.audit import acting_as
 # the deploy benchmark's profile.
 # It holds the request too, because one keep-alive connection's requests share a task
 # (and so its context): a later request must never see an earlier one's caller.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 _PRINCIPAL: contextvars.ContextVar[tuple[web.Request, TokenRecord] | None] = contextvars.ContextVar(
     "principal", default=None
 )
@@ -33,13 +35,46 @@ async def authenticate(request: web.Request) -> TokenRecord:
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
     # Looked up by hash: the secret is never compared, stored or logged.
-    record = await tokens.lookup(request.app[STORE], hash_secret(secret.strip()))
-    if record is None or record.expired(datetime.now(UTC)):
+    digest = hash_secret(secret.strip())
+    # A read is answered only after a linearizable read of its token. A request that
+    # changes something may take the token from the mirror: its writes compare the
+    # token in their own txn, and if it writes nothing, `confirm` reads the token.
+    changes = request.method not in SAFE_METHODS
+    found = await tokens.lookup(
+        request.app[STORE], digest, request.app[MIRROR] if changes else None
+    )
+    if found is None or found[0].expired(datetime.now(UTC)):
         raise ApiError(401, "invalid or expired token")
+    record, revision = found
     _PRINCIPAL.set((request, record))
     # Every audited write made for this request names this token's subject.
     acting_as(record.subject)
+    if changes:
+        fence_writes(keys.token(digest), revision)
+    else:
+        unfence_writes()  # a keep-alive connection's requests share one context
     return record
+
+
+@web.middleware
+async def confirm_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers a request that changes state only once its token is known to stand."""
+    response = await handler(request)
+    if request.method not in SAFE_METHODS:
+        await confirm(request)
+    return response
+
+
+async def confirm(request: web.Request) -> None:
+    """401 unless the request's token still stood when its writes committed, or, if
+    none did (e.g. a PUT of an unchanged spec), is still there now."""
+    cached = _PRINCIPAL.get()
+    fence = write_fence()
+    if cached is None or cached[0] is not request or fence is None or fence.held:
+        return
+    entry = await request.app[STORE].get_shared(fence.cond.key)
+    if entry is None or entry.revision != fence.cond.revision:
+        raise ApiError(401, "invalid or expired token")
 
 
 async def require(request: web.Request, role: Role) -> TokenRecord:

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from federation.store import Conflict, StoreUnavailable
+from federation.store import Conflict, CredentialRevoked, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             f"revision conflict: expected {exc.expected}, current {exc.actual}",
             {"expected": exc.expected, "current": exc.actual},
         )
+    except CredentialRevoked:
+        # The token was revoked while this request ran: its write did not land.
+        return error_response(401, "unauthorized", "invalid or expired token")
     except StoreUnavailable:
         log.warning("store unavailable during %s %s", request.method, request.path)
         return error_response(503, "unavailable", "the federation store (etcd) is unavailable")

@@ -13,6 +13,8 @@ Contract (what callers may rely on; each method's docstring names its etcd primi
 - ``scan`` returns the entries and the store revision they were read at, so a watch
   from ``revision + 1`` misses nothing. ``watch`` raises ``Compacted`` when that
   revision is gone: the caller re-lists.
+- ``fence_writes(key, revision)`` makes every write of the current task compare that
+  key (the API's caller's token) in its own txn; ``CredentialRevoked`` when it moved.
 - ``StoreUnavailable`` means etcd did not answer within the operation's deadline
   (no quorum, network, process down); the operation may or may not have applied.
   Every call retries transient errors with backoff (tenacity) until that deadline.
@@ -23,20 +25,34 @@ from federation.store.errors import (
     AlreadyExists,
     Compacted,
     Conflict,
+    CredentialRevoked,
     StoreError,
     StoreUnavailable,
 )
-from federation.store.etcd import Cond, Entry, Event, Op, Store
+from federation.store.etcd import (
+    Cond,
+    Entry,
+    Event,
+    Op,
+    Store,
+    fence_writes,
+    unfence_writes,
+    write_fence,
+)
 
 __all__ = [
     "AlreadyExists",
     "Compacted",
     "Cond",
     "Conflict",
+    "CredentialRevoked",
     "Entry",
     "Event",
     "Op",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "fence_writes",
+    "unfence_writes",
+    "write_fence",
 ]

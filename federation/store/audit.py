@@ -36,7 +36,10 @@ replicas take turns; Conflict after WRITE_ATTEMPTS such races.
 
 The actor of a change is named explicitly by the caller, or else is the one the API
 recorded for the current request with `acting_as` (a context variable: each request
-is its own asyncio task); it is resolved in the caller's task, before queueing.
+is its own asyncio task); it is resolved in the caller's task, before queueing. So is
+the caller's write fence (`fence_writes`, its token): each writer's fence is compared
+in the txn that carries its change, and a writer whose fence fails gets
+CredentialRevoked.
 """
 
 from __future__ import annotations
@@ -60,8 +63,17 @@ import grpc.aio
 from pydantic import BaseModel, ConfigDict
 
 from federation.store import keys
-from federation.store.errors import Conflict
-from federation.store.etcd import JSON, Cond, Entry, Op, Store
+from federation.store.errors import Conflict, CredentialRevoked
+from federation.store.etcd import (
+    JSON,
+    Cond,
+    Entry,
+    Op,
+    Store,
+    WriteFence,
+    check_fence,
+    write_fence,
+)
 
 GENESIS = "0" * 64
 WRITE_ATTEMPTS = 40
@@ -211,6 +223,7 @@ async def txn(
         tuple(read_on_failure),
         loop.create_future(),
         contextvars.copy_context(),
+        write_fence(),  # the caller's: the committer's txn is for several callers
     )
     committer = _committers.get(store)
     if committer is None:
@@ -228,6 +241,7 @@ class _Write:
     read_on_failure: tuple[str, ...]
     future: asyncio.Future[Result]
     context: contextvars.Context  # the caller's: the txn's span goes under its trace
+    fence: WriteFence | None = None  # the caller's token, compared in the txn
 
     @cached_property
     def mergeable(self) -> bool:
@@ -240,7 +254,12 @@ class _Write:
 
     @cached_property
     def reads(self) -> frozenset[str]:
-        return frozenset(cond.key for cond in self.conditions)
+        return frozenset(cond.key for cond in self.compares)
+
+    @cached_property
+    def compares(self) -> tuple[Cond, ...]:
+        """Its conditions, the fence included."""
+        return self.conditions if self.fence is None else (*self.conditions, self.fence.cond)
 
     @cached_property
     def size(self) -> int:
@@ -310,7 +329,7 @@ class _Committer:
             write = self.pending.popleft()
             if write.future.done():
                 continue  # cancelled while queued
-            conds, ops = len(write.conditions), len(write.ops) + 1  # + its entry
+            conds, ops = len(write.compares), len(write.ops) + 1  # + its entry
             joins = not batch
             if batch:
                 joins = (
@@ -371,21 +390,33 @@ class _Committer:
             conditions, ops, last = _assemble(batch, head, ours, datetime.now(UTC))
             # The callers' keys are read only for a lone writer: a merged txn that fails
             # on a caller's condition is redone one by one, with each caller's reads.
-            own = batch[0].read_on_failure if len(batch) == 1 else ()
+            lone = batch[0] if len(batch) == 1 else None
+            own = [*lone.read_on_failure] if lone is not None else []
+            if lone is not None and lone.fence is not None:
+                own.append(lone.fence.cond.key)
             ok, revision, entries = await store.txn(
-                conditions, ops, read_on_failure=[*own, keys.AUDIT_HEAD]
+                conditions, ops, read_on_failure=[*own, keys.AUDIT_HEAD], fenced=False
             )
             if ok:
                 # One revision for the whole txn: it is the head's new mod_revision.
                 self.head, self.ours = dataclasses.replace(last, revision=revision), True
                 for write in batch:
+                    if write.fence is not None:
+                        write.fence.held = True
                     write.resolve((True, revision, []))
                 return
             self.head, self.ours = _head(entries[-1]), False
             if self.head == head:
                 # The head held, so a caller's own condition failed.
-                if len(batch) == 1:
-                    batch[0].resolve((False, revision, entries[:-1]))
+                if lone is not None:
+                    found = entries[:-1]
+                    if lone.fence is not None:
+                        try:
+                            check_fence(lone.fence, found.pop())
+                        except CredentialRevoked as exc:
+                            lone.fail(exc)
+                            return
+                    lone.resolve((False, revision, found))
                 else:
                     await self._one_by_one(store, batch)
                 return
@@ -406,7 +437,8 @@ def _assemble(
     batch: Sequence[_Write], head: Head, ours: bool, now: datetime
 ) -> tuple[list[Cond], list[Op], Head]:
     """One txn for `batch` after `head`: its conditions, its operations, the new head."""
-    conditions = [cond for write in batch for cond in write.conditions]
+    # Writes of one caller share its fence: compared once.
+    conditions = list(dict.fromkeys(cond for write in batch for cond in write.compares))
     ops = [op for write in batch for op in write.ops]
     last = head
     for write in batch:

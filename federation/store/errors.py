@@ -34,3 +34,12 @@ class Compacted(StoreError):
     def __init__(self, compact_revision: int) -> None:
         self.compact_revision = compact_revision
         super().__init__(f"revision compacted up to {compact_revision}")
+
+
+class CredentialRevoked(StoreError):
+    """The token a write was made for was revoked (or changed) before the write
+    committed (see `fence_writes`): nothing was written."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: the credential this write was made for is gone")

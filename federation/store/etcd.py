@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -28,7 +29,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from federation.store.errors import AlreadyExists, Compacted, Conflict, StoreUnavailable
+from federation.store.errors import (
+    AlreadyExists,
+    Compacted,
+    Conflict,
+    CredentialRevoked,
+    StoreUnavailable,
+)
 from federation.telemetry import metrics as _metrics
 from federation.telemetry.setup import child_span
 
@@ -129,6 +136,46 @@ class Op:
     @staticmethod
     def delete_prefix(key: str) -> Op:
         return Op("delete_prefix", key)
+
+
+@dataclass(eq=False)
+class WriteFence:
+    """The credential a task's writes are made for: `cond` compares its key."""
+
+    cond: Cond
+    # Seen to hold by one of the task's txns (it committed, or read the key back).
+    held: bool = False
+
+
+# The credential the current task's writes are made for (see `fence_writes`).
+_FENCE: contextvars.ContextVar[WriteFence | None] = contextvars.ContextVar(
+    "write_fence", default=None
+)
+
+
+def fence_writes(key: str, revision: int) -> None:
+    """Make every write of the current task (an API request) compare `key` at
+    `revision` in its own txn. The API fences a request's writes with its caller's
+    token: a write whose token was revoked or changed before it committed does not
+    land, and raises CredentialRevoked."""
+    _FENCE.set(WriteFence(Cond.at_revision(key, revision)))
+
+
+def unfence_writes() -> None:
+    """Writes of the current task compare nothing more (a request that only reads)."""
+    _FENCE.set(None)
+
+
+def write_fence() -> WriteFence | None:
+    """The fence `fence_writes` set for the current task, if any."""
+    return _FENCE.get()
+
+
+def check_fence(fence: WriteFence, entry: Entry | None) -> None:
+    """CredentialRevoked unless `entry` (read by a failed txn) still meets `fence`."""
+    if entry is None or entry.revision != fence.cond.revision:
+        raise CredentialRevoked(fence.cond.key)
+    fence.held = True
 
 
 def _reraise_cancellation(exc: grpc.aio.AioRpcError) -> None:
@@ -451,21 +498,29 @@ class Store:
         *,
         read_on_failure: Sequence[str] = (),
         audit: Change | None = None,
+        fenced: bool = True,
     ) -> tuple[bool, int, list[Entry | None]]:
         """Apply `ops` atomically iff every condition holds (one etcd Txn).
 
         Returns (succeeded, revision, entries): on failure, the current entries of the
         keys in `read_on_failure`, read in the same transaction, to explain the conflict.
         With `audit`, the change is appended to the audit log in the same txn (see
-        `federation.store.audit`); Conflict if the log's head keeps moving.
+        `federation.store.audit`); Conflict if the log's head keeps moving. The txn
+        also compares the task's write fence, if any (`fence_writes`), unless
+        `fenced` is False (the audit committer, writing for several callers).
         """
         if audit is not None:
             # Imported here: the audit module builds on this one.
             from federation.store import audit as audit_log
 
+            # The audit log's committer fences each write with its own caller's token.
             return await audit_log.txn(
                 self, conditions, ops, audit, read_on_failure=read_on_failure
             )
+        fence = _FENCE.get() if fenced else None
+        if fence is not None:
+            conditions = [*conditions, fence.cond]
+            read_on_failure = [*read_on_failure, fence.cond.key]
         compares = [self._compare(c) for c in conditions]
         success = [self._request(o) for o in ops]
         failure = [KVService.txn_op_get(self._abs(k)) for k in read_on_failure]
@@ -475,14 +530,22 @@ class Store:
         entries: list[Entry | None] = []
         if resp.succeeded and success:
             self.last_write = max(self.last_write, int(resp.header.revision))
+        if resp.succeeded and fence is not None:
+            fence.held = True
         if not resp.succeeded:
             for r in resp.responses:
                 kvs = r.response_range.kvs
                 entries.append(self._entry(kvs[0]) if kvs else None)
+            if fence is not None:
+                check_fence(fence, entries.pop())
         return bool(resp.succeeded), int(resp.header.revision), entries
 
     async def put(self, key: str, value: JSON, *, lease: int = 0) -> int:
-        """Unconditional write (Put); returns the new revision."""
+        """Unconditional write (Put); returns the new revision. A fenced task's put is
+        a txn comparing its fence (`fence_writes`)."""
+        if _FENCE.get() is not None:
+            _, revision, _ = await self.txn([], [Op.put(key, value, lease=lease)])
+            return revision
         data = _encode(value)
         resp = await self._call(
             "put", lambda t: self._kv.put(self._abs(key), data, lease=lease, timeout=t)

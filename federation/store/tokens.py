@@ -12,6 +12,7 @@ from federation.store import keys
 from federation.store.audit import Change
 from federation.store.errors import AlreadyExists, Conflict
 from federation.store.etcd import Cond, Entry, Op, Store
+from federation.store.mirror import Mirror
 
 
 class TokenNotFound(LookupError):
@@ -22,27 +23,40 @@ class LastAdminToken(Exception):
     """Revoking this token would leave no admin token at all."""
 
 
-async def lookup(store: Store, digest: str) -> TokenRecord | None:
-    """The token stored under this secret's hash, if any (one linearizable read,
-    shared by concurrent lookups of the same token)."""
+async def lookup(
+    store: Store, digest: str, mirror: Mirror | None = None
+) -> tuple[TokenRecord, int] | None:
+    """The token stored under this secret's hash, if any, with its revision.
+
+    From the server's `mirror` when it has the token (after a sync, so a revocation
+    through this server is seen at once; one through another server within the
+    watch's delay, a few ms); else one linearizable read, shared by concurrent
+    lookups of the same token (a token made a moment ago through another server).
+    Writes are not left to that delay: the API fences each request's writes with the
+    token's revision (`fence_writes`), so none lands once the token is revoked."""
+    if mirror is not None:
+        await mirror.sync()
+        found = mirror.get(keys.TOKENS, digest, TokenRecord)
+        if found is not None:
+            return found
     entry = await store.get_shared(keys.token(digest))
     parsed = _parsed.setdefault(store, {})
     if entry is None:
         parsed.pop(digest, None)
         return None
-    # Every request checks its token: parse each stored version of a token once.
+    # Parse each stored version of a token once.
     known = parsed.get(digest)
     if known is not None and known[0] == entry.revision:
-        return known[1]
+        return known[1], entry.revision
     record = TokenRecord.model_validate(entry.value)
     if len(parsed) >= _PARSED_MAX:
         parsed.pop(next(iter(parsed)))
     parsed[digest] = (entry.revision, record)
-    return record
+    return record, entry.revision
 
 
-# Per store: digest -> (revision, record) of tokens seen lately. The read itself always
-# goes to etcd, so a revoked or changed token is never answered from here.
+# Per store: digest -> (revision, record) of tokens read from etcd lately. Only a read
+# that found that very revision answers from here.
 _parsed: weakref.WeakKeyDictionary[Store, dict[str, tuple[int, TokenRecord]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -78,8 +92,9 @@ def _parse(entry: Entry) -> TokenRecord | None:
 
 
 async def revoke(store: Store, token_id: str) -> TokenRecord:
-    """Delete the token with this id (CAS on its key), audited. Every replica looks
-    tokens up in etcd on each request, so the revocation is effective at once."""
+    """Delete the token with this id (CAS on its key), audited. Effective at once for
+    every write through any replica (writes compare the token), and for reads as
+    soon as each replica's mirror sees the delete (at once on this one)."""
     entries, _ = await store.scan(keys.TOKENS)
     parsed = [(e, _parse(e)) for e in entries]
     match = [(e, r) for e, r in parsed if r is not None and r.id == token_id]

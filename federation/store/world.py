@@ -111,7 +111,8 @@ def _parse(raw: dict[str, list[Entry]]) -> World:
 
 
 # What a server mirrors (federation.store.mirror): everything the controller plans from
-# and the API's service reads show. The small ones keep their parsed form.
+# and the API's service reads show, and the tokens every request presents. The small
+# ones keep their parsed form.
 MIRRORED = (
     keys.SERVICES,
     keys.PLACEMENTS,
@@ -124,8 +125,9 @@ MIRRORED = (
     keys.POLICIES,
     keys.GROUPS,
     keys.RESIDENCY_FENCE,
+    keys.TOKENS,
 )
-MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS)
+MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS, keys.TOKENS)
 # The big ones, one key per service (or per service and region): held deflated.
 MIRROR_PACKED = (keys.SERVICES, keys.PLACEMENTS, keys.ASSIGNMENTS)
 

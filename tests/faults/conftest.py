@@ -53,6 +53,7 @@ class Cluster:
     tmp: Path
     accepted: list[str] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
+    durations: list[tuple[int, float]] = field(default_factory=list)  # (status, seconds)
     _stop: threading.Event = field(default_factory=threading.Event)
     _traffic: threading.Thread | None = None
 
@@ -82,6 +83,7 @@ class Cluster:
             i = 0
             while not self._stop.is_set():
                 name = f"svc-{i:04d}"
+                t0 = time.monotonic()
                 status, _ = self.call(
                     "PUT",
                     f"/v1/services/{name}",
@@ -94,6 +96,7 @@ class Cluster:
                     },
                 )
                 self.statuses.append(status)
+                self.durations.append((status, round(time.monotonic() - t0, 2)))
                 if 200 <= status < 300:
                     self.accepted.append(name)
                 i += 1

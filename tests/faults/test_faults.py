@@ -28,7 +28,8 @@ def test_killing_one_etcd_member_loses_nothing(cluster: Cluster) -> None:
     time.sleep(1.5)
     cluster.stop_traffic()
     took = cluster.check_converged()
-    assert len(cluster.accepted) >= 10
+    # (status, seconds) of each deploy: if this fails, which ones were slow.
+    assert len(cluster.accepted) >= 10, cluster.durations
     assert 500 not in cluster.statuses
     print(f"etcd member kill: converged {took:.2f} s after traffic stopped")
 

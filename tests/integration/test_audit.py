@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from federation.store import AlreadyExists, Cond, Op, Store, audit
+from federation.store import AlreadyExists, Cond, CredentialRevoked, Op, Store, audit, fence_writes
 from federation.store.audit import Change
 from federation.store.etcd import Entry
 from federation.store.local_etcd import LocalEtcd
@@ -39,10 +39,13 @@ def record_txns(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
         *,
         read_on_failure: Sequence[str] = (),
         audit: Change | None = None,
+        fenced: bool = True,
     ) -> tuple[bool, int, list[Entry | None]]:
         if audit is None:
             sent.append(Sent(list(conditions), list(ops)))
-        result = await original(conditions, ops, read_on_failure=read_on_failure, audit=audit)
+        result = await original(
+            conditions, ops, read_on_failure=read_on_failure, audit=audit, fenced=fenced
+        )
         if audit is None:
             sent[-1].ok = result[0]
         return result
@@ -297,3 +300,65 @@ async def test_a_store_whose_cached_head_is_stale_reads_it_again(
     assert [t.ok for t in sent] == [False, True]
     entries = await assert_whole_chain(store, 3)
     assert [e["resource"] for e in entries] == ["things/a", "things/b", "things/c"]
+
+
+# -- write fences (the API fences a request's writes with its caller's token) ----------
+
+
+async def test_writes_fenced_by_a_revoked_token_do_not_land(store: Store) -> None:
+    await store.put("tokens/abc", {"id": "tok-1"})
+    token = await store.get("tokens/abc")
+    assert token is not None
+
+    async def as_the_request(write: Any) -> Any:
+        # A task of its own, as a request is: the fence is the task's.
+        async def run() -> Any:
+            fence_writes(token.key, token.revision)
+            return await write()
+
+        return await asyncio.create_task(run())
+
+    await as_the_request(lambda: store.put("things/before", {"v": 1}))
+    await as_the_request(lambda: store.create("things/audited-before", {"v": 1}, audit=thing()))
+    await store.txn([], [Op.delete("tokens/abc")])  # revoked, by someone else
+
+    writes = [
+        lambda: store.put("things/after-put", {"v": 1}),
+        lambda: store.txn([], [Op.put("things/after-txn", {"v": 1})]),
+        lambda: store.create("things/after-create", {"v": 1}),
+        lambda: store.create("things/after-audited", {"v": 1}, audit=thing()),
+    ]
+    for write in writes:
+        with pytest.raises(CredentialRevoked):
+            await as_the_request(write)
+    found, _ = await store.scan("things/")
+    assert sorted(e.key for e in found) == ["things/audited-before", "things/before"]
+    await assert_whole_chain(store, 1)
+    # Writes of tasks that are not fenced (the controller's) are not affected.
+    await store.put("things/unfenced", {"v": 1})
+
+
+async def test_a_revoked_writer_merged_with_others_fails_alone(store: Store) -> None:
+    await store.put("tokens/abc", {"id": "tok-1"})
+    token = await store.get("tokens/abc")
+    assert token is not None
+    await store.txn([], [Op.delete("tokens/abc")])
+
+    async def write(i: int, fenced: bool) -> int:
+        if fenced:
+            fence_writes(token.key, token.revision)
+        return await store.create(f"things/{i:02d}", {"i": i}, audit=thing())
+
+    results = await asyncio.gather(
+        *(asyncio.create_task(write(i, fenced=i == 3)) for i in range(8)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[3], CredentialRevoked)
+    assert all(isinstance(r, int) for i, r in enumerate(results) if i != 3), results
+    found, _ = await store.scan("things/")
+    assert len(found) == 7 and "things/03" not in {e.key for e in found}
+    await assert_whole_chain(store, 7)
+
+
+def thing() -> Change:
+    return Change("thing.create", "things/x")

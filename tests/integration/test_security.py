@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from federation.api.app import create_app
-from federation.api.context import ServerConfig
-from federation.model.token import hash_secret
+from federation.api.context import MIRROR, ServerConfig
+from federation.model.token import TokenRecord, hash_secret
 from federation.store import Op, Store, keys
 from federation.store.audit import entry_key
 from tests.conftest import Api, ServerProcess
@@ -92,9 +92,50 @@ async def test_an_expired_token_is_refused(api: Api, store: Store) -> None:
     entry = await store.get(keys.token(hash_secret(secret)))
     assert entry is not None and entry.value["id"] == token_id
     await store.put(entry.key, {**entry.value, "expires_at": "2020-01-01T00:00:00Z"})
+    # Written behind the server's back: its mirror sees it within the watch's delay.
+    deadline = time.monotonic() + 1.0
+    while (status := (await api.call("GET", "/v1/regions", token=secret))[0]) != 401:
+        assert status == 200 and time.monotonic() < deadline, status
+        await asyncio.sleep(0.01)
     status, body = await api.call("GET", "/v1/regions", token=secret)
     assert status == 401, body
     assert secret not in json.dumps(body)
+
+
+async def test_a_write_whose_token_was_revoked_meanwhile_gets_401_and_writes_nothing(
+    api: Api, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, secret = await make_token(api, "operator")
+    digest = hash_secret(secret)
+    assert api.app is not None
+    mirror = api.app[MIRROR]
+    stale = mirror.get(keys.TOKENS, digest, TokenRecord)
+    assert stale is not None
+    # This server's mirror has not seen the revocation yet (another replica made it a
+    # moment ago): it still knows the token, so the request gets as far as its write.
+    fresh = mirror.get
+
+    def lagging(prefix: str, tail: str, model: Any) -> Any:
+        return stale if (prefix, tail) == (keys.TOKENS, digest) else fresh(prefix, tail, model)
+
+    monkeypatch.setattr(mirror, "get", lagging)
+    service = {"command": ["true"], "resources": {"cpu": 0.01}}
+    status, body = await api.call("PUT", "/v1/services/web", token=secret, json=service)
+    assert status == 201, body
+    entries = len(await audit_entries(api))
+    await store.txn([], [Op.delete(keys.token(digest))])
+    # A change: its write compares the token, and fails.
+    changed = {**service, "replicas": 3}
+    status, body = await api.call("PUT", "/v1/services/web", token=secret, json=changed)
+    assert status == 401, body
+    assert body["error"]["message"] == "invalid or expired token"
+    stored = await store.get(keys.service("web"))
+    assert stored is not None and stored.value["spec"]["replicas"] == 1
+    assert len(await audit_entries(api)) == entries
+    # No change, so no write to compare it: the token is read before the answer.
+    status, body = await api.call("PUT", "/v1/services/web", token=secret, json=service)
+    assert status == 401, body
+    assert "command" not in json.dumps(body)
 
 
 async def test_a_revoked_token_gets_401_on_both_replicas_within_a_second(
