@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
 import hashlib
 import json
 import random
@@ -163,29 +164,28 @@ def digest(value: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def make_entry(head: Head, change: Change, now: datetime) -> JSON:
-    """The next entry after `head`, as stored (JSON), hash included."""
-    entry: JSON = {
-        "seq": head.seq + 1,
-        "at": now.isoformat(),
-        "actor": change.actor or current_actor(),
-        "action": change.action,
-        "resource": change.resource,
-        "before_revision": change.before_revision,
-        "details": json.loads(json.dumps(dict(change.details), default=str)),
-        "prev": head.hash,
-    }
-    entry["hash"] = digest(entry)
-    return entry
+def make_entry(head: Head, change: Change, now: datetime) -> tuple[str, Head]:
+    """The next entry after `head` as stored (JSON, hash included), and the new head.
 
-
-def chain(head: Head, change: Change, now: datetime) -> tuple[Cond, list[Op]]:
-    """What to add to a txn to append `change` after `head`: one condition, two puts."""
-    entry = make_entry(head, change, now)
-    return Cond.at_revision(keys.AUDIT_HEAD, head.revision), [
-        Op.put(entry_key(entry["seq"]), entry),
-        Op.put(keys.AUDIT_HEAD, {"seq": entry["seq"], "hash": entry["hash"]}),
-    ]
+    The canonical JSON is written once: its keys split in two sorted runs around
+    `hash` (action..details, then prev..seq), so the stored text is the canonical
+    text with the hash put between them, and `digest` of what is read back agrees."""
+    dumps = functools.partial(
+        json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    first = dumps(
+        {
+            "action": change.action,
+            "actor": change.actor or current_actor(),
+            "at": now.isoformat(),
+            "before_revision": change.before_revision,
+            "details": dict(change.details),
+        }
+    )
+    second = dumps({"prev": head.hash, "resource": change.resource, "seq": head.seq + 1})
+    canonical = first[:-1] + "," + second[1:]
+    hashed = hashlib.sha256(canonical.encode()).hexdigest()
+    return f'{first[:-1]},"hash":"{hashed}",{second[1:]}', Head(head.seq + 1, hashed)
 
 
 def _head(entry: Entry | None) -> Head:
@@ -442,9 +442,8 @@ def _assemble(
     ops = [op for write in batch for op in write.ops]
     last = head
     for write in batch:
-        entry = make_entry(last, write.change, now)
-        ops.append(Op.put(entry_key(entry["seq"]), entry))
-        last = Head(entry["seq"], entry["hash"])
+        entry, last = make_entry(last, write.change, now)
+        ops.append(Op.put_raw(entry_key(last.seq), entry))
     # The value this committer wrote is exact; a head read from etcd is compared by
     # revision, since its stored bytes need not be the ones _head_value would give.
     if ours:

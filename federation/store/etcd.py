@@ -225,6 +225,10 @@ class Store:
         self._client = Etcd3Client(
             [e.removeprefix("http://").removeprefix("https://") for e in endpoints],
             rpc_max_attempts=1,
+            # Every request waits for the mirror's watch (read your writes): after an
+            # etcd member dies, its streams must come back within a second, not the
+            # library's default of up to 5 s between tries.
+            watch_max_reconnect_backoff_seconds=0.5,
             tls_server_name=tls_server_name,
             ca_cert=ca_cert,
             cert_key=cert_key,
