@@ -366,7 +366,9 @@ def thing() -> Change:
 
 async def test_entries_with_any_details_read_back_as_written_and_verify(store: Store) -> None:
     details = {"note": "Zürich → São Paulo", "nested": {"prev": "x", "seq": 9}, "n": 1}
-    await store.create("things/a", {"v": 1}, audit=Change("thing.create", "things/a", details=details))
+    await store.create(
+        "things/a", {"v": 1}, audit=Change("thing.create", "things/a", details=details)
+    )
     [entry] = await assert_whole_chain(store, 1)
     assert entry["details"] == details
     assert entry["action"] == "thing.create" and entry["resource"] == "things/a"
