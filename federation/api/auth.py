@@ -13,13 +13,14 @@ from federation.model.token import Role, TokenRecord, hash_secret, role_allows
 from federation.store import fence_writes, keys, tokens, unfence_writes, write_fence
 from federation.store.audit import acting_as
 
+# Requests that change nothing: they read their token from etcd before anything else.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 # The caller of the request being handled. A context variable, not a request key:
 # a miss of `request.get` raises and catches a KeyError inside aiohttp, which showed in
 # the deploy benchmark's profile.
 # It holds the request too, because one keep-alive connection's requests share a task
 # (and so its context): a later request must never see an earlier one's caller.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
 _PRINCIPAL: contextvars.ContextVar[tuple[web.Request, TokenRecord] | None] = contextvars.ContextVar(
     "principal", default=None
 )

@@ -92,9 +92,9 @@ def _parse(entry: Entry) -> TokenRecord | None:
 
 
 async def revoke(store: Store, token_id: str) -> TokenRecord:
-    """Delete the token with this id (CAS on its key), audited. Effective at once for
-    every write through any replica (writes compare the token), and for reads as
-    soon as each replica's mirror sees the delete (at once on this one)."""
+    """Delete the token with this id (CAS on its key), audited. Effective at once on
+    every replica: reads look their token up in etcd, and writes compare it in
+    their own txn (`fence_writes`)."""
     entries, _ = await store.scan(keys.TOKENS)
     parsed = [(e, _parse(e)) for e in entries]
     match = [(e, r) for e, r in parsed if r is not None and r.id == token_id]
