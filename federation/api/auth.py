@@ -12,6 +12,7 @@ from federation.api.errors import ApiError, Handler
 from federation.model.token import Role, TokenRecord, hash_secret, role_allows
 from federation.store import fence_writes, keys, tokens, unfence_writes, write_fence
 from federation.store.audit import acting_as
+from federation.store.etcd import check_fence
 
 # Requests that change nothing: they read their token from etcd before anything else.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -73,9 +74,8 @@ async def confirm(request: web.Request) -> None:
     fence = write_fence()
     if cached is None or cached[0] is not request or fence is None or fence.held:
         return
-    entry = await request.app[STORE].get_shared(fence.cond.key)
-    if entry is None or entry.revision != fence.cond.revision:
-        raise ApiError(401, "invalid or expired token")
+    # CredentialRevoked, as for a write the fence stopped (a 401 from error_middleware).
+    check_fence(fence, await request.app[STORE].get_shared(fence.cond.key))
 
 
 async def require(request: web.Request, role: Role) -> TokenRecord:
