@@ -54,6 +54,23 @@ async def store(etcd: LocalEtcd, prefix: str) -> AsyncIterator[Store]:
         yield s
 
 
+def lose_answers(store: Store, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """The next `n` etcd txns of `store` land, but their answer never comes back (as
+    when etcd answers after the attempt's bound, or the connection drops)."""
+    kv = store._kv
+    original = kv.txn
+    lost = [n]
+
+    async def txn(*args: Any, **kwargs: Any) -> Any:
+        answer = await original(*args, **kwargs)
+        if lost[0] > 0:
+            lost[0] -= 1
+            raise TimeoutError
+        return answer
+
+    monkeypatch.setattr(kv, "txn", txn)
+
+
 @dataclass
 class Api:
     """A running server and an HTTP session to call it with."""

@@ -397,6 +397,15 @@ class _Committer:
             ok, revision, entries = await store.txn(
                 conditions, ops, read_on_failure=[*own, keys.AUDIT_HEAD], fenced=False
             )
+            found_head = None if ok else _head(entries[-1])
+            if found_head is not None and (found_head.seq, found_head.hash) == (
+                last.seq,
+                last.hash,
+            ):
+                # The head is the one this txn writes: an attempt etcd did not answer
+                # in time landed after all, and the retry found its own work.
+                ok, revision = True, found_head.revision
+                store.last_write = max(store.last_write, revision)
             if ok:
                 # One revision for the whole txn: it is the head's new mod_revision.
                 self.head, self.ours = dataclasses.replace(last, revision=revision), True
@@ -405,7 +414,8 @@ class _Committer:
                         write.fence.held = True
                     write.resolve((True, revision, []))
                 return
-            self.head, self.ours = _head(entries[-1]), False
+            assert found_head is not None
+            self.head, self.ours = found_head, False
             if self.head == head:
                 # The head held, so a caller's own condition failed.
                 if lone is not None:

@@ -50,6 +50,10 @@ JSON = dict[str, Any]
 _EVENT_DELETE = 1  # mvccpb.Event.EventType
 _SCAN_PAGE = 1000  # keys per Range reply of a scan
 _SHARED_READ_WAIT = 0.02  # see Store.get_shared
+# An attempt of one call waits at most this long before it is tried again (see
+# Store._attempts): a write a follower forwarded to a leader that has just died is
+# lost, and etcd never answers it.
+ATTEMPT_TIMEOUT = 2.0
 
 
 class _Transient(Exception):
@@ -210,6 +214,7 @@ class Store:
         *,
         prefix: str = "/federation/",
         timeout: float = 5.0,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
         ca_cert: bytes | None = None,
         cert_key: bytes | None = None,
         cert_chain: bytes | None = None,
@@ -221,6 +226,7 @@ class Store:
             prefix += "/"
         self.prefix = prefix
         self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
         # One retry policy (ours, below): the client's own retries are switched off.
         self._client = Etcd3Client(
             [e.removeprefix("http://").removeprefix("https://") for e in endpoints],
@@ -310,13 +316,21 @@ class Store:
     async def _attempts(
         self, what: str, fn: Callable[[float], Awaitable[T]], *, deadline: float | None = None
     ) -> T:
-        """Run one etcd call, retrying transient failures until the operation's deadline."""
+        """Run one etcd call, retrying transient failures until the operation's deadline.
+
+        Each attempt gets at most `attempt_timeout` of it. When the etcd leader dies, a
+        follower forwards writes to it until a new leader is elected, and those writes
+        are lost without an answer: only a fresh attempt, after the election, lands.
+        A retried write whose first attempt did land after all fails its own
+        conditions (every txn that matters is a compare-and-swap), or is recognised
+        as landed (the audit committer, which checks the head it would have written).
+        """
         deadline = deadline if deadline is not None else self.timeout
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
 
         async def attempt() -> T:
-            remaining = max(0.05, end - loop.time())
+            remaining = max(0.05, min(self.attempt_timeout, end - loop.time()))
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                 # cancellation that races with completion, and a stop would hang.

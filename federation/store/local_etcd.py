@@ -209,6 +209,17 @@ class LocalEtcd:
         self.stop()
         raise TimeoutError(f"etcd did not become healthy within {timeout} s")
 
+    def is_leader(self) -> bool:
+        """Whether this member leads its cluster now (its `etcd_server_is_leader` metric)."""
+        if self.tls is not None:
+            raise NotImplementedError("is_leader reads plain-HTTP metrics")
+        try:
+            url = f"http://127.0.0.1:{self.client_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return b"\netcd_server_is_leader 1" in resp.read()
+        except (urllib.error.URLError, OSError):
+            return False
+
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop etcd: SIGTERM, then SIGKILL after `timeout`."""
         if self.proc is not None:
@@ -242,6 +253,16 @@ class LocalEtcdCluster:
             member.launch()
         for member in self.members:
             member.wait_healthy(timeout)
+
+    def leader(self, timeout: float = 10.0) -> LocalEtcd:
+        """The member that leads now (waiting up to `timeout` for an election)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for member in self.members:
+                if member.proc is not None and member.proc.poll() is None and member.is_leader():
+                    return member
+            time.sleep(0.1)
+        raise TimeoutError(f"no etcd member became leader within {timeout} s")
 
     def stop(self) -> None:
         for member in self.members:

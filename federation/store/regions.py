@@ -152,12 +152,13 @@ async def heartbeat(store: Store, name: str, beat: Heartbeat, *, ttl: int) -> st
             Op.put(keys.alive(name), {"since": record["at"]}, lease=lease),
             Op.put(keys.heartbeat(name), record),
         ],
-        read_on_failure=[keys.region(name)],
+        read_on_failure=[keys.region(name), keys.alive(name)],
     )
-    if ok:
+    # On our lease: an attempt etcd answered too late landed, and this one was its retry.
+    if ok or (entries[1] is not None and entries[1].lease == lease):
         return "region became reachable: new liveness lease"
     await store.revoke(lease)
-    if entries and entries[0] is None:
+    if entries[0] is None:
         raise RegionNotFound(name)
     # Another replica won the race (or the old key still lingers): refresh theirs.
     current = await store.get(keys.alive(name))

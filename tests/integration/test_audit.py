@@ -17,6 +17,7 @@ from federation.store import AlreadyExists, Cond, CredentialRevoked, Op, Store, 
 from federation.store.audit import Change
 from federation.store.etcd import Entry
 from federation.store.local_etcd import LocalEtcd
+from tests.conftest import lose_answers
 
 
 @dataclass
@@ -372,3 +373,34 @@ async def test_entries_with_any_details_read_back_as_written_and_verify(store: S
     [entry] = await assert_whole_chain(store, 1)
     assert entry["details"] == details
     assert entry["action"] == "thing.create" and entry["resource"] == "things/a"
+
+
+async def test_an_audited_write_whose_answer_was_lost_is_known_to_have_landed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create("things/before", {"v": 0}, audit=Change("thing.create", "things/before"))
+    lose_answers(store, monkeypatch, 1)
+    # Sent again, the txn fails its own conditions; the committer finds the head it
+    # wrote and answers success instead of "already exists".
+    revision = await store.create("things/a", {"v": 1}, audit=Change("thing.create", "things/a"))
+    entry = await store.get("things/a")
+    assert entry is not None and entry.revision == revision
+    assert store.last_write >= revision  # so the mirror waits for it: read your writes
+    entries = await assert_whole_chain(store, 2)
+    assert entries[-1]["resource"] == "things/a"
+    assert entries[-1]["after_revision"] == revision
+    # The committer goes on from the head it recognised.
+    await store.create("things/b", {"v": 2}, audit=Change("thing.create", "things/b"))
+    await assert_whole_chain(store, 3)
+
+
+async def test_a_plain_write_whose_answer_was_lost_reports_the_conflict_it_meets(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lose_answers(store, monkeypatch, 1)
+    # Without an audit entry there is nothing to tell its own write from another's:
+    # the compare-and-swap fails safe, and the value is the one written once.
+    with pytest.raises(AlreadyExists):
+        await store.create("things/a", {"v": 1})
+    entry = await store.get("things/a")
+    assert entry is not None and entry.value == {"v": 1}

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
+from federation.model.region import Heartbeat
 from federation.store import Store
-from tests.conftest import Api
+from federation.store import regions as store_regions
+from tests.conftest import Api, lose_answers
 
 
 async def wait_for_leader(store: Store) -> None:
@@ -61,6 +63,20 @@ async def test_silent_region_becomes_unreachable_within_ttl_plus_one_second(api:
     # The last heartbeat outlives the lease, so operators see when it was last heard.
     _, body = await api.call("GET", "/v1/regions/eu-de-1")
     assert body["last_heartbeat"] is not None
+
+
+async def test_a_first_heartbeat_whose_answer_was_lost_keeps_the_region_ready(
+    api: Api, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await register(api)
+    lose_answers(store, monkeypatch, 1)
+    # Sent again, the liveness create fails (the key exists): on this heartbeat's own
+    # lease it is recognised, not revoked, which would delete the key it just made.
+    said = await store_regions.heartbeat(store, "eu-de-1", Heartbeat(), ttl=2)
+    assert said == "region became reachable: new liveness lease"
+    alive = await store.get("alive/eu-de-1")
+    assert alive is not None and alive.lease
+    assert await region_state(api, "eu-de-1") == "ready"
 
 
 async def test_list_shows_every_region_with_a_revision(api: Api) -> None:
