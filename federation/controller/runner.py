@@ -328,14 +328,16 @@ class Controller:
         changed = [p for p in changed if p.service not in wrong]
         self.observe.continue_traces(world, changed)
         semaphore = asyncio.Semaphore(_WRITE_CONCURRENCY)
+        # Built once: sizing the batches and writing them need the same operations.
+        parts = {p.service: self._parts(p) for p in changed}
 
         async def write(batch: list[ServicePlan]) -> list[tuple[ServicePlan, int, str]]:
             async with semaphore:
                 with self.observe.writing(batch):
-                    return await self._write_batch(batch, world.residency.fence)
+                    return await self._write_batch(batch, world.residency.fence, parts)
 
         try:
-            results = await asyncio.gather(*(write(b) for b in self._batches(changed)))
+            results = await asyncio.gather(*(write(b) for b in self._batches(changed, parts)))
         finally:
             self.observe.end_spans()
         outcome = {p.service: revision for r in results for p, revision, _ in r}
@@ -449,7 +451,9 @@ class Controller:
             ops.append(Op.delete(keys.rebalance(p.service)))
         return conditions, ops
 
-    def _batches(self, plans: list[ServicePlan]) -> list[list[ServicePlan]]:
+    def _batches(
+        self, plans: list[ServicePlan], parts: dict[str, tuple[list[Cond], list[Op]]]
+    ) -> list[list[ServicePlan]]:
         """Group services into transactions within etcd's limit on operations per txn
         (128 by default): one commit for many services is what makes a mass failover
         fast, since every etcd commit is a disk sync."""
@@ -457,7 +461,7 @@ class Controller:
         current: list[ServicePlan] = []
         n_conds = n_ops = 0
         for p in plans:
-            conds, ops = self._parts(p)
+            conds, ops = parts[p.service]
             if current and (
                 n_conds + len(conds) > _TXN_LIMIT - _FIXED_CONDS
                 or n_ops + len(ops) > _TXN_LIMIT - _FIXED_OPS
@@ -472,7 +476,10 @@ class Controller:
         return batches
 
     async def _write_batch(
-        self, batch: list[ServicePlan], fence: int
+        self,
+        batch: list[ServicePlan],
+        fence: int,
+        parts: dict[str, tuple[list[Cond], list[Op]]],
     ) -> list[tuple[ServicePlan, int, str]]:
         """Write a batch in one txn: (plan, revision or 0 if not written, sentence).
         `fence` is the residency fence's revision the plans were made under: a policy
@@ -485,7 +492,7 @@ class Controller:
         ]
         ops: list[Op] = []
         for p in batch:
-            conds, more = self._parts(p)
+            conds, more = parts[p.service]
             conditions += conds
             ops += more
         try:
@@ -496,7 +503,7 @@ class Controller:
             return [(p, revision, p.sentence) for p in batch]
         if len(batch) > 1:
             # One stale service fails the whole batch: write them one by one instead.
-            results = await asyncio.gather(*(self._write_batch([p], fence) for p in batch))
+            results = await asyncio.gather(*(self._write_batch([p], fence, parts) for p in batch))
             return [row for result in results for row in result]
         self._dirty.set()
         self._residency = None  # in case it was the policies that moved: read them again

@@ -275,6 +275,11 @@ class Mirror:
     def count(self, prefix: str) -> int:
         return len(self._data[prefix])
 
+    def revisions(self, prefix: str) -> tuple[tuple[str, int], ...]:
+        """Every key under `prefix` with its revision: while this answer is the same,
+        nothing under the prefix changed (for the callers that cache what they parse)."""
+        return tuple((tail, _revision(held)) for tail, held in self._data[prefix].items())
+
     def get(self, prefix: str, tail: str, model: type[M]) -> tuple[M, int] | None:
         """`prefix + tail` parsed as `model`, with its revision; None if absent or if it
         does not validate (logged: only validated writes reach the store)."""

@@ -15,6 +15,7 @@ group) still holds when the write applies. A write that loses the race raises
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -162,9 +163,20 @@ async def snapshot(store: Store) -> Snapshot:
     )
 
 
+# What `policies_of` parsed last, by the policy keys' revisions it was parsed at: the
+# API checks every deploy's data classes against the policies, which rarely change.
+_parsed: weakref.WeakKeyDictionary[Mirror, tuple[tuple[tuple[str, int], ...], list[AnyPolicy]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def policies_of(mirror: Mirror) -> list[AnyPolicy]:
     """Every policy the mirror holds, malformed ones included (no etcd read)."""
-    return snapshot_of(mirror).all_policies()
+    stamp = mirror.revisions(keys.POLICIES)
+    cached = _parsed.get(mirror)
+    if cached is None or cached[0] != stamp:
+        cached = _parsed[mirror] = (stamp, snapshot_of(mirror).all_policies())
+    return list(cached[1])
 
 
 def snapshot_of(mirror: Mirror) -> Snapshot:

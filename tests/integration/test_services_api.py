@@ -240,6 +240,31 @@ async def test_unknown_data_class_message_says_no_policy_names_it(
     assert "phi-euu" in answer["error"]["message"]
 
 
+async def test_a_data_class_is_known_exactly_while_a_policy_names_it(
+    federation: Federation,
+) -> None:
+    # The server keeps the policies it parsed for these checks: a policy written or
+    # deleted must count at once.
+    labs = {**PATIENT_RECORDS, "name": "labs", "data_classes": ["lab-results"]}
+    call = federation.api.call
+    policy = {"data_classes": ["lab-results"], "allow": ["DE"]}
+    status, body = await call("PUT", "/v1/policies/labs", json=policy)
+    assert status == 201, body
+    status, body = await call("PUT", "/v1/services/labs", json=labs)
+    assert status == 201, body
+    status, body = await call("DELETE", "/v1/services/labs")
+    assert status == 200, body
+    status, body = await call("DELETE", "/v1/policies/labs")
+    assert status == 200, body
+    status, answer = await call("PUT", "/v1/services/labs", json=labs)
+    assert status == 422, answer
+    assert error_fields(answer) == ["data_classes.0"]
+    status, body = await call("PUT", "/v1/policies/labs", json=policy)
+    assert status == 201, body
+    status, body = await call("PUT", "/v1/services/labs", json=labs)
+    assert status == 201, body
+
+
 async def test_neither_command_nor_image_is_422(federation: Federation) -> None:
     spec = {k: v for k, v in PATIENT_RECORDS.items() if k != "command"}
     status, answer = await federation.api.call("PUT", "/v1/services/patient-records", json=spec)
