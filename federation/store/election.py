@@ -72,10 +72,14 @@ class LeaderElection:
             return "standing by: another replica holds the leader key"
         lease = await self.store.grant(self.ttl)
         started = time.monotonic()
-        ok, _, _ = await self.store.txn(
-            [Cond.absent(LEADER_KEY)], [Op.put_raw(LEADER_KEY, self.identity, lease=lease)]
+        ok, _, found = await self.store.txn(
+            [Cond.absent(LEADER_KEY)],
+            [Op.put_raw(LEADER_KEY, self.identity, lease=lease)],
+            read_on_failure=[LEADER_KEY],
         )
-        if not ok:
+        # On our lease: an attempt etcd answered too late took the key, and this was
+        # its retry. Revoking the lease would give up what was just won.
+        if not ok and not (found[0] is not None and found[0].lease == lease):
             await self.store.revoke(lease)
             return "standing by: another replica holds the leader key"
         self._lease = lease

@@ -8,8 +8,11 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from federation.store import Store
-from tests.conftest import ServerProcess
+import pytest
+
+from federation.store import Store, keys
+from federation.store.election import LeaderElection
+from tests.conftest import ServerProcess, lose_answers
 
 
 def ready(server: ServerProcess) -> dict[str, object]:
@@ -76,3 +79,17 @@ async def test_a_killed_leader_is_replaced_after_its_lease_expires(
     assert took <= 3.5
     raw = await store.get_raw("leader")
     assert raw is not None and raw[0] == "server-b"
+
+
+async def test_a_campaign_whose_answer_was_lost_still_leads(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    election = LeaderElection(store, identity="server-a", ttl=2)
+    lose_answers(store, monkeypatch, 1)
+    # Sent again, the create-if-absent fails on the key the first attempt made.
+    assert await election.step() == "acquired the leader key"
+    assert election.is_leader
+    assert await election.leader() == "server-a"
+    entry = await store.get(keys.LEADER)
+    assert entry is not None and entry.lease
+    await election.resign()
