@@ -4,7 +4,6 @@ region's side of it: its status reports."""
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +11,14 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from federation.api.auth import require, require_region
-from federation.api.body import if_match, json_response, path_name, read_document, read_model
+from federation.api.body import (
+    encode_json,
+    if_match,
+    json_response,
+    path_name,
+    read_document,
+    read_model,
+)
 from federation.api.context import CONFIG, CONTROLLER, STORE, synced
 from federation.api.errors import ApiError, from_validation
 from federation.controller.plan import plan
@@ -86,10 +92,6 @@ async def put_service(request: web.Request) -> web.Response:
 LIST_CHUNK = 1000
 
 
-def _encode(view: dict[str, Any]) -> str:
-    return json.dumps(view, default=str)
-
-
 @routes.get("/v1/services")
 async def list_services(request: web.Request) -> web.StreamResponse:
     await require(request, Role.VIEWER)
@@ -109,7 +111,7 @@ async def list_services(request: web.Request) -> web.StreamResponse:
             store_services.views_of, mirror, names[start : start + LIST_CHUNK]
         )
         if views:  # a piece can come out empty: its services were deleted meanwhile
-            await response.write(separator + ",".join(map(_encode, views)).encode())
+            await response.write(separator + b",".join(map(encode_json, views)))
             separator = b","
     await response.write(f'],"revision":{revision}}}'.encode())
     await response.write_eof()

@@ -62,6 +62,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import to_json
 
 from federation.store import keys
 from federation.store.errors import Conflict, CredentialRevoked
@@ -266,7 +267,7 @@ class _Write:
         """Roughly the bytes this write adds to a txn request, entry included."""
         values = [op.value for op in self.ops if op.value is not None]
         values.append(dict(self.change.details))
-        encoded = json.dumps(values, default=str, separators=(",", ":"))
+        encoded = to_json(values, fallback=str)  # an estimate: need not be canonical
         return len(encoded) + sum(len(op.key) + len(op.raw) + 32 for op in self.ops) + 512
 
     def resolve(self, result: Result) -> None:
