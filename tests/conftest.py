@@ -58,17 +58,17 @@ def lose_answers(store: Store, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """The next `n` etcd txns of `store` land, but their answer never comes back (as
     when etcd answers after the attempt's bound, or the connection drops)."""
     kv = store._kv
-    original = kv.txn
+    original = kv._rpc  # every KV call goes through it
     lost = [n]
 
-    async def txn(*args: Any, **kwargs: Any) -> Any:
-        answer = await original(*args, **kwargs)
-        if lost[0] > 0:
+    async def rpc(call: Any, request: Any, *, operation: str, **kwargs: Any) -> Any:
+        answer = await original(call, request, operation=operation, **kwargs)
+        if operation == "KV.Txn" and lost[0] > 0:
             lost[0] -= 1
             raise TimeoutError
         return answer
 
-    monkeypatch.setattr(kv, "txn", txn)
+    monkeypatch.setattr(kv, "_rpc", rpc)
 
 
 @dataclass
