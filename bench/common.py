@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federation.client import ApiClient, ApiError
-from federation.store.local_etcd import LocalEtcd, free_port, stop_processes, with_parent_death
+from federation.processes.children import free_port, stop_processes, with_parent_death
+from federation.processes.local_etcd import LocalEtcd
 
 # FEDERATION_BENCH_LOG sends the results log elsewhere (the test of the benchmarks).
 DOCS = Path(

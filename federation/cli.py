@@ -362,7 +362,7 @@ def up(port: int, data_dir: Path, region_ttl: int, etcd_members: int, servers: i
     """Start a local federation: etcd, a server and four demo regions (Ctrl-C stops all).
 
     `--etcd-members 3 --servers 2` runs the production topology on this machine."""
-    from federation.devcluster import LocalFederation
+    from federation.processes.devcluster import LocalFederation
 
     federation = LocalFederation(
         data_dir=data_dir,

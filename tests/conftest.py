@@ -29,8 +29,9 @@ from aiohttp.test_utils import TestServer
 from federation.api.app import create_app
 from federation.api.context import ServerConfig
 from federation.model.token import new_secret
+from federation.processes.children import free_port, with_parent_death
+from federation.processes.local_etcd import LocalEtcd
 from federation.store import Store
-from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
 
 
 @pytest.fixture(scope="session")

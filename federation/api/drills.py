@@ -17,11 +17,11 @@ from federation.api.auth import require
 from federation.api.body import json_response, path_name, read_model, read_optional_model
 from federation.api.context import CONFIG, CONTROLLER, STORE
 from federation.api.errors import ApiError, invalid
-from federation.drills.plan import what_if
 from federation.drills.report import build_report, render_markdown
 from federation.drills.runner import abort
 from federation.model.drill import DrillRecord, DrillRequest, DrillState, new_drill_id
 from federation.model.token import Role
+from federation.planning.what_if import what_if
 from federation.store import drills as store_drills
 from federation.store.world import read_world
 

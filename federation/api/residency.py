@@ -26,12 +26,12 @@ from federation.api.auth import require
 from federation.api.body import if_match, json_response, path_name, read_document
 from federation.api.context import CONFIG, STORE
 from federation.api.errors import ApiError, from_validation, invalid
-from federation.controller.plan import impact
+from federation.model.errors import UnknownDataClassError
+from federation.model.jurisdictions import BUILTIN_GROUPS
 from federation.model.names import Name
 from federation.model.policy import Group, Policy
 from federation.model.token import Role
-from federation.residency.catalogue import BUILTIN_GROUPS
-from federation.residency.errors import UnknownDataClassError
+from federation.planning.plan import impact
 from federation.residency.evaluate import (
     MalformedPolicy,
     check_data_classes,
@@ -44,10 +44,10 @@ from federation.residency.groups import (
     validate_group,
     validate_references,
 )
+from federation.residency.snapshot import Snapshot, StoredGroup, StoredPolicy
 from federation.store import keys
 from federation.store import policies as store_policies
 from federation.store import regions as store_regions
-from federation.store.policies import Snapshot, StoredGroup, StoredPolicy
 from federation.store.world import read_world
 
 routes = web.RouteTableDef()

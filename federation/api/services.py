@@ -21,10 +21,10 @@ from federation.api.body import (
 )
 from federation.api.context import CONFIG, CONTROLLER, STORE, synced
 from federation.api.errors import ApiError, from_validation
-from federation.controller.plan import plan
 from federation.model.service import RegionReport, ServiceSpec
 from federation.model.status import survivability
 from federation.model.token import Role
+from federation.planning.plan import plan
 from federation.residency.evaluate import PUBLIC, unknown_data_classes
 from federation.store import keys
 from federation.store import policies as store_policies

@@ -23,9 +23,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span
 
 from federation.controller.ledger import Ledger
-from federation.controller.plan import ServicePlan
 from federation.model.service import Phase
-from federation.store.world import World
+from federation.planning.plan import ServicePlan
+from federation.planning.world import World
 from federation.telemetry import metrics, setup
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from federation.controller.ledger import Held, Ledger, holding
 from federation.controller.observe import PassObserver
-from federation.controller.plan import ServicePlan, plan
 from federation.model.region import HeartbeatRecord
 from federation.model.service import PlacementRecord, RegionReport, ServiceRecord
 from federation.model.status import service_phase
+from federation.planning.plan import ServicePlan, plan
+from federation.planning.world import World
 from federation.residency.evaluate import Evaluation
+from federation.residency.snapshot import Snapshot
 from federation.runtime import forever, release_memory
 from federation.scheduler import PLACED, SCALED_TO_ZERO
 from federation.store import Cond, Conflict, Op, Store, StoreError, keys
@@ -41,7 +43,7 @@ from federation.store import policies as store_policies
 from federation.store.audit import Change
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
-from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED, World, world_of
+from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED, world_of
 from federation.telemetry import metrics
 from federation.telemetry.setup import tracer
 
@@ -103,7 +105,7 @@ class Controller:
         self._maybe_echo: dict[str, set[int]] = {}
         self._ready: dict[str, dict[tuple[str, int], int]] = {}  # region -> report index
         self._capacity: dict[str, tuple[float, int]] = {}
-        self._residency: store_policies.Snapshot | None = None
+        self._residency: Snapshot | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.passes = 0
         self.full_passes = 0

@@ -23,8 +23,6 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from federation.controller.plan import evaluations, ready_count
-from federation.drills.plan import in_targets
 from federation.model.drill import (
     DrillRecord,
     DrillState,
@@ -35,12 +33,15 @@ from federation.model.drill import (
 from federation.model.region import Cordon
 from federation.model.service import Assignment, Phase
 from federation.model.status import service_status
+from federation.planning.plan import evaluations, ready_count
+from federation.planning.what_if import in_targets
+from federation.planning.world import World
 from federation.store import Cond, Conflict, Store, StoreError, keys
 from federation.store import drills as store_drills
 from federation.store.audit import Change
 from federation.store.election import LeaderElection
 from federation.store.regions import RegionNotFound
-from federation.store.world import World, read_world
+from federation.store.world import read_world
 
 log = logging.getLogger(__name__)
 

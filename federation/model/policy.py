@@ -12,9 +12,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from federation.model.errors import BuiltinGroupConflictError
+from federation.model.jurisdictions import BUILTIN_GROUPS, check_entry
 from federation.model.names import Name
-from federation.residency.catalogue import BUILTIN_GROUPS, check_entry
-from federation.residency.errors import BuiltinGroupConflictError
 
 # A country code (`DE`) or a group reference (`group:eea`).
 Jurisdiction = Annotated[str, AfterValidator(check_entry)]

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from federation.model.jurisdictions import check_country
 from federation.model.names import Name
-from federation.residency.catalogue import check_country
 
 Country = Annotated[str, AfterValidator(check_country)]
 LabelValue = Annotated[str, Field(max_length=253)]

@@ -20,9 +20,9 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from federation.model.errors import ResidencyError, UnknownDataClassError
+from federation.model.jurisdictions import COUNTRIES, country_label, utc_day
 from federation.model.policy import Exemption, Group, Mode, Policy
-from federation.residency.catalogue import COUNTRIES, country_label, utc_day
-from federation.residency.errors import ResidencyError, UnknownDataClassError
 from federation.residency.groups import resolve_sources
 
 __all__ = [

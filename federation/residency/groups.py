@@ -13,20 +13,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from federation.model.policy import Group, Policy
-from federation.residency.catalogue import (
+from federation.model.errors import (
+    BuiltinGroupConflictError,
+    GroupCycleError,
+    ResidencyError,
+    UnknownGroupError,
+)
+from federation.model.jurisdictions import (
     BUILTIN_GROUPS,
     GROUP_PREFIX,
     check_country,
     check_entry,
     group_name,
 )
-from federation.residency.errors import (
-    BuiltinGroupConflictError,
-    GroupCycleError,
-    ResidencyError,
-    UnknownGroupError,
-)
+from federation.model.policy import Group, Policy
 
 __all__ = [
     "GroupReference",

@@ -11,36 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from federation.model.region import HeartbeatRecord, RegionRecord
 from federation.model.service import Assignment, PlacementRecord, RegionReport, ServiceRecord
+from federation.planning.world import World
+from federation.residency.snapshot import Snapshot
 from federation.store import keys
 from federation.store import policies as store_policies
 from federation.store.etcd import Entry, Store
 from federation.store.mirror import Mirror
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class World:
-    """The state the controller and the explain/impact views decide from."""
-
-    services: dict[str, tuple[ServiceRecord, int]] = field(default_factory=dict)
-    placements: dict[str, tuple[PlacementRecord, int]] = field(default_factory=dict)
-    assignments: dict[tuple[str, str], Assignment] = field(default_factory=dict)
-    regions: dict[str, RegionRecord] = field(default_factory=dict)
-    alive: set[str] = field(default_factory=set)
-    heartbeats: dict[str, HeartbeatRecord] = field(default_factory=dict)
-    reports: dict[str, RegionReport] = field(default_factory=dict)
-    residency: store_policies.Snapshot = field(default_factory=store_policies.Snapshot)
-    rebalance: set[str] = field(default_factory=set)
-    revision: int = 0
-    read_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _tail(key: str, prefix: str) -> str:
@@ -132,7 +116,7 @@ MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS, keys.TOKENS)
 MIRROR_PACKED = (keys.SERVICES, keys.PLACEMENTS, keys.ASSIGNMENTS)
 
 
-def world_of(mirror: Mirror, names: Collection[str], residency: store_policies.Snapshot) -> World:
+def world_of(mirror: Mirror, names: Collection[str], residency: Snapshot) -> World:
     """The world as the mirror holds it, with only `names` among services, placements
     and assignments (regions, liveness, reports and policies in full). No etcd reads;
     the services' records are parsed here (call it in a worker thread for many)."""

@@ -17,7 +17,8 @@ import pytest
 import trustme
 
 from federation.model.token import new_secret
-from federation.store.local_etcd import LocalEtcd, free_port, with_parent_death
+from federation.processes.children import free_port, with_parent_death
+from federation.processes.local_etcd import LocalEtcd
 from tests.conftest import ServerProcess
 
 

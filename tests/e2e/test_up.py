@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.store.local_etcd import free_port
+from federation.processes.children import free_port
 
 EXPECTED = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US", "ap-in-1": "IN"}
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from federation.model.token import new_secret
-from federation.store.local_etcd import LocalEtcd, LocalEtcdCluster, free_port, with_parent_death
+from federation.processes.children import free_port, with_parent_death
+from federation.processes.local_etcd import LocalEtcd, LocalEtcdCluster
 from tests.conftest import AgentProcess, ServerProcess, _instance_pids, wait_http_ok
 
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from federation.processes.local_etcd import LocalEtcdCluster
 from federation.store import Store
-from federation.store.local_etcd import LocalEtcdCluster
 from tests.faults.conftest import CONVERGE_S, TTL, Cluster, http, restart_member
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import grpc
 import grpc.aio
 import pytest
 
+from federation.processes.local_etcd import LocalEtcd
 from federation.store import AlreadyExists, Cond, CredentialRevoked, Op, Store, audit, fence_writes
 from federation.store.audit import Change
 from federation.store.etcd import Entry
-from federation.store.local_etcd import LocalEtcd
 from tests.conftest import lose_answers
 
 

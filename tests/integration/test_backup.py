@@ -11,7 +11,8 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from federation.api.app import create_app
-from federation.store.local_etcd import LocalEtcd, free_port, restore_snapshot
+from federation.processes.children import free_port
+from federation.processes.local_etcd import LocalEtcd, restore_snapshot
 from tests.conftest import Api, server_config
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from federation.processes.local_etcd import EtcdTLS, LocalEtcd
 from federation.store import Store, StoreUnavailable
-from federation.store.local_etcd import EtcdTLS, LocalEtcd
 
 
 @pytest.fixture

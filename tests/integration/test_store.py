@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from federation.processes.local_etcd import LocalEtcd
 from federation.store import AlreadyExists, Compacted, Cond, Conflict, Op, Store, StoreUnavailable
-from federation.store.local_etcd import LocalEtcd
 
 
 async def test_create_is_create_if_absent(store: Store) -> None:

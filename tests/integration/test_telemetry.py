@@ -24,8 +24,8 @@ from bench.failover import InstantDriver
 from federation.agent.loop import Agent, AgentConfig
 from federation.api.app import create_app
 from federation.api.context import ServerConfig
+from federation.processes.local_etcd import LocalEtcd
 from federation.store import Store
-from federation.store.local_etcd import LocalEtcd
 from federation.telemetry import setup
 from federation.telemetry.logs import JsonFormatter, redact
 from tests.conftest import Api, server_config

@@ -12,10 +12,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from federation.controller.plan import plan
 from federation.model.region import HeartbeatRecord, RegionRecord
 from federation.model.service import PlacementRecord, ServiceRecord, ServiceSpec
-from federation.store.world import World
+from federation.planning.plan import plan
+from federation.planning.world import World
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US", "ch-zrh-1": "CH"}

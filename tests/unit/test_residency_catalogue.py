@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from federation.residency.catalogue import (
+from federation.model.errors import UnknownCountryError
+from federation.model.jurisdictions import (
     BUILTIN_GROUPS,
     COUNTRIES,
     EU_MEMBERS,
@@ -16,7 +17,6 @@ from federation.residency.catalogue import (
     suggest_country,
     utc_day,
 )
-from federation.residency.errors import UnknownCountryError
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from federation.model.errors import UnknownDataClassError
 from federation.model.policy import Group, Policy
-from federation.residency.errors import UnknownDataClassError
 from federation.residency.evaluate import (
     MalformedPolicy,
     bound_policies,

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from federation.model.policy import Group, Policy
-from federation.residency.catalogue import BUILTIN_GROUPS
-from federation.residency.errors import (
+from federation.model.errors import (
     BuiltinGroupConflictError,
     GroupCycleError,
     UnknownGroupError,
 )
+from federation.model.jurisdictions import BUILTIN_GROUPS
+from federation.model.policy import Group, Policy
 from federation.residency.groups import (
     find_group_cycle,
     references_to_group,

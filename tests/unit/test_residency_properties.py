@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from federation.model.errors import ResidencyError
+from federation.model.jurisdictions import COUNTRIES
 from federation.model.policy import Exemption, Group, Mode, Policy
-from federation.residency.catalogue import COUNTRIES
-from federation.residency.errors import ResidencyError
 from federation.residency.evaluate import Evaluation, empty_data_classes, evaluate
 from federation.residency.groups import resolve
 

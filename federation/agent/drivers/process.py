@@ -31,7 +31,7 @@ import aiohttp
 
 from federation.agent.drivers import Desired
 from federation.model.service import InstanceReport, Runtime
-from federation.store.local_etcd import free_port
+from federation.processes.children import free_port
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from federation.model.service import (
     Runtime,
     ServiceSpec,
 )
+from federation.planning.world import World
 from federation.residency.evaluate import Evaluation, evaluate
 from federation.scheduler import Decision, RegionInfo, Verdict, place_all
-from federation.store.world import World
 
 
 @dataclass

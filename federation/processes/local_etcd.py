@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def with_parent_death(argv: list[str]) -> list[str]:
-    """`argv`, run so the child gets SIGKILL when the process that started it dies (a
-    killed test run or `federation up` cannot leave an etcd or a server behind).
-
-    Done with util-linux's `setpriv --pdeathsig` rather than a `preexec_fn`: Python code
-    between fork and exec crashes the child when gRPC threads are running (seen as
-    SIGSEGV in tests that hold an etcd connection)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", *argv] if setpriv else argv
+from federation.processes.children import free_port, stop_processes, with_parent_death
 
 
 def find_tool(name: str = "etcd") -> str:
@@ -74,27 +62,6 @@ def restore_snapshot(
         check=True,
         capture_output=True,
     )
-
-
-def stop_processes(procs: Sequence[subprocess.Popen[bytes]], *, timeout: float = 10.0) -> None:
-    """SIGTERM every process still running, then wait for each, SIGKILL after `timeout`
-    (all are signalled first, so they stop side by side)."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

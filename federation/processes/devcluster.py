@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.model.token import new_secret
-from federation.store.local_etcd import LocalEtcd, free_port, stop_processes, with_parent_death
+from federation.processes.children import free_port, stop_processes, with_parent_death
+from federation.processes.local_etcd import LocalEtcd
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
-from federation.controller.plan import plan
 from federation.model.drill import DrillPlan, Outcome, ServiceOutcome
 from federation.model.region import Cordon
+from federation.planning.plan import plan
+from federation.planning.world import World
 from federation.scheduler import PLACED, SCALED_TO_ZERO
-from federation.store.world import World
 
 
 def in_targets(world: World, service: str, targets: Sequence[str]) -> dict[str, int]:

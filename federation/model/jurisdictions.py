@@ -16,8 +16,8 @@ from types import MappingProxyType
 
 import pycountry
 
+from federation.model.errors import UnknownCountryError
 from federation.model.names import is_valid_name
-from federation.residency.errors import UnknownCountryError
 
 __all__ = [
     "BUILTIN_GROUPS",
