@@ -1,6 +1,7 @@
-"""Failover drills: the what-if plan (pure), the live drill runner, the report.
+"""Failover drills: the live drill runner and the report.
 
-`plan` and `report` do no I/O. `runner` runs on the controller leader only: it
-cordons the target regions, lets the controller evacuate them, measures, restores,
-and keeps everything it learns in the drill's etcd record.
+The what-if plan is pure and lives in `federation.planning.what_if`; `report` does no
+I/O. `runner` runs on the controller leader only: it cordons the target regions, lets
+the controller evacuate them, measures, restores, and keeps everything it learns in
+the drill's etcd record.
 """
