@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federation.client import ApiClient, ApiError
 from federation.processes.children import free_port, stop_processes, with_parent_death
+from federation.processes.commands import ADMIN_TOKEN_ENV, serve_command
 from federation.processes.local_etcd import LocalEtcd
 
 # FEDERATION_BENCH_LOG sends the results log elsewhere (the test of the benchmarks).
@@ -87,21 +88,16 @@ def _spawn(
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+    command = serve_command(
+        etcd=[etcd.endpoint],
+        port=port,
+        identity=name,
+        region_ttl=region_ttl,
+        log_level="warning",
+    )
     proc = subprocess.Popen(
-        with_parent_death(
-            [
-                sys.executable,
-                "-m",
-                "federation",
-                "--log-level=warning",
-                "serve",
-                f"--etcd={etcd.endpoint}",
-                f"--port={port}",
-                f"--region-ttl={region_ttl}",
-                f"--identity={name}",
-            ]
-        ),
-        env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
+        with_parent_death(command),
+        env={**os.environ, ADMIN_TOKEN_ENV: admin},
         stdout=subprocess.DEVNULL,
         stderr=log,
         start_new_session=True,

@@ -11,12 +11,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,13 @@ from aiohttp.test_utils import TestServer
 from federation.api.app import create_app
 from federation.api.context import ServerConfig
 from federation.model.token import new_secret
-from federation.processes.children import free_port, with_parent_death
+from federation.processes.children import free_port, launch
+from federation.processes.commands import (
+    ADMIN_TOKEN_ENV,
+    REGION_TOKEN_ENV,
+    agent_command,
+    serve_command,
+)
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import Store
 
@@ -144,6 +149,9 @@ async def api(etcd: LocalEtcd, prefix: str) -> AsyncIterator[Api]:
         await server.close()
 
 
+TTL = 2  # election and region TTL of every server the tests start, in seconds
+
+
 @dataclass
 class ServerProcess:
     """`federation serve` as a real process."""
@@ -176,6 +184,37 @@ def wait_http_ok(url: str, timeout: float = 20) -> None:
     raise TimeoutError(f"{url} not OK within {timeout} s")
 
 
+def start_server(
+    etcd: Sequence[str],
+    identity: str,
+    admin: str,
+    logs: Path,
+    *extra: str,
+    prefix: str | None = None,
+    port: int | None = None,
+    ready_timeout: float = 20,
+) -> ServerProcess:
+    """`federation serve` with the tests' TTLs, ready to answer (stopped if it is not)."""
+    port = port or free_port()
+    log = logs / f"{identity}.log"
+    command = serve_command(
+        etcd=etcd,
+        port=port,
+        identity=identity,
+        prefix=prefix,
+        election_ttl=TTL,
+        region_ttl=TTL,
+    )
+    proc = launch([*command, *extra], log=log, env={ADMIN_TOKEN_ENV: admin})
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", identity, log)
+    try:
+        wait_http_ok(server.url + "/v1/ready", ready_timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 @pytest.fixture
 def spawn_server(
     etcd: LocalEtcd, prefix: str, tmp_path: Path
@@ -185,33 +224,8 @@ def spawn_server(
     admin = new_secret()
 
     def spawn(identity: str, *extra: str) -> ServerProcess:
-        port = free_port()
-        log = tmp_path / f"{identity}.log"
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen(
-                with_parent_death(
-                    [
-                        sys.executable,
-                        "-m",
-                        "federation",
-                        "serve",
-                        f"--etcd={etcd.endpoint}",
-                        f"--prefix={prefix}",
-                        f"--port={port}",
-                        f"--identity={identity}",
-                        "--election-ttl=2",
-                        "--region-ttl=2",
-                        *extra,
-                    ]
-                ),
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
-                start_new_session=True,
-            )
-        server = ServerProcess(proc, f"http://127.0.0.1:{port}", identity, log)
+        server = start_server([etcd.endpoint], identity, admin, tmp_path, *extra, prefix=prefix)
         started.append(server)
-        wait_http_ok(server.url + "/v1/ready")
         return server
 
     spawn.admin_token = admin  # type: ignore[attr-defined]
@@ -250,6 +264,37 @@ def _instance_pids(state_dir: Path) -> list[int]:
     return [int(r["pid"]) for r in data.get("instances", []) if r.get("pid")]
 
 
+def start_agent(
+    servers: Sequence[str],
+    region: str,
+    token: str,
+    tmp: Path,
+    *extra: str,
+    cpu: float = 8,
+    memory_mb: int = 16384,
+) -> AgentProcess:
+    """`federation agent` for `region`, its state and log under `tmp`."""
+    state = tmp / "agents" / region
+    command = agent_command(
+        servers=servers, region=region, state_dir=state, cpu=cpu, memory_mb=memory_mb
+    )
+    proc = launch(
+        [*command, *extra], log=tmp / f"agent-{region}.log", env={REGION_TOKEN_ENV: token}
+    )
+    return AgentProcess(region, proc, state)
+
+
+def stop_agents(agents: Iterable[AgentProcess]) -> None:
+    """Stop the agents, then kill any instance they (or an agent the test killed) left."""
+    agents = list(agents)
+    for agent in agents:
+        agent.stop()
+    for agent in agents:
+        for pid in _instance_pids(agent.state_dir):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
 @pytest.fixture
 def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     """Start `federation agent` processes; at teardown stop them and any instance they
@@ -257,36 +302,11 @@ def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     started: list[AgentProcess] = []
 
     def spawn(server_url: str, region: str, token: str, *extra: str) -> AgentProcess:
-        state = tmp_path / "agents" / region
-        with open(tmp_path / f"agent-{region}.log", "ab") as fh:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "federation",
-                    "agent",
-                    f"--server={server_url}",
-                    f"--region={region}",
-                    f"--state-dir={state}",
-                    "--cpu=8",
-                    "--memory-mb=16384",
-                    *extra,
-                ],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "FEDERATION_REGION_TOKEN": token},
-                start_new_session=True,
-            )
-        agent = AgentProcess(region, proc, state)
+        agent = start_agent([server_url], region, token, tmp_path, *extra)
         started.append(agent)
         return agent
 
     try:
         yield spawn
     finally:
-        for agent in started:
-            agent.stop()
-        for agent in started:
-            for pid in _instance_pids(agent.state_dir):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+        stop_agents(started)

@@ -1,6 +1,6 @@
 """The region master: heartbeats, the assignment watch, status reports, fencing.
 
-Four loops, each guarded (a crash is logged and the loop restarts) and none of
+Five loops, each guarded (a crash is logged and the loop restarts) and none of
 which ever exits because the server or etcd blinked: every call to the server is
 retried with capped exponential backoff (tenacity).
 
@@ -8,6 +8,8 @@ retried with capped exponential backoff (tenacity).
 - sync: list the region's assignments, hand them to the driver, then watch from the
   list's revision; after a disconnect resume from the last revision seen, and list
   again only when the server says that revision is gone.
+- apply: hand the assignments to the driver whenever sync (or the end of a fence)
+  asks; a burst of changes becomes a few applies, not one each.
 - report: the driver's instances, whenever they change (and every few seconds).
 - fence: after more than a TTL without reaching the server, stop the instances of
   `singleton` services: by then the federation may have started them elsewhere.

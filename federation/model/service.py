@@ -160,9 +160,7 @@ class RolloutState(BaseModel):
     started_at: datetime
     region_started: dict[str, datetime] = Field(default_factory=dict)
     done: list[str] = Field(default_factory=list)
-    state: Literal["progressing", "complete", "failed", "rolling_back", "rolled_back"] = (
-        "progressing"
-    )
+    state: Literal["progressing", "complete", "failed", "rolled_back"] = "progressing"
     message: str = ""
 
 

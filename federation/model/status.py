@@ -134,7 +134,6 @@ def service_status(
                 "complete": "RolloutComplete",
                 "failed": "RolloutFailed",
                 "rolled_back": "RolloutFailed",
-                "rolling_back": "RolloutFailed",
             }[rollout.state]
             message = rollout.message or f"{rollout.from_version} -> {rollout.to_version}"
             if rollout.state == "rolled_back":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 
 def with_parent_death(argv: list[str]) -> list[str]:
@@ -18,6 +20,22 @@ def with_parent_death(argv: list[str]) -> list[str]:
     SIGSEGV in tests that hold an etcd connection)."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", *argv] if setpriv else argv
+
+
+def launch(argv: list[str], *, log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start `argv` in a session of its own (a Ctrl-C meant for us does not reach it;
+    it is stopped in order instead), with `env` on top of ours, its output appended to
+    `log`, and killed if we die."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            with_parent_death(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
 
 
 def stop_processes(procs: Sequence[subprocess.Popen[bytes]], *, timeout: float = 10.0) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +24,13 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.model.token import new_secret
-from federation.processes.children import free_port, stop_processes, with_parent_death
+from federation.processes.children import free_port, launch, stop_processes
+from federation.processes.commands import (
+    ADMIN_TOKEN_ENV,
+    REGION_TOKEN_ENV,
+    agent_command,
+    serve_command,
+)
 from federation.processes.local_etcd import LocalEtcd
 
 
@@ -136,7 +141,7 @@ class LocalFederation:
         return members
 
     def _admin_token(self) -> str:
-        env = os.environ.get("FEDERATION_ADMIN_TOKEN")
+        env = os.environ.get(ADMIN_TOKEN_ENV)
         if env:
             return env
         path = self.data_dir / "admin.token"
@@ -148,18 +153,8 @@ class LocalFederation:
 
     # -- processes --------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with open(logs / f"{name}.log", "ab") as log:
-            return subprocess.Popen(
-                with_parent_death([sys.executable, "-m", "federation", *args]),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **env},
-                start_new_session=True,
-            )
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return launch(argv, log=self.data_dir / "logs" / f"{name}.log", env=env)
 
     def _wait_ready(self, timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -216,20 +211,16 @@ class LocalFederation:
             member.launch()
         for member in self.etcd:
             member.wait_healthy(timeout)
-        endpoints = ",".join(m.endpoint for m in self.etcd)
+        endpoints = [m.endpoint for m in self.etcd]
         for i in range(len(self.urls)):
+            command = serve_command(
+                etcd=endpoints,
+                port=self.port + i,
+                identity=f"up-{self._server_name(i)}",
+                region_ttl=self.region_ttl,
+            )
             self.servers.append(
-                self._spawn(
-                    self._server_name(i),
-                    [
-                        "serve",
-                        f"--etcd={endpoints}",
-                        f"--port={self.port + i}",
-                        f"--region-ttl={self.region_ttl}",
-                        f"--identity=up-{self._server_name(i)}",
-                    ],
-                    {"FEDERATION_ADMIN_TOKEN": self.admin_token},
-                )
+                self._spawn(self._server_name(i), command, {ADMIN_TOKEN_ENV: self.admin_token})
             )
         self._wait_ready(timeout)
         for region in DEMO_REGIONS:
@@ -239,18 +230,14 @@ class LocalFederation:
         """Start (or restart) the agent of demo region `name`, against every server."""
         region = next(r for r in DEMO_REGIONS if r.name == name)
         token = self._region_token(region)
-        self.agents[name] = self._spawn(
-            f"agent-{name}",
-            [
-                "agent",
-                f"--server={','.join(self.urls)}",
-                f"--region={name}",
-                f"--cpu={DEMO_CPU}",
-                f"--memory-mb={DEMO_MEMORY_MB}",
-                f"--state-dir={self.data_dir / 'agents' / name}",
-            ],
-            {"FEDERATION_REGION_TOKEN": token},
+        command = agent_command(
+            servers=self.urls,
+            region=name,
+            state_dir=self.data_dir / "agents" / name,
+            cpu=DEMO_CPU,
+            memory_mb=DEMO_MEMORY_MB,
         )
+        self.agents[name] = self._spawn(f"agent-{name}", command, {REGION_TOKEN_ENV: token})
         return self.agents[name]
 
     def regions(self) -> list[dict[str, Any]]:

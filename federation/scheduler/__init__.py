@@ -4,7 +4,7 @@ Pure: no I/O, no clock, no etcd. The controller feeds it regions, residency verd
 and current placements; drills feed it a what-if view. Tested with hypothesis.
 """
 
-from federation.scheduler.place import (
+from federation.scheduler.decision import (
     INSUFFICIENT_CAPACITY,
     NO_COMPLIANT_REGION,
     PLACED,
@@ -14,9 +14,8 @@ from federation.scheduler.place import (
     RegionChoice,
     RegionInfo,
     Verdict,
-    place,
-    place_all,
 )
+from federation.scheduler.place import place, place_all
 
 __all__ = [
     "INSUFFICIENT_CAPACITY",

@@ -24,22 +24,22 @@ explanation, which is O(regions), is only built when read.
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, Literal
 
 from federation.model.service import ServiceSpec
-
-Outcome = Literal["chosen", "kept", "eligible", "rejected"]
-
-# Reasons, as they appear in service conditions.
-PLACED = "Placed"
-NO_COMPLIANT_REGION = "NoCompliantRegion"
-INSUFFICIENT_CAPACITY = "InsufficientCapacity"
-SPREAD_UNSATISFIED = "SpreadUnsatisfied"
-SCALED_TO_ZERO = "ScaledToZero"
+from federation.scheduler.decision import (
+    INSUFFICIENT_CAPACITY,
+    NO_COMPLIANT_REGION,
+    PLACED,
+    SCALED_TO_ZERO,
+    SPREAD_UNSATISFIED,
+    Decision,
+    RegionInfo,
+    Verdict,
+)
+from federation.scheduler.explain import explain
+from federation.scheduler.pool import Pool, RankKey, ServiceFit
 
 # Up to this many candidate regions a service sorts them outright; above, it walks
 # the pool's shared ranking. Both give the same order (tests check it).
@@ -48,230 +48,17 @@ _SORT_BELOW = 8
 _NO_VERDICTS: Mapping[str, Verdict] = {}
 _NO_REPLICAS: Mapping[str, int] = {}
 
-# (preferred?, stays?, -free cpu counting own replicas, name): lower ranks first.
-RankKey = tuple[int, int, float, str]
-
-
-@dataclass(frozen=True, slots=True)
-class RegionInfo:
-    """A region as the scheduler sees it. `cpu_free`/`memory_free` exclude every
-    service's placed replicas; `unreachable_for` is seconds since the lease was lost."""
-
-    name: str
-    country: str | None
-    labels: Mapping[str, str]
-    state: Literal["ready", "unreachable", "cordoned"]
-    cpu_free: float
-    memory_free: int
-    unreachable_for: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The residency verdict for one region (from `residency.evaluate`)."""
-
-    allowed: bool
-    reasons: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RegionChoice:
-    """One line of the explanation: what happened to one region, and why."""
-
-    region: str
-    country: str | None
-    outcome: Outcome
-    replicas: int
-    reasons: tuple[str, ...]
-    compliant: bool = True
-
-
-@dataclass(frozen=True, eq=False)
-class Decision:
-    """Replicas per region for one service, with the explanation of every region.
-
-    `explanation` is the list of lines or a function that builds it; `regions` builds
-    it on first use and keeps it. The inputs of `place` must not be changed while an
-    unread explanation may still need them."""
-
-    service: str
-    placement: dict[str, int]
-    desired: int
-    reason: str
-    message: str
-    explanation: list[RegionChoice] | Callable[[], list[RegionChoice]] = field(
-        default_factory=list, repr=False
-    )
-    # Known without building the explanation (None: derive them from it).
-    allowed: frozenset[str] | None = field(default=None, repr=False)
-    held: Mapping[str, int] | None = field(default=None, repr=False)
-
-    @property
-    def regions(self) -> list[RegionChoice]:
-        """One line per region, sorted by region name."""
-        lines = self.explanation
-        if callable(lines):
-            lines = lines()
-            object.__setattr__(self, "explanation", lines)
-        return lines
-
-    @property
-    def placed(self) -> int:
-        return sum(self.placement.values())
-
-    @property
-    def allowed_regions(self) -> list[str]:
-        """Regions residency allows, whatever their state or capacity (sorted)."""
-        if self.allowed is not None:
-            return sorted(self.allowed)
-        return [c.region for c in self.regions if c.compliant]
-
-    @property
-    def kept(self) -> dict[str, int]:
-        """Replicas left assigned in lost regions during their failover grace."""
-        if self.held is not None:
-            return dict(self.held)
-        return {c.region: c.replicas for c in self.regions if c.outcome == "kept"}
-
-    def _key(self) -> tuple[Any, ...]:
-        return (self.service, self.placement, self.desired, self.reason, self.message)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Decision):
-            return NotImplemented
-        return self._key() == other._key() and self.regions == other.regions
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (
-            f"Decision(service={self.service!r}, placement={self.placement!r}, "
-            f"desired={self.desired!r}, reason={self.reason!r}, message={self.message!r})"
-        )
-
-
-def _fits(cpu_free: float, memory_free: int, spec: ServiceSpec) -> int:
-    """How many replicas of `spec` fit into the given free capacity."""
-    cpu = math.floor(cpu_free / spec.resources.cpu + 1e-9)
-    mem = memory_free // spec.resources.memory_mb
-    return max(0, min(cpu, mem))
-
-
-class _Pool:
-    """The regions and their free capacity, shared by the services of one call.
-
-    `ranked` holds (-cpu free, name) for the ready regions, sorted, and follows every
-    charge, so a service can take the roomiest regions without sorting them all."""
-
-    def __init__(self, regions: Sequence[RegionInfo]) -> None:
-        by_name = {r.name: r for r in regions}
-        self.info = {name: by_name[name] for name in sorted(by_name)}
-        self.cpu = {name: r.cpu_free for name, r in self.info.items()}
-        self.mem = {name: r.memory_free for name, r in self.info.items()}
-        self.names = frozenset(self.info)
-        self.ready = frozenset(n for n, r in self.info.items() if r.state == "ready")
-        self.ranked = sorted((-self.cpu[n], n) for n in self.ready)
-        self._labelled: dict[tuple[tuple[str, str], ...], frozenset[str]] = {}
-        self._snapshot: tuple[tuple[float, ...], tuple[int, ...]] | None = None
-        self._interned: dict[frozenset[str], frozenset[str]] = {}
-
-    def labelled(self, labels: Mapping[str, str]) -> frozenset[str]:
-        """Regions carrying every one of `labels`."""
-        key = tuple(sorted(labels.items()))
-        found = self._labelled.get(key)
-        if found is None:
-            found = frozenset(
-                n for n, r in self.info.items() if all(r.labels.get(k) == v for k, v in key)
-            )
-            self._labelled[key] = found
-        return found
-
-    def intern(self, names: Collection[str]) -> frozenset[str]:
-        """One shared frozenset per distinct set (services mostly share a few)."""
-        key = frozenset(names)
-        return self._interned.setdefault(key, key)
-
-    def charge(self, name: str, cpu: float, memory: int) -> None:
-        """Take capacity from a region (give it back with negative amounts)."""
-        if name not in self.info:
-            return
-        old = self.cpu[name]
-        self.cpu[name] = old - cpu
-        self.mem[name] -= memory
-        if name in self.ready:
-            del self.ranked[bisect.bisect_left(self.ranked, (-old, name))]
-            bisect.insort(self.ranked, (-self.cpu[name], name))
-        self._snapshot = None
-
-    def snapshot(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
-        """Free cpu and memory now, in the order of `info` (shared until the next charge)."""
-        if self._snapshot is None:
-            self._snapshot = (tuple(self.cpu.values()), tuple(self.mem.values()))
-        return self._snapshot
-
-
-class _Service:
-    """One service against a pool: its filters, room and rank per region."""
-
-    def __init__(
-        self,
-        spec: ServiceSpec,
-        pool: _Pool,
-        cpu: Mapping[str, float],
-        mem: Mapping[str, int],
-        current: Mapping[str, int],
-        fresh: bool,
-    ) -> None:
-        self.spec = spec
-        self.cpu = cpu
-        self.mem = mem
-        self.current = current
-        self.fresh = fresh
-        self.limit = spec.placement.max_per_region
-        prefer = set(spec.placement.prefer)
-        if spec.placement.prefer_labels:
-            prefer |= pool.labelled(spec.placement.prefer_labels)
-        self.prefer = prefer
-
-    def room(self, name: str) -> int:
-        """Replicas that fit in `name`, counting this service's own replicas as free."""
-        here = self.current.get(name, 0)
-        res = self.spec.resources
-        room = _fits(
-            self.cpu[name] + here * res.cpu, self.mem[name] + here * res.memory_mb, self.spec
-        )
-        return room if self.limit is None else min(room, self.limit)
-
-    def rank(self, name: str) -> RankKey:
-        here = self.current.get(name, 0)
-        return (
-            0 if name in self.prefer else 1,
-            0 if here > 0 and not self.fresh else 1,
-            -(self.cpu[name] + here * self.spec.resources.cpu),
-            name,
-        )
-
-    def grace(self, region: RegionInfo) -> str | None:
-        """Why replicas in this lost region stay assigned, or None when they move."""
-        failover = self.spec.failover
-        if not failover.enabled:
-            return "failover disabled"
-        lost = region.unreachable_for or 0.0
-        if lost < failover.grace_s:
-            return f"within failover grace ({lost:.1f} s of {failover.grace_s:g} s)"
-        return None
-
 
 def _decide(
     spec: ServiceSpec,
-    pool: _Pool,
+    pool: Pool,
     verdicts: Mapping[str, Verdict],
     current: Mapping[str, int],
     rebalance: bool,
 ) -> Decision:
     fresh = rebalance or spec.placement.failback == "auto"
     info = pool.info
-    svc = _Service(spec, pool, pool.cpu, pool.mem, current, fresh)
+    svc = ServiceFit(spec, pool, pool.cpu, pool.mem, current, fresh)
     allowed = {n for n, v in verdicts.items() if v.allowed}
     allowed &= pool.names
     allow_list = set(spec.placement.regions)
@@ -317,18 +104,18 @@ def _decide(
     reason, message = _outcome(spec, placed, target, allowed, bool(candidates))
     cpu_now, mem_now = pool.snapshot()
     # The explanation keeps its own copies of the small inputs; `verdicts` is shared.
-    explain = partial(
-        _explain, spec, pool, cpu_now, mem_now, verdicts, dict(current), fresh, dict(target)
+    lines = partial(
+        explain, spec, pool, cpu_now, mem_now, verdicts, dict(current), fresh, dict(target)
     )
     held = {n: target[n] for n in kept if n in target}
     return Decision(
-        spec.name, target, spec.replicas, reason, message, explain, pool.intern(allowed), held
+        spec.name, target, spec.replicas, reason, message, lines, pool.intern(allowed), held
     )
 
 
 def _assign(
     spec: ServiceSpec,
-    svc: _Service,
+    svc: ServiceFit,
     kept: Mapping[str, int],
     stays: Sequence[str],
     ranking: Iterator[tuple[RankKey, str]],
@@ -435,76 +222,6 @@ def _outcome(
     return PLACED, f"{placed} replicas in {len(target)} region(s)"
 
 
-def _explain(
-    spec: ServiceSpec,
-    pool: _Pool,
-    cpu_free: Sequence[float],
-    memory_free: Sequence[int],
-    verdicts: Mapping[str, Verdict],
-    current: Mapping[str, int],
-    fresh: bool,
-    target: Mapping[str, int],
-) -> list[RegionChoice]:
-    """One line per region for a decision already taken, from the capacity it saw."""
-    cpu = dict(zip(pool.info, cpu_free, strict=True))
-    mem = dict(zip(pool.info, memory_free, strict=True))
-    svc = _Service(spec, pool, cpu, mem, current, fresh)
-    res = spec.resources
-    allow_list = set(spec.placement.regions)
-    lines: dict[str, RegionChoice] = {}
-    rooms: dict[str, int] = {}
-    for name, region in pool.info.items():
-        verdict = verdicts.get(name)
-
-        def rejected(*why: str, compliant: bool = True) -> RegionChoice:
-            return RegionChoice(name, region.country, "rejected", 0, why, compliant)  # noqa: B023
-
-        if verdict is None or not verdict.allowed:
-            why = verdict.reasons if verdict else ("no residency verdict for this region",)
-            lines[name] = rejected("residency: " + "; ".join(why), compliant=False)
-        elif allow_list and name not in allow_list:
-            lines[name] = rejected("not in placement.regions")
-        elif region.state == "unreachable":
-            here = current.get(name, 0)
-            grace = svc.grace(region) if here > 0 else None
-            if grace is None:
-                lines[name] = rejected("unreachable: region lease expired")
-            elif target.get(name, 0) > 0:
-                count = target[name]
-                lines[name] = RegionChoice(
-                    name,
-                    region.country,
-                    "kept",
-                    count,
-                    (f"unreachable; {count} replica(s) left in place: {grace}",),
-                )
-            else:
-                lines[name] = rejected(
-                    f"unreachable; its {here} replica(s) dropped by a scale-down"
-                )
-        elif region.state == "cordoned":
-            lines[name] = rejected("cordoned")
-        else:
-            room = svc.room(name)
-            if room < 1:
-                lines[name] = rejected(
-                    f"insufficient capacity: a replica needs cpu {res.cpu:g}, "
-                    f"memory {res.memory_mb} MB; free cpu {cpu[name]:g}, memory {mem[name]} MB"
-                )
-            else:
-                rooms[name] = room
-    order = sorted(rooms, key=svc.rank)
-    for position, name in enumerate(order, 1):
-        country = pool.info[name].country
-        if target.get(name, 0) > 0:
-            chosen = f"allowed; rank {position}; room for {rooms[name]} replica(s)"
-            lines[name] = RegionChoice(name, country, "chosen", target[name], (chosen,))
-        else:
-            spare = f"allowed; rank {position}; not needed"
-            lines[name] = RegionChoice(name, country, "eligible", 0, (spare,))
-    return [lines[name] for name in pool.info]
-
-
 def place(
     spec: ServiceSpec,
     regions: Sequence[RegionInfo],
@@ -515,7 +232,7 @@ def place(
 ) -> Decision:
     """Decide how many replicas of `spec` run in which region. Pure and deterministic:
     the same inputs give the same decision, whatever their order."""
-    return _decide(spec, _Pool(regions), verdicts, current, rebalance)
+    return _decide(spec, Pool(regions), verdicts, current, rebalance)
 
 
 def place_all(
@@ -533,7 +250,7 @@ def place_all(
     charged before the next. Services already placed go first, so a newcomer cannot
     evict them; within that, by name, so the result is deterministic.
     """
-    pool = _Pool(regions)
+    pool = Pool(regions)
     decisions: dict[str, Decision] = {}
     ordered = sorted(specs, key=lambda s: (0 if current.get(s.name) else 1, s.name))
     for spec in ordered:

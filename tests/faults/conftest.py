@@ -1,14 +1,12 @@
 """The production topology as local processes, for fault injection: a 3-member etcd
-cluster, two server replicas, three region agents, and deploy traffic while it runs."""
+cluster, two server replicas, three region agents, and deploy traffic while it runs.
+
+Servers and agents start as in every other suite (`tests.conftest`); what is specific
+here is the etcd cluster, the two replicas sharing it, and the traffic."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -21,12 +19,10 @@ from typing import Any
 import pytest
 
 from federation.model.token import new_secret
-from federation.processes.children import free_port, with_parent_death
 from federation.processes.local_etcd import LocalEtcd, LocalEtcdCluster
-from tests.conftest import AgentProcess, ServerProcess, _instance_pids, wait_http_ok
+from tests.conftest import AgentProcess, ServerProcess, start_agent, start_server, stop_agents
 
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}
-TTL = 2
 CONVERGE_S = 30  # the bound we hold after every fault: all services Running again
 
 
@@ -68,6 +64,12 @@ class Cluster:
             if last[0] not in (0, 502, 503, 504):
                 return last
         return last
+
+    def start_server(self, identity: str, port: int | None = None) -> ServerProcess:
+        """A server replica on the cluster's etcd (not added to `servers`)."""
+        return start_server(
+            self.etcd.endpoints, identity, self.admin, self.tmp, port=port, ready_timeout=30
+        )
 
     def leader(self) -> ServerProcess | None:
         for server in self.servers:
@@ -130,59 +132,6 @@ class Cluster:
             time.sleep(0.3)
 
 
-def _spawn_server(
-    cluster: LocalEtcdCluster, tmp: Path, identity: str, admin: str, port: int | None = None
-) -> ServerProcess:
-    port = port or free_port()
-    log = tmp / f"{identity}.log"
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(
-            with_parent_death(
-                [
-                    sys.executable,
-                    "-m",
-                    "federation",
-                    "serve",
-                    f"--etcd={','.join(cluster.endpoints)}",
-                    f"--port={port}",
-                    f"--identity={identity}",
-                    f"--election-ttl={TTL}",
-                    f"--region-ttl={TTL}",
-                ]
-            ),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
-            start_new_session=True,
-        )
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", identity, log)
-    wait_http_ok(server.url + "/v1/ready", 30)
-    return server
-
-
-def _spawn_agent(tmp: Path, urls: list[str], region: str, token: str) -> AgentProcess:
-    state = tmp / "agents" / region
-    with open(tmp / f"agent-{region}.log", "ab") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "federation",
-                "agent",
-                f"--server={','.join(urls)}",
-                f"--region={region}",
-                f"--state-dir={state}",
-                "--cpu=64",
-                "--memory-mb=65536",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "FEDERATION_REGION_TOKEN": token},
-            start_new_session=True,
-        )
-    return AgentProcess(region, proc, state)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     etcd = LocalEtcdCluster(tmp_path / "etcd", members=3)
@@ -191,12 +140,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     servers: list[ServerProcess] = []
     agents: dict[str, AgentProcess] = {}
     try:
-        servers = [_spawn_server(etcd, tmp_path, f"server-{i}", admin) for i in (1, 2)]
         c = Cluster(etcd, servers, agents, admin, tmp_path)
+        for i in (1, 2):
+            servers.append(c.start_server(f"server-{i}"))
         for region, country in REGIONS.items():
             status, body = c.call("POST", "/v1/regions", {"name": region, "country": country})
             assert status == 201, body
-            agents[region] = _spawn_agent(tmp_path, [s.url for s in servers], region, body["token"])
+            urls = [s.url for s in servers]
+            agents[region] = start_agent(
+                urls, region, body["token"], tmp_path, cpu=64, memory_mb=65536
+            )
         status, body = c.call(
             "PUT",
             "/v1/policies/eu-patient-data",
@@ -212,11 +165,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
         c.stop_traffic()
     finally:
-        for agent in agents.values():
-            agent.stop()
-            for pid in _instance_pids(agent.state_dir):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+        stop_agents(agents.values())
         for server in servers:
             server.stop()
         etcd.stop()

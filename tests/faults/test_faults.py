@@ -14,7 +14,8 @@ import pytest
 
 from federation.processes.local_etcd import LocalEtcdCluster
 from federation.store import Store
-from tests.faults.conftest import CONVERGE_S, TTL, Cluster, http, restart_member
+from tests.conftest import TTL
+from tests.faults.conftest import CONVERGE_S, Cluster, http, restart_member
 
 pytestmark = pytest.mark.slow
 
@@ -82,8 +83,6 @@ def test_killing_the_leader_server_hands_over_to_the_standby(cluster: Cluster) -
 
 
 def test_restarting_every_server_at_once(cluster: Cluster) -> None:
-    from tests.faults.conftest import _spawn_server
-
     cluster.start_traffic()
     time.sleep(1.5)
     ports = [int(s.url.rsplit(":", 1)[1]) for s in cluster.servers]
@@ -91,8 +90,7 @@ def test_restarting_every_server_at_once(cluster: Cluster) -> None:
         server.stop(signal.SIGKILL)
     # Same addresses, as a service manager restarts them: the agents know these URLs.
     cluster.servers[:] = [
-        _spawn_server(cluster.etcd, cluster.tmp, f"server-{i}b", cluster.admin, port)
-        for i, port in enumerate(ports, 1)
+        cluster.start_server(f"server-{i}b", port) for i, port in enumerate(ports, 1)
     ]
     time.sleep(1.5)
     cluster.stop_traffic()

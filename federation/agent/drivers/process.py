@@ -80,7 +80,6 @@ class Instance:
     restarts: int = 0
     next_start: float = 0.0
     last_health: float = 0.0
-    wanted: bool = True
     stopping: bool = False
     monitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -319,7 +318,6 @@ class ProcessDriver:
 
     async def _stop(self, inst: Instance) -> None:
         inst.stopping = True
-        inst.wanted = False
         if inst.pid:
             await self._kill_group(inst.pid, inst.start_time)
         if inst.proc is not None:
