@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from federation.api import views
 from federation.api.auth import require, require_region
 from federation.api.body import (
     encode_json,
@@ -83,7 +84,7 @@ async def put_service(request: web.Request) -> web.Response:
         mirror.prime(keys.SERVICES, name, revision, record)
         request.app[CONTROLLER].poke()
     # Answered from the write itself: no need to wait for the mirror to see it.
-    found = store_services.view_in(mirror, name, record, revision)
+    found = views.service_in(mirror, name, record, revision)
     return json_response(found, status=201 if created else 200, revision=found["revision"])
 
 
@@ -100,18 +101,18 @@ async def list_services(request: web.Request) -> web.StreamResponse:
     names = sorted(mirror.tails(keys.SERVICES))
     if len(names) <= LIST_CHUNK:
         # Parsing is CPU-bound: off the loop, so other requests go on.
-        views = await asyncio.to_thread(store_services.views_of, mirror, names)
-        return json_response({"items": views, "revision": revision})
+        items = await asyncio.to_thread(views.services_of, mirror, names)
+        return json_response({"items": items, "revision": revision})
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await response.prepare(request)
     await response.write(b'{"items":[')
     separator = b""
     for start in range(0, len(names), LIST_CHUNK):
-        views = await asyncio.to_thread(
-            store_services.views_of, mirror, names[start : start + LIST_CHUNK]
+        items = await asyncio.to_thread(
+            views.services_of, mirror, names[start : start + LIST_CHUNK]
         )
-        if views:  # a piece can come out empty: its services were deleted meanwhile
-            await response.write(separator + b",".join(map(encode_json, views)))
+        if items:  # a piece can come out empty: its services were deleted meanwhile
+            await response.write(separator + b",".join(map(encode_json, items)))
             separator = b","
     await response.write(f'],"revision":{revision}}}'.encode())
     await response.write_eof()
@@ -124,7 +125,7 @@ async def get_service(request: web.Request) -> web.Response:
     await require(request, Role.VIEWER)
     mirror = await synced(request)
     try:
-        found = store_services.view_of(mirror, name)
+        found = views.service_of(mirror, name)
     except store_services.ServiceNotFound:
         raise _not_found(name) from None
     return json_response(found, revision=found["revision"])
