@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from federation.model.errors import UnknownDataClassError
+from federation.residency.groups import ReferenceProblem
 from federation.store import Conflict, CredentialRevoked, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,23 +54,75 @@ def invalid(field: str, message: str, **extra: Any) -> ApiError:
     )
 
 
+def not_found(kind: str, name: str) -> ApiError:
+    """A 404 for the `kind` (service, region, policy...) of that name."""
+    return ApiError(404, f"{kind} {name!r} not found")
+
+
+def unprocessable(details: list[dict[str, Any]]) -> ApiError:
+    """A 422 listing every problem (`field`, `message`, maybe `suggestion`); its message
+    is the first one's, with a count of the others."""
+    first = details[0] if details else {"field": "body", "message": "invalid"}
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return ApiError(422, f"{first['field']}: {first['message']}{more}", details=details)
+
+
 def _field(loc: tuple[int | str, ...]) -> str:
     # pydantic marks an invalid mapping key with a "[key]" step; the key itself names it.
     return ".".join(str(part) for part in loc if part != "[key]") or "body"
 
 
-def from_validation(exc: ValidationError, *, prefix: str = "") -> ApiError:
-    """A 422 listing every invalid field of a pydantic validation failure."""
+def from_validation(
+    exc: ValidationError, *, prefix: str = "", suggestions: bool = False
+) -> ApiError:
+    """A 422 listing every invalid field of a pydantic validation failure; with
+    `suggestions`, each also carries the suggestion its validator's error made, if any
+    (`GER` -> `DE`), for clients that offer the fix."""
     details = []
     for err in exc.errors(include_url=False, include_input=False):
         field = _field(tuple(err["loc"]))
         if prefix:
             field = f"{prefix}.{field}" if field != "body" else prefix
         msg = str(err["msg"]).removeprefix("Value error, ")
-        details.append({"field": field, "message": msg})
-    first = details[0] if details else {"field": "body", "message": "invalid"}
-    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-    return ApiError(422, f"{first['field']}: {first['message']}{more}", details=details)
+        detail: dict[str, Any] = {"field": field, "message": msg}
+        suggestion = getattr(err.get("ctx", {}).get("error"), "suggestion", None)
+        if suggestions and suggestion:
+            detail["suggestion"] = suggestion
+        details.append(detail)
+    return unprocessable(details)
+
+
+def unresolved(problems: Sequence[ReferenceProblem]) -> ApiError:
+    """A 422 naming every reference of a policy or group that does not resolve."""
+    details = []
+    for problem in problems:
+        detail: dict[str, Any] = {"field": problem.field, "message": problem.message}
+        if problem.suggestion:
+            detail["suggestion"] = problem.suggestion
+        details.append(detail)
+    return unprocessable(details)
+
+
+def no_policy_names(requested: Sequence[str], exc: UnknownDataClassError) -> ApiError:
+    """A 422 naming, field by field, every requested data class that no policy names.
+
+    Each message is the residency engine's own (`UnknownDataClassError`) for that one
+    class, so a deploy, an evaluation and a verdict's reason word the rule alike.
+    """
+    details = []
+    for i, data_class in enumerate(requested):
+        if data_class not in exc.data_classes:
+            continue
+        suggestion = exc.suggestions.get(data_class)
+        hint = {data_class: suggestion} if suggestion else {}
+        detail: dict[str, Any] = {
+            "field": f"data_classes.{i}",
+            "message": str(UnknownDataClassError([data_class], hint)),
+        }
+        if suggestion:
+            detail["suggestion"] = suggestion
+        details.append(detail)
+    return unprocessable(details)
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from federation.api.auth import require, require_region
 from federation.api.body import if_match, json_response, path_name, read_model
 from federation.api.context import CONFIG, STORE
-from federation.api.errors import ApiError
+from federation.api.errors import ApiError, not_found
 from federation.model.region import Cordon, Heartbeat, RegionCreate, RegionRecord, RegionView
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
 from federation.store import AlreadyExists, Op, keys
@@ -32,10 +32,6 @@ class CordonRequest(BaseModel):
 
 def _view(view: RegionView) -> dict[str, object]:
     return view.model_dump(mode="json")
-
-
-def _not_found(name: str) -> ApiError:
-    return ApiError(404, f"region {name!r} not found")
 
 
 def _region_token(name: str) -> tuple[str, str, TokenRecord]:
@@ -88,7 +84,7 @@ async def get_region(request: web.Request) -> web.Response:
     try:
         view = await store_regions.get_view(request.app[STORE], name)
     except store_regions.RegionNotFound:
-        raise _not_found(name) from None
+        raise not_found("region", name) from None
     return json_response(_view(view), revision=view.revision)
 
 
@@ -99,7 +95,7 @@ async def delete_region(request: web.Request) -> web.Response:
     try:
         await store_regions.delete(request.app[STORE], name, revision=if_match(request))
     except store_regions.RegionNotFound:
-        raise _not_found(name) from None
+        raise not_found("region", name) from None
     return json_response({"name": name, "deleted": True})
 
 
@@ -113,7 +109,7 @@ async def _set_cordon(request: web.Request, cordon: bool) -> web.Response:
             request.app[STORE], name, value, revision=if_match(request)
         )
     except store_regions.RegionNotFound:
-        raise _not_found(name) from None
+        raise not_found("region", name) from None
     return json_response(_view(view), revision=view.revision)
 
 
@@ -136,7 +132,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     try:
         what = await store_regions.heartbeat(request.app[STORE], name, beat, ttl=ttl)
     except store_regions.RegionNotFound:
-        raise _not_found(name) from None
+        raise not_found("region", name) from None
     # The agent paces itself from this answer: three beats per TTL.
     return json_response({"region": name, "result": what, "ttl_s": ttl, "interval_s": ttl / 3})
 
@@ -149,7 +145,7 @@ async def rotate_region_token(request: web.Request) -> web.Response:
     store = request.app[STORE]
     entry = await store.get(keys.region(name))
     if entry is None:
-        raise _not_found(name)
+        raise not_found("region", name)
     old_entries = await store_tokens.of_region(store, name)
     old = [t.key for t in old_entries]
     secret, digest, token = _region_token(name)

@@ -10,22 +10,24 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from federation.api import views
 from federation.api.auth import require, require_region
 from federation.api.body import (
     encode_json,
     if_match,
     json_response,
     path_name,
-    read_document,
     read_model,
+    read_named,
 )
 from federation.api.context import CONFIG, CONTROLLER, STORE, synced
-from federation.api.errors import ApiError, from_validation
+from federation.api.errors import from_validation, no_policy_names, not_found
+from federation.model.errors import UnknownDataClassError
 from federation.model.service import RegionReport, ServiceSpec
 from federation.model.status import survivability
 from federation.model.token import Role
 from federation.planning.plan import plan
-from federation.residency.evaluate import PUBLIC, unknown_data_classes
+from federation.residency.evaluate import check_data_classes, unknown_data_classes
 from federation.store import keys
 from federation.store import policies as store_policies
 from federation.store import services as store_services
@@ -34,20 +36,8 @@ from federation.store.world import capacity_used, world_of
 routes = web.RouteTableDef()
 
 
-def _not_found(name: str) -> ApiError:
-    return ApiError(404, f"service {name!r} not found")
-
-
 async def _read_spec(request: web.Request, name: str) -> ServiceSpec:
-    data = await read_document(request)
-    if not isinstance(data, dict):
-        raise ApiError(422, "body: must be an object", details=[{"field": "body"}])
-    if data.setdefault("name", name) != name:
-        raise ApiError(
-            422,
-            f"name: must match the path ({name!r})",
-            details=[{"field": "name", "message": "must match the path"}],
-        )
+    data = await read_named(request, name)
     try:
         return ServiceSpec.model_validate(data)
     except ValidationError as exc:
@@ -66,16 +56,10 @@ async def put_service(request: web.Request) -> web.Response:
     if unknown:
         # The mirror may not have a policy another replica wrote a moment ago: refuse
         # only on what etcd itself says.
-        unknown = unknown_data_classes(spec.data_classes, await store_policies.policies(store))
-    if unknown:
-        details = [
-            {
-                "field": f"data_classes.{spec.data_classes.index(c)}",
-                "message": f"no policy names data class {c!r} (only {PUBLIC!r} needs none)",
-            }
-            for c in unknown
-        ]
-        raise ApiError(422, f"{details[0]['field']}: {details[0]['message']}", details=details)
+        try:
+            check_data_classes(spec.data_classes, await store_policies.policies(store))
+        except UnknownDataClassError as exc:
+            raise no_policy_names(spec.data_classes, exc) from None
     record, revision, created, changed = await store_services.apply(
         store, spec, if_match=if_match(request), mirror=mirror
     )
@@ -83,7 +67,7 @@ async def put_service(request: web.Request) -> web.Response:
         mirror.prime(keys.SERVICES, name, revision, record)
         request.app[CONTROLLER].poke()
     # Answered from the write itself: no need to wait for the mirror to see it.
-    found = store_services.view_in(mirror, name, record, revision)
+    found = views.service_in(mirror, name, record, revision)
     return json_response(found, status=201 if created else 200, revision=found["revision"])
 
 
@@ -100,18 +84,18 @@ async def list_services(request: web.Request) -> web.StreamResponse:
     names = sorted(mirror.tails(keys.SERVICES))
     if len(names) <= LIST_CHUNK:
         # Parsing is CPU-bound: off the loop, so other requests go on.
-        views = await asyncio.to_thread(store_services.views_of, mirror, names)
-        return json_response({"items": views, "revision": revision})
+        items = await asyncio.to_thread(views.services_of, mirror, names)
+        return json_response({"items": items, "revision": revision})
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await response.prepare(request)
     await response.write(b'{"items":[')
     separator = b""
     for start in range(0, len(names), LIST_CHUNK):
-        views = await asyncio.to_thread(
-            store_services.views_of, mirror, names[start : start + LIST_CHUNK]
+        items = await asyncio.to_thread(
+            views.services_of, mirror, names[start : start + LIST_CHUNK]
         )
-        if views:  # a piece can come out empty: its services were deleted meanwhile
-            await response.write(separator + b",".join(map(encode_json, views)))
+        if items:  # a piece can come out empty: its services were deleted meanwhile
+            await response.write(separator + b",".join(map(encode_json, items)))
             separator = b","
     await response.write(f'],"revision":{revision}}}'.encode())
     await response.write_eof()
@@ -124,9 +108,9 @@ async def get_service(request: web.Request) -> web.Response:
     await require(request, Role.VIEWER)
     mirror = await synced(request)
     try:
-        found = store_services.view_of(mirror, name)
+        found = views.service_of(mirror, name)
     except store_services.ServiceNotFound:
-        raise _not_found(name) from None
+        raise not_found("service", name) from None
     return json_response(found, revision=found["revision"])
 
 
@@ -137,7 +121,7 @@ async def delete_service(request: web.Request) -> web.Response:
     try:
         await store_services.delete(request.app[STORE], name, if_match=if_match(request))
     except store_services.ServiceNotFound:
-        raise _not_found(name) from None
+        raise not_found("service", name) from None
     request.app[CONTROLLER].poke()
     return json_response({"name": name, "deleted": True})
 
@@ -150,7 +134,7 @@ async def rebalance(request: web.Request) -> web.Response:
     try:
         await store_services.request_rebalance(request.app[STORE], name)
     except store_services.ServiceNotFound:
-        raise _not_found(name) from None
+        raise not_found("service", name) from None
     request.app[CONTROLLER].poke()
     return json_response({"name": name, "rebalance": "requested"}, status=202)
 
@@ -162,14 +146,14 @@ async def explain(request: web.Request) -> web.Response:
     await require(request, Role.VIEWER)
     mirror = await synced(request)
     if not mirror.has(keys.SERVICES, name):
-        raise _not_found(name)
+        raise not_found("service", name)
     # This service against every other one's capacity, from the mirror: no read and
     # no parse of the whole world, whatever its size.
     residency = store_policies.snapshot_of(mirror)
     world = await asyncio.to_thread(world_of, mirror, [name], residency)
     used = await asyncio.to_thread(capacity_used, mirror)
     if name not in world.services:
-        raise _not_found(name)
+        raise not_found("service", name)
     now = datetime.now(UTC)
     plans = plan(world, now, region_ttl=request.app[CONFIG].region_ttl, used=used)
     p = plans[name]
@@ -221,6 +205,6 @@ async def put_region_status(request: web.Request) -> web.Response:
     try:
         revision = await store_services.put_report(request.app[STORE], name, report)
     except LookupError:
-        raise ApiError(404, f"region {name!r} not found") from None
+        raise not_found("region", name) from None
     request.app[CONTROLLER].poke()
     return json_response({"region": name, "instances": len(report.instances)}, revision=revision)

@@ -1,20 +1,14 @@
-"""Services in etcd: the operator's spec (with its generation) and what hangs off it."""
+"""Services in etcd: the operator's spec (with its generation) and what hangs off it.
+
+Reads and writes only: how a service is shown, with its status, is `federation.api.views`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
-from federation.model.service import (
-    Assignment,
-    PlacementRecord,
-    RegionReport,
-    ServiceRecord,
-    ServiceSpec,
-)
-from federation.model.status import service_status
+from federation.model.service import PlacementRecord, RegionReport, ServiceRecord, ServiceSpec
 from federation.store import keys
 from federation.store.audit import Change
 from federation.store.errors import Conflict
@@ -124,62 +118,6 @@ async def request_rebalance(store: Store, name: str) -> None:
     )
     if not ok:
         raise ServiceNotFound(name)
-
-
-def view(
-    record: ServiceRecord,
-    revision: int,
-    placement: PlacementRecord | None,
-    assignments: dict[str, Assignment],
-    reports: dict[str, RegionReport],
-    alive: set[str],
-) -> dict[str, Any]:
-    """A service as the API shows it: spec fields, generation, status, revision."""
-    return {
-        **record.spec.model_dump(mode="json"),
-        "generation": record.generation,
-        "created_at": record.created_at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
-        "status": service_status(record, placement, assignments, reports, alive),
-        "revision": revision,
-    }
-
-
-def view_of(mirror: Mirror, name: str) -> dict[str, Any]:
-    """One service with its status, as the (synced) mirror holds it."""
-    found = mirror.get(keys.SERVICES, name, ServiceRecord)
-    if found is None:
-        raise ServiceNotFound(name)
-    return view_in(mirror, name, *found)
-
-
-def views_of(mirror: Mirror, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Every service (or those of `names`) with its status, as the mirror holds it
-    (parses each one: call it in a worker thread for many)."""
-    found = []
-    for name in sorted(mirror.tails(keys.SERVICES)) if names is None else names:
-        service = mirror.get(keys.SERVICES, name, ServiceRecord)
-        if service is not None:
-            found.append(view_in(mirror, name, *service))
-    return found
-
-
-def view_in(mirror: Mirror, name: str, record: ServiceRecord, revision: int) -> dict[str, Any]:
-    """`record` (at `revision`) with its status from what the mirror holds."""
-    got = mirror.get(keys.PLACEMENTS, name, PlacementRecord)
-    placement = got[0] if got is not None else None
-    assignments: dict[str, Assignment] = {}
-    reports: dict[str, RegionReport] = {}
-    if placement is not None:
-        for region in sorted(set(placement.regions) | set(placement.draining)):
-            held = mirror.get(keys.ASSIGNMENTS, f"{region}/{name}", Assignment)
-            if held is not None:
-                assignments[region] = held[0]
-            report = mirror.get(keys.REPORTS, region, RegionReport)
-            if report is not None:
-                reports[region] = report[0]
-    alive = set(mirror.tails(keys.ALIVE))
-    return view(record, revision, placement, assignments, reports, alive)
 
 
 async def put_report(store: Store, region: str, report: RegionReport) -> int:
