@@ -1,4 +1,4 @@
-"""Residency routes: policies, admin-defined groups, and evaluation (DESIGN sections 4, 5, 8).
+"""Residency routes: policies, admin-defined groups, and evaluation (docs/residency.md).
 
 Policies and groups share one implementation (`federation.api.policies`); this module
 binds their routes, and answers `POST /v1/residency/evaluate`: every registered region's

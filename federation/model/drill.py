@@ -1,4 +1,4 @@
-"""Failover drills (DESIGN section 7): the request, the what-if plan, the live record.
+"""Failover drills (docs/drills.md): the request, the what-if plan, the live record.
 
 A live drill is one etcd value (`drills/{id}`): its request, the plan it started
 from, and everything measured so far, so any leader can pick it up and the report

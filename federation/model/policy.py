@@ -1,4 +1,4 @@
-"""Residency policies and admin-defined groups (DESIGN sections 4 and 5).
+"""Residency policies and admin-defined groups (docs/residency.md).
 
 Static validation lives here so that an API answers a 422 naming the field (`allow.0`):
 country codes (with a suggestion), group reference syntax, mandatory exemption expiry.

@@ -1,4 +1,4 @@
-"""Evaluation: which regions may hold a service's data, and why (DESIGN section 5).
+"""Evaluation: which regions may hold a service's data, and why (docs/residency.md).
 
 Data flow: (data classes, service, regions, policies, groups, now) -> bound policies ->
 each policy's references resolved at `now` -> a verdict per region with the reasons a

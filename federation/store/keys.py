@@ -8,7 +8,7 @@ HEARTBEATS = "heartbeats/"  # heartbeats/{name} -> HeartbeatRecord (outlives the
 TOKENS = "tokens/"  # tokens/{sha256 of secret} -> TokenRecord
 BOOTSTRAP = "bootstrap"  # present once the first admin token has been made
 LEADER = "leader"  # identity of the controller leader, on its lease
-POLICIES = "policies/"  # policies/{name} -> Policy (residency, DESIGN section 4)
+POLICIES = "policies/"  # policies/{name} -> Policy (docs/residency.md)
 GROUPS = "groups/"  # groups/{name} -> Group (admin-defined; built-in groups are never stored)
 # Bumped in the same txn as every policy or group write, and compared by each of them:
 # checks that read all policies and groups (references, cycles) stay true when applied.
