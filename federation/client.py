@@ -1,4 +1,12 @@
-"""A small async client for the federation HTTP API, used by the CLI and the agent."""
+"""The client of the federation HTTP API, used by the CLI and the region agent.
+
+`ApiClient` holds one aiohttp session for its life and fails over between servers.
+Every endpoint is a typed method that names what it does (`regions()`,
+`cordon(name, reason)`, `put_service(name, body)`) and is one call of `request` (or
+`stream` for a watch): callers never spell a path. Answers are the decoded JSON
+objects the API documents (`/v1/openapi.json`); any error, including no answer at
+all, is an `ApiError` carrying the API's error code and message.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,11 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiohttp
+
+Json: TypeAlias = dict[str, Any]
 
 
 class ApiError(Exception):
@@ -38,7 +48,9 @@ def tls_context(
 
 
 class ApiClient:
-    """One aiohttp session for the life of the client; bearer token on every call."""
+    """One aiohttp session for the life of the client; bearer token on every call.
+
+    `request` and `stream` are the transport; the methods after them are the API."""
 
     def __init__(
         self,
@@ -160,3 +172,179 @@ class ApiClient:
             raise ApiError(0, "unreachable", f"{where}: {exc or type(exc).__name__}") from exc
         except json.JSONDecodeError as exc:
             raise ApiError(0, "bad_response", f"{self.url}{path}: not JSON") from exc
+
+    async def _call(self, method: str, path: str, *, body: Json | None = None) -> Json:
+        """`request` for an endpoint of the API, every one of which answers an object."""
+        answer = await self.request(method, path, body=body)
+        if not isinstance(answer, dict):
+            raise ApiError(0, "bad_response", f"{self.url}{path}: not a JSON object")
+        return answer
+
+    # -- regions ----------------------------------------------------------------------
+
+    async def regions(self) -> Json:
+        return await self._call("GET", "/v1/regions")
+
+    async def region(self, name: str) -> Json:
+        return await self._call("GET", f"/v1/regions/{name}")
+
+    async def register_region(
+        self,
+        name: str,
+        *,
+        country: str,
+        labels: dict[str, str] | None = None,
+        endpoint: str | None = None,
+    ) -> Json:
+        """Register a region; the answer holds the region and its token (shown once)."""
+        body: Json = {"name": name, "country": country, "labels": labels or {}}
+        if endpoint:
+            body["endpoint"] = endpoint
+        return await self._call("POST", "/v1/regions", body=body)
+
+    async def cordon(self, name: str, reason: str = "") -> Json:
+        return await self._call("POST", f"/v1/regions/{name}/cordon", body={"reason": reason})
+
+    async def uncordon(self, name: str) -> Json:
+        return await self._call("POST", f"/v1/regions/{name}/uncordon")
+
+    # -- what a region agent calls (with its region token) ----------------------------
+
+    async def heartbeat(self, region: str, *, capacity: Json, allocated: Json) -> Json:
+        """Keep `region` alive; the answer says at what pace (`interval_s`, `ttl_s`)."""
+        body = {"capacity": capacity, "allocated": allocated}
+        return await self._call("POST", f"/v1/regions/{region}/heartbeat", body=body)
+
+    async def assignments(self, region: str) -> Json:
+        """Every assignment of `region`, and the etcd revision to watch from."""
+        return await self._call("GET", f"/v1/regions/{region}/assignments")
+
+    def watch_assignments(
+        self, region: str, *, since: int, idle_timeout: float
+    ) -> AsyncIterator[Json]:
+        """Changes to `region`'s assignments after revision `since`, one line each."""
+        path = f"/v1/regions/{region}/assignments?watch=true&since={since}"
+        return self.stream(path, idle_timeout=idle_timeout)
+
+    async def report_status(self, region: str, instances: list[Json]) -> Json:
+        body = {"instances": instances}
+        return await self._call("PUT", f"/v1/regions/{region}/status", body=body)
+
+    # -- residency --------------------------------------------------------------------
+
+    async def policies(self) -> Json:
+        return await self._call("GET", "/v1/policies")
+
+    async def put_policy(self, name: str, body: Json, *, dry_run: bool = False) -> Json:
+        """Create or update a policy; with `dry_run` only validate it (and warn)."""
+        path = f"/v1/policies/{name}" + ("?dry_run=true" if dry_run else "")
+        return await self._call("PUT", path, body=body)
+
+    async def delete_policy(self, name: str) -> Json:
+        return await self._call("DELETE", f"/v1/policies/{name}")
+
+    async def groups(self) -> Json:
+        return await self._call("GET", "/v1/groups")
+
+    async def put_group(self, name: str, body: Json, *, dry_run: bool = False) -> Json:
+        """Create or update a jurisdiction group; with `dry_run` only validate it."""
+        path = f"/v1/groups/{name}" + ("?dry_run=true" if dry_run else "")
+        return await self._call("PUT", path, body=body)
+
+    async def evaluate(
+        self, data_classes: list[str], *, service: str | None = None, at: str | None = None
+    ) -> Json:
+        """Every region's verdict for data of these classes (none: public), and why;
+        with `service`, its exemptions apply; with `at`, as of that instant."""
+        body: Json = {"data_classes": data_classes}
+        if service:
+            body["service"] = service
+        if at:
+            body["at"] = at
+        return await self._call("POST", "/v1/residency/evaluate", body=body)
+
+    # -- services ---------------------------------------------------------------------
+
+    async def services(self) -> Json:
+        return await self._call("GET", "/v1/services")
+
+    async def service(self, name: str) -> Json:
+        return await self._call("GET", f"/v1/services/{name}")
+
+    async def put_service(self, name: str, body: Json) -> Json:
+        """Create or update a service; the answer holds its new `generation`."""
+        return await self._call("PUT", f"/v1/services/{name}", body=body)
+
+    async def explain(self, name: str) -> Json:
+        """Every region, chosen or rejected for service `name`, and why."""
+        return await self._call("GET", f"/v1/services/{name}/explain")
+
+    # -- drills -----------------------------------------------------------------------
+
+    async def plan_drill(self, regions: list[str]) -> Json:
+        """What losing `regions` would do to every service in them; changes nothing."""
+        body = {"regions": regions, "mode": "plan"}
+        return await self._call("POST", "/v1/drills", body=body)
+
+    async def start_drill(
+        self,
+        regions: list[str],
+        *,
+        force: bool,
+        failback: bool,
+        max_duration_s: float,
+        abort_on_unrecoverable: int,
+    ) -> Json:
+        """Start a live drill: the server cordons `regions` and follows the recovery."""
+        body = {
+            "regions": regions,
+            "mode": "live",
+            "force": force,
+            "failback": failback,
+            "max_duration_s": max_duration_s,
+            "abort_on": {"unrecoverable": abort_on_unrecoverable},
+        }
+        return await self._call("POST", "/v1/drills", body=body)
+
+    async def drills(self) -> Json:
+        return await self._call("GET", "/v1/drills")
+
+    async def drill(self, drill_id: str) -> Json:
+        return await self._call("GET", f"/v1/drills/{drill_id}")
+
+    async def abort_drill(self, drill_id: str, reason: str = "") -> Json:
+        """Abort a live drill; its regions are uncordoned at once."""
+        path = f"/v1/drills/{drill_id}/abort"
+        return await self._call("POST", path, body={"reason": reason})
+
+    # -- tokens and audit -------------------------------------------------------------
+
+    async def create_token(
+        self,
+        *,
+        role: str,
+        region: str | None = None,
+        ttl_s: int | None = None,
+        description: str = "",
+    ) -> Json:
+        """Make a token; the answer holds its secret (`token`), never shown again."""
+        body: Json = {"role": role, "description": description}
+        if region is not None:
+            body["region"] = region
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return await self._call("POST", "/v1/tokens", body=body)
+
+    async def tokens(self) -> Json:
+        return await self._call("GET", "/v1/tokens")
+
+    async def revoke_token(self, token_id: str) -> Json:
+        return await self._call("DELETE", f"/v1/tokens/{token_id}")
+
+    async def audit(self, *, since: int = 0) -> Json:
+        """Audit entries after sequence number `since`, oldest first."""
+        return await self._call("GET", f"/v1/audit?since={since}")
+
+    async def audit_verify(self) -> Json:
+        """Check the audit hash chain; the answer names the first entry that fails."""
+        return await self._call("GET", "/v1/audit/verify")

@@ -35,8 +35,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from federation.agent.drivers import Desired, Driver
-from federation.agent.drivers.process import ProcessDriver
+from federation.agent.drivers import DRIVERS, Desired, Driver
 from federation.agent.tracing import ApplyTracer
 from federation.client import ApiClient, ApiError, tls_context
 from federation.model.service import Assignment
@@ -57,6 +56,7 @@ class AgentConfig:
     memory_mb: int
     state_dir: Path
     keep_instances: bool = False
+    driver: str = "process"  # a name in DRIVERS
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
@@ -99,7 +99,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, driver: Driver | None = None) -> None:
         self.config = config
-        self.driver: Driver = driver or ProcessDriver(
+        self.driver: Driver = driver or DRIVERS[config.driver](
             region=config.region, state_dir=config.state_dir
         )
         self.desired: dict[str, Desired] = {}
@@ -164,14 +164,12 @@ class Agent:
                 d.assignment.replicas * d.assignment.runtime.resources.memory_mb
                 for d in self.desired.values()
             )
-            body = {
-                "capacity": {"cpu": self.config.cpu, "memory_mb": self.config.memory_mb},
-                "allocated": {"cpu": allocated_cpu, "memory_mb": allocated_mem},
-            }
             async for attempt in _retrying("heartbeat", max_wait=1.0):
                 with attempt:
-                    answer = await client.request(
-                        "POST", f"/v1/regions/{self.config.region}/heartbeat", body=body
+                    answer = await client.heartbeat(
+                        self.config.region,
+                        capacity={"cpu": self.config.cpu, "memory_mb": self.config.memory_mb},
+                        allocated={"cpu": allocated_cpu, "memory_mb": allocated_mem},
                     )
             self._contact()
             self.interval = float(answer.get("interval_s", self.interval))
@@ -187,9 +185,7 @@ class Agent:
     async def _list(self, client: ApiClient) -> tuple[dict[str, Desired], int]:
         async for attempt in _retrying("list assignments"):
             with attempt:
-                answer = await client.request(
-                    "GET", f"/v1/regions/{self.config.region}/assignments"
-                )
+                answer = await client.assignments(self.config.region)
         self._contact()
         desired = {}
         for item in answer["items"]:
@@ -217,10 +213,11 @@ class Agent:
         await self._apply()
         failures = 0
         while True:
-            path = f"/v1/regions/{self.config.region}/assignments?watch=true&since={revision}"
             relist = False
             try:
-                async for line in client.stream(path, idle_timeout=WATCH_IDLE_S):
+                async for line in client.watch_assignments(
+                    self.config.region, since=revision, idle_timeout=WATCH_IDLE_S
+                ):
                     # Lines buffered while the agent was cut off are history, not news.
                     if self._contact() or self._stale:
                         relist = True
@@ -270,11 +267,7 @@ class Agent:
                 continue
             async for attempt in _retrying("status report"):
                 with attempt:
-                    await client.request(
-                        "PUT",
-                        f"/v1/regions/{self.config.region}/status",
-                        body={"instances": current},
-                    )
+                    await client.report_status(self.config.region, current)
             self._contact()
             last, last_sent = current, time.monotonic()
 

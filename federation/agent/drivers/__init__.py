@@ -10,15 +10,22 @@ follow the process driver:
 - `fence(services)`: stop these services' instances now, and start none of them
   until `unfence()` (singleton fencing).
 - `close(stop_instances)`: stop monitoring; with `stop_instances`, stop them too.
+
+`DRIVERS` names every driver an agent can run (`federation agent --driver NAME`);
+a new driver is one more entry there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from federation.model.service import Assignment, InstanceReport
+if TYPE_CHECKING:
+    # Types only: the CLI reads DRIVERS for its --driver choices, and need not load
+    # the model (pydantic) to list them.
+    from federation.model.service import Assignment, InstanceReport
 
 
 @dataclass(frozen=True)
@@ -43,3 +50,20 @@ class Driver(Protocol):
     def unfence(self) -> None: ...
 
     async def close(self, *, stop_instances: bool) -> None: ...
+
+
+class DriverFactory(Protocol):
+    """Builds the driver of an agent speaking for `region`, which keeps what it must
+    remember across restarts (which instances it started) in `state_dir`."""
+
+    def __call__(self, *, region: str, state_dir: Path) -> Driver: ...
+
+
+def _process(*, region: str, state_dir: Path) -> Driver:
+    from federation.agent.drivers.process import ProcessDriver
+
+    return ProcessDriver(region=region, state_dir=state_dir)
+
+
+# Factories import their driver when called, so listing the names loads none of them.
+DRIVERS: Mapping[str, DriverFactory] = {"process": _process}

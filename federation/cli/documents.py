@@ -1,0 +1,112 @@
+"""The YAML files the CLI applies: what each document is, and in which order to send it.
+
+`policy apply` takes files of policies and groups mixed, several documents each:
+`load_documents` tells each one apart (`kind:`, else by its fields) and keeps going
+past a bad one, collecting its error; `apply_order` sends groups before the
+policies that may name them, and a group after the groups of the same batch it
+includes, so one apply of a consistent set never trips on its own references.
+`deploy` takes files of services: `load_services`. Nothing here talks to the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document of `policy apply`: a policy or a group, and where it came from."""
+
+    source: str
+    kind: str  # "policy" or "group"
+    name: str
+    body: dict[str, Any]
+
+
+def classify(source: str, doc: Any) -> Document:
+    """Tell a policy from a group: `kind:` if given, else `data_classes` or `countries`."""
+    if not isinstance(doc, dict):
+        raise ValueError("a document must be a mapping (a policy or a group)")
+    body = dict(doc)
+    kind = body.pop("kind", None)
+    if kind is not None:
+        kind = str(kind).lower()
+        if kind not in ("policy", "group"):
+            raise ValueError(f"kind: must be 'policy' or 'group', not {kind!r}")
+    elif "data_classes" in body:
+        kind = "policy"
+    elif "countries" in body:
+        kind = "group"
+    else:
+        raise ValueError(
+            "cannot tell a policy (data_classes) from a group (countries); add kind: policy|group"
+        )
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("name: required")
+    return Document(source, kind, name, body)
+
+
+def load_documents(paths: tuple[Path, ...]) -> tuple[list[Document], list[str]]:
+    """Every document of every file, and the errors that kept some from loading."""
+    import yaml
+
+    docs: list[Document] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            loaded = list(yaml.safe_load_all(path.read_text()))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            errors.append(f"{path}: {exc}")
+            continue
+        for i, doc in enumerate(loaded, start=1):
+            if doc is None:  # an empty document, e.g. after a trailing `---`
+                continue
+            source = f"{path}#{i}" if len(loaded) > 1 else str(path)
+            try:
+                docs.append(classify(source, doc))
+            except ValueError as exc:
+                errors.append(f"{source}: {exc}")
+    return docs, errors
+
+
+def apply_order(docs: list[Document]) -> list[Document]:
+    """Groups before policies, and a group after the groups of this batch it includes."""
+    groups = {d.name: d for d in docs if d.kind == "group"}
+    ordered: list[Document] = []
+    placed: set[str] = set()
+
+    def visit(name: str, seen: tuple[str, ...]) -> None:
+        if name in placed or name in seen:  # a cycle: the server names it (422)
+            return
+        doc = groups[name]
+        for entry in doc.body.get("countries") or []:
+            ref = entry.removeprefix("group:") if isinstance(entry, str) else None
+            if ref in groups and ref != entry:
+                visit(ref, (*seen, name))
+        placed.add(name)
+        ordered.append(doc)
+
+    for name in groups:
+        visit(name, ())
+    return ordered + [d for d in docs if d.kind == "policy"]
+
+
+def load_services(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
+    """Every service spec of every file, in order; ValueError naming the file for the
+    first that is not YAML or has no name (then a deploy sends nothing)."""
+    import yaml
+
+    specs: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        for doc in docs:
+            if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+                raise ValueError(f"{path}: a service needs a name")
+            specs.append(doc)
+    return specs

@@ -1,0 +1,61 @@
+"""`federation agent --driver`: the choices are the drivers that exist, and the choice
+reaches the agent, which builds that driver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from federation.agent import loop
+from federation.agent.drivers import DRIVERS
+from federation.agent.drivers.process import ProcessDriver
+from federation.cli import main
+
+AGENT = ["agent", "--server", "http://127.0.0.1:1", "--region", "eu-de-1", "--token", "t"]
+
+
+def test_an_unknown_driver_is_refused_with_the_choices_named() -> None:
+    result = CliRunner().invoke(main, [*AGENT, "--driver", "kubernetes"])
+    assert result.exit_code == 2  # a usage error: nothing started
+    assert "Invalid value for '--driver'" in result.output
+    assert "'kubernetes'" in result.output
+    for name in DRIVERS:
+        assert f"'{name}'" in result.output
+
+
+def test_the_chosen_driver_reaches_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[loop.AgentConfig] = []
+
+    class Agent:
+        def __init__(self, config: loop.AgentConfig) -> None:
+            seen.append(config)
+
+        async def run(self) -> None:
+            return None
+
+    monkeypatch.setattr(loop, "Agent", Agent)
+    args = [*AGENT, "--driver", "process", "--state-dir", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "(driver process)" in result.output
+    assert [c.driver for c in seen] == ["process"]
+
+
+def test_the_agent_builds_the_driver_it_is_configured_with(tmp_path: Path) -> None:
+    config = loop.AgentConfig(
+        server="http://127.0.0.1:1",
+        region="eu-de-1",
+        token="t",
+        cpu=1.0,
+        memory_mb=256,
+        state_dir=tmp_path,
+        driver="process",
+    )
+    driver = loop.Agent(config).driver
+    assert isinstance(driver, ProcessDriver)
+    assert driver.region == "eu-de-1"
+    assert driver.state_dir == tmp_path
