@@ -137,4 +137,8 @@ def backup(file: Path, etcd: str) -> None:
     except StoreUnavailable as exc:
         err_console.print(f"[red]backup failed[/red]: {escape(str(exc))}")
         raise SystemExit(1) from None
+    except OSError as exc:
+        where = exc.filename or file
+        err_console.print(f"[red]backup failed[/red]: {escape(str(where))}: {exc.strerror}")
+        raise SystemExit(1) from None
     console.print(f"snapshot written to {file} ({size} bytes)")

@@ -6,7 +6,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,12 @@ import trustme
 
 from federation.model.token import new_secret
 from federation.processes.children import free_port, with_parent_death
+from federation.processes.commands import (
+    ADMIN_TOKEN_ENV,
+    REGION_TOKEN_ENV,
+    agent_command,
+    serve_command,
+)
 from federation.processes.local_etcd import LocalEtcd
 from tests.conftest import ServerProcess
 
@@ -41,23 +46,20 @@ def tls_server(
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
             with_parent_death(
-                [
-                    sys.executable,
-                    "-m",
-                    "federation",
-                    "serve",
-                    f"--etcd={etcd.endpoint}",
-                    f"--prefix={prefix}",
-                    f"--port={port}",
-                    "--region-ttl=2",
-                    "--election-ttl=2",
-                    f"--tls-cert={cert_file}",
-                    f"--tls-key={key_file}",
-                ]
+                serve_command(
+                    etcd=[etcd.endpoint],
+                    port=port,
+                    identity="tls",
+                    prefix=prefix,
+                    region_ttl=2,
+                    election_ttl=2,
+                    tls_cert=cert_file,
+                    tls_key=key_file,
+                )
             ),
             stdout=fh,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "FEDERATION_ADMIN_TOKEN": admin},
+            env={**os.environ, ADMIN_TOKEN_ENV: admin},
             start_new_session=True,
         )
     server = ServerProcess(proc, f"https://127.0.0.1:{port}", "tls", log)
@@ -110,20 +112,13 @@ def test_an_agent_checks_the_servers_certificate(
     def agent(ca: Path, name: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             with_parent_death(
-                [
-                    sys.executable,
-                    "-m",
-                    "federation",
-                    "agent",
-                    f"--server={server.url}",
-                    "--region=eu-de-1",
-                    f"--state-dir={tmp_path / name}",
-                    f"--ca={ca}",
-                ]
+                agent_command(
+                    servers=[server.url], region="eu-de-1", state_dir=tmp_path / name, ca=ca
+                )
             ),
             stdout=open(tmp_path / f"{name}.log", "wb"),
             stderr=subprocess.STDOUT,
-            env={**os.environ, "FEDERATION_REGION_TOKEN": token},
+            env={**os.environ, REGION_TOKEN_ENV: token},
             start_new_session=True,
         )
 

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from federation.api.app import create_app
 from federation.processes.children import free_port
+from federation.processes.commands import federation_command
 from federation.processes.local_etcd import LocalEtcd, restore_snapshot
 from tests.conftest import Api, server_config
 
@@ -80,3 +81,19 @@ async def test_backup_then_restore_into_a_fresh_etcd(
             await server.close()
     finally:
         fresh.stop()
+
+
+async def test_a_backup_to_a_missing_directory_says_so_without_a_traceback(
+    etcd: LocalEtcd, tmp_path: Path
+) -> None:
+    target = tmp_path / "no-such-dir" / "federation.snap"
+    proc = await asyncio.create_subprocess_exec(
+        *federation_command("backup", str(target), f"--etcd={etcd.endpoint}"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "backup failed" in err.decode() and str(target.parent) in err.decode()
+    assert "Traceback" not in err.decode()
+    assert not target.parent.exists()
