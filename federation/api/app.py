@@ -97,7 +97,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         middlewares=[error_middleware, confirm_middleware], client_max_size=config.max_body_bytes
     )
     app[CONFIG] = config
-    app[TASKS] = Tasks(logger=log)
+    app[TASKS] = Tasks()
     app.add_routes(system.routes)
     app.add_routes(regions.routes)
     app.add_routes(tokens.routes)

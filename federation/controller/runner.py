@@ -180,7 +180,6 @@ class Controller:
                         await self.election.changed.wait()
                 continue
             self._dirty.clear()
-            busy = False
             try:
                 sentence = await self.reconcile()
             except StoreError as exc:
