@@ -1,4 +1,19 @@
-"""The aiohttp application factory: routes, middleware, and the resources they share."""
+"""The aiohttp application factory: routes, middleware, and the server's composition.
+
+The server's parts start in the order of `create_app`'s `cleanup_ctx` steps and stop
+in the reverse order (aiohttp runs each step's teardown only if its start finished):
+
+    tasks       the task group every long-lived task is started in, by name
+    store       the etcd client, and the first admin token
+    mirror      the watched copy of the store (task `store mirror`)
+    election    the campaign for the leader key (task `election`)
+    controller  the reconcile loop (task `controller`)
+    drill_runner  live drills (task `drill runner`)
+
+So on SIGTERM: open assignment watches close first (on_shutdown), then the drill
+runner and the controller stop, the leader key is given up (a standby takes over at
+once), the mirror's watch ends and the store closes.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +38,21 @@ from federation.api import (
     tokens,
 )
 from federation.api.auth import confirm_middleware
-from federation.api.context import CONFIG, CONTROLLER, ELECTION, MIRROR, STORE, ServerConfig
+from federation.api.context import (
+    CONFIG,
+    CONTROLLER,
+    DRILLS,
+    ELECTION,
+    MIRROR,
+    STORE,
+    TASKS,
+    ServerConfig,
+)
 from federation.api.errors import error_middleware
 from federation.controller import Controller
+from federation.drills.runner import DrillRunner
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
+from federation.runtime import Tasks
 from federation.store import Store
 from federation.store import tokens as store_tokens
 from federation.store.election import LeaderElection
@@ -36,6 +62,9 @@ from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_NOTICE = "admin token (shown once, store it now): "
+# How long a stopping controller may take to finish the pass under way, before it is
+# cancelled (its writes are fenced transactions: a cancelled pass leaves no half).
+_CONTROLLER_GRACE_S = 1.0
 
 
 async def bootstrap_admin(store: Store, config: ServerConfig) -> str | None:
@@ -62,11 +91,13 @@ async def bootstrap_admin(store: Store, config: ServerConfig) -> str | None:
 
 
 def create_app(config: ServerConfig, *, announce: bool = True) -> web.Application:
-    """Build the API application; its cleanup context owns the store and the controller."""
+    """Build the API application. Its `cleanup_ctx` steps start the server's parts in
+    the order they are listed, and aiohttp stops them in the reverse order."""
     app = web.Application(
         middlewares=[error_middleware, confirm_middleware], client_max_size=config.max_body_bytes
     )
     app[CONFIG] = config
+    app[TASKS] = Tasks()
     app.add_routes(system.routes)
     app.add_routes(regions.routes)
     app.add_routes(tokens.routes)
@@ -77,14 +108,15 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(metrics.routes)
     app.add_routes(audit.routes)
     app.add_routes(openapi.routes)
-    app[assignments.STREAMS] = set()
     app.on_shutdown.append(assignments.close_streams)
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        # The controller plans in worker threads. With CPython's default 5 ms switch
-        # interval, a planning thread holds the GIL for 5 ms each time the event loop
-        # waits on I/O, so a request with a few etcd round trips queued for tens of ms.
-        sys.setswitchinterval(0.0005)
+    async def tasks(app: web.Application) -> AsyncIterator[None]:
+        """Last to stop: whatever long-lived task is still running then."""
+        yield
+        await app[TASKS].stop_all()
+
+    async def store(app: web.Application) -> AsyncIterator[None]:
+        """etcd, and the first admin token."""
         store = Store(
             list(config.etcd_endpoints),
             prefix=config.prefix,
@@ -96,25 +128,60 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         )
         await store.connect()
         app[STORE] = store
-        election = LeaderElection(store, identity=config.identity, ttl=config.election_ttl)
-        app[ELECTION] = election
-        secret = await bootstrap_admin(store, config)
-        if secret and announce:
-            # Printed, never logged: logs are shipped and kept; stdout is the operator's.
-            print(BOOTSTRAP_NOTICE + secret, flush=True)
-        # One watched copy of the services and regions, shared by the controller and
-        # the service reads (federation.store.mirror).
-        mirror = Mirror(store, MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED)
-        app[MIRROR] = mirror
-        controller = Controller(store, election, region_ttl=config.region_ttl, mirror=mirror)
-        app[CONTROLLER] = controller
-        await controller.start()
+        # MERGE(audit committer): start it here by name in app[TASKS], stop it before close.
         try:
+            secret = await bootstrap_admin(store, config)
+            if secret and announce:
+                # Printed, never logged: logs are shipped and kept; stdout is the operator's.
+                print(BOOTSTRAP_NOTICE + secret, flush=True)
             yield
         finally:
-            await controller.stop()
-            await mirror.stop()
             await store.close()
 
-    app.cleanup_ctx.append(resources)
+    async def mirror(app: web.Application) -> AsyncIterator[None]:
+        """One watched copy of the services and regions, shared by the controller and
+        the service reads (federation.store.mirror). Its first load is not awaited:
+        the first read or pass that needs it waits for it."""
+        mirror = Mirror(
+            app[STORE], MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED, tasks=app[TASKS]
+        )
+        app[MIRROR] = mirror
+        await mirror.start(wait=False)
+        yield
+        await mirror.stop()
+
+    async def election(app: web.Application) -> AsyncIterator[None]:
+        """Campaign for the leader key. Stopped right after the controller, before the
+        mirror, and the key is given up at once, so a standby takes over now."""
+        election = LeaderElection(app[STORE], identity=config.identity, ttl=config.election_ttl)
+        app[ELECTION] = election
+        app[TASKS].start("election", election.run)
+        yield
+        await app[TASKS].stop("election")
+        await election.resign()
+
+    async def controller(app: web.Application) -> AsyncIterator[None]:
+        """The reconcile loop (it acts while this replica leads). On stop, the pass
+        under way is written whole, for at most the grace period."""
+        # The controller plans in worker threads. With CPython's default 5 ms switch
+        # interval, a planning thread holds the GIL for 5 ms each time the event loop
+        # waits on I/O, so a request with a few etcd round trips queued for tens of ms.
+        sys.setswitchinterval(0.0005)
+        controller = Controller(
+            app[STORE], app[ELECTION], region_ttl=config.region_ttl, mirror=app[MIRROR]
+        )
+        app[CONTROLLER] = controller
+        app[TASKS].start("controller", controller.run, on_stop=controller.finish)
+        yield
+        await app[TASKS].stop("controller", grace=_CONTROLLER_GRACE_S)
+
+    async def drill_runner(app: web.Application) -> AsyncIterator[None]:
+        """Live drills, driven while this replica leads (federation.drills.runner)."""
+        runner = DrillRunner(app[STORE], app[ELECTION])
+        app[DRILLS] = runner
+        app[TASKS].start("drill runner", runner.run)
+        yield
+        await app[TASKS].stop("drill runner")
+
+    app.cleanup_ctx.extend([tasks, store, mirror, election, controller, drill_runner])
     return app

@@ -7,6 +7,11 @@ The watch sends one JSON object per line:
   but quiet stream from a dead one, and resume from a recent revision;
 - `{"type": "relist", "reason"}` when `since` is older than etcd's history (or the
   store stream broke): the agent lists again and watches from the new revision.
+
+Each open watch (its request's task and the task pumping etcd's stream) is tracked
+as `WATCHES` among the server's tasks, so that shutdown (`close_streams`, on_shutdown)
+ends them: an open stream would otherwise hold the server up, and the agents resume
+from their last revision through another replica.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from aiohttp import web
 
 from federation.api.auth import authenticate
 from federation.api.body import json_response, path_name
-from federation.api.context import STORE
+from federation.api.context import STORE, TASKS
 from federation.api.errors import ApiError, invalid
 from federation.model.token import Role, role_allows
 from federation.store import Compacted, Event, StoreError, keys
@@ -27,7 +32,7 @@ from federation.store import Compacted, Event, StoreError, keys
 routes = web.RouteTableDef()
 
 PROGRESS_EVERY_S = 5.0
-STREAMS = web.AppKey("assignment_streams", set[asyncio.Task[Any]])
+WATCHES = "assignment watches"  # their name among the server's tasks
 
 
 async def _authorize(request: web.Request, region: str) -> None:
@@ -80,7 +85,8 @@ async def assignments(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     task = asyncio.current_task()
     assert task is not None
-    request.app[STREAMS].add(task)
+    tasks = request.app[TASKS]
+    tasks.track(WATCHES, task)
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     async def pump() -> None:
@@ -94,6 +100,7 @@ async def assignments(request: web.Request) -> web.StreamResponse:
             await queue.put({"type": "relist", "reason": f"store stream broke: {exc}"})
 
     pumping = asyncio.create_task(pump(), name=f"assignments-watch-{region}")
+    tasks.track(WATCHES, pumping)
     last = since
     try:
         while True:
@@ -112,7 +119,6 @@ async def assignments(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass  # the agent went away; it resumes from its last revision
     finally:
-        request.app[STREAMS].discard(task)
         pumping.cancel()
         await asyncio.wait([pumping], timeout=2)
     return response
@@ -120,6 +126,4 @@ async def assignments(request: web.Request) -> web.StreamResponse:
 
 async def close_streams(app: web.Application) -> None:
     """on_shutdown: end open watches so the server can stop; agents resume elsewhere."""
-    streams: set[asyncio.Task[Any]] = app[STREAMS]
-    for task in [*streams]:
-        task.cancel()
+    await app[TASKS].stop(WATCHES)

@@ -1,4 +1,5 @@
-"""Typed application state shared by the routes."""
+"""Typed application state shared by the routes (`web.AppKey`s), and the server's
+configuration. The values are set by the `cleanup_ctx` steps of federation.api.app."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from aiohttp import web
 
 from federation.controller import Controller
+from federation.drills.runner import DrillRunner
+from federation.runtime import Tasks
 from federation.store import Store
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
@@ -34,10 +37,12 @@ class ServerConfig:
 
 
 CONFIG = web.AppKey("config", ServerConfig)
+TASKS = web.AppKey("tasks", Tasks)
 STORE = web.AppKey("store", Store)
+MIRROR = web.AppKey("mirror", Mirror)
 ELECTION = web.AppKey("election", LeaderElection)
 CONTROLLER = web.AppKey("controller", Controller)
-MIRROR = web.AppKey("mirror", Mirror)
+DRILLS = web.AppKey("drills", DrillRunner)
 
 
 async def synced(request: web.Request) -> Mirror:

@@ -2,7 +2,8 @@
 abort it, and read its report as JSON or Markdown.
 
 A live drill is created here (record and region locks in one txn) and driven by the
-controller leader's drill runner; an abort is applied here, by any replica, at once.
+leader's drill runner (`DRILLS`, started beside the controller by federation.api.app);
+an abort is applied here, by any replica, at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from federation.api.auth import require
 from federation.api.body import json_response, path_name, read_model, read_optional_model
-from federation.api.context import CONFIG, CONTROLLER, STORE
+from federation.api.context import CONFIG, DRILLS, STORE
 from federation.api.errors import ApiError, invalid
 from federation.drills.report import build_report, render_markdown
 from federation.drills.runner import abort
@@ -144,9 +145,7 @@ async def create_drill(request: web.Request) -> web.Response:
             f"region {exc.region} is already in live drill {exc.drill_id}",
             details={"region": exc.region, "drill": exc.drill_id},
         ) from None
-    drills = request.app[CONTROLLER].drills
-    if drills is not None:
-        drills.poke()
+    request.app[DRILLS].poke()
     return json_response(_view(record, revision), status=201, revision=revision)
 
 

@@ -1,4 +1,4 @@
-"""Runs the election and, while this replica leads, the reconcile loop.
+"""The reconcile loop: while this replica leads, plan what changed and write it.
 
 Level-triggered, but incremental. The server's mirror of the store (one watch,
 federation.store.mirror) tells the controller which keys changed; a pass plans the
@@ -11,10 +11,12 @@ residency policies change, and every `full_resync_s` anyway, so nothing missed c
 last. Passes plan and write in chunks, parsed and planned in worker threads, so a
 pass over 100,000 services neither holds them all in memory nor stalls the API.
 
-Every write is one etcd transaction per batch of services that compares the leader
-key, each service's revision and its placement's revision, so neither a deposed
-leader nor a decision made from a stale read can land. Each transaction also appends
-one audit entry listing the decisions it writes (federation.store.audit).
+Writes go through federation.controller.writes (batched, fenced by the leader key
+and every revision the plans were made from, audited). Each pass returns what it did
+as one sentence (federation.controller.summary), which `run` logs.
+
+The election that says whether this replica leads is run by the server beside the
+controller (federation.api.app), not by it.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from federation.controller.ledger import Held, Ledger, holding
 from federation.controller.observe import PassObserver
+from federation.controller.summary import PassSummary
+from federation.controller.writes import Writer, Written
 from federation.model.region import HeartbeatRecord
 from federation.model.service import PlacementRecord, RegionReport, ServiceRecord
 from federation.model.status import service_phase
@@ -36,28 +40,20 @@ from federation.planning.plan import ServicePlan, plan
 from federation.planning.world import World
 from federation.residency.evaluate import Evaluation
 from federation.residency.snapshot import Snapshot
-from federation.runtime import forever, release_memory
+from federation.runtime import release_memory
 from federation.scheduler import PLACED, SCALED_TO_ZERO
-from federation.store import Cond, Conflict, Op, Store, StoreError, keys
+from federation.store import Store, StoreError, keys
 from federation.store import policies as store_policies
-from federation.store.audit import Change
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
 from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED, world_of
 from federation.telemetry import metrics
 from federation.telemetry.setup import tracer
 
-if TYPE_CHECKING:
-    from federation.drills.runner import DrillRunner
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_WRITE_CONCURRENCY = 4
-_TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
-_FIXED_CONDS = 3  # the leader fence, the residency fence and the audit head
-_FIXED_OPS = 2  # the audit entry and the audit head
 _CHUNK = 500  # services parsed and planned at a time (bounds the memory a pass needs)
 # Changes to these mean "plan everything": region identity, cordons and membership,
 # and residency. A region's loss is handled on its own (its services, not all).
@@ -65,7 +61,8 @@ _EVERYTHING = (keys.REGIONS, keys.POLICIES, keys.GROUPS, keys.RESIDENCY_FENCE)
 
 
 class Controller:
-    """Owns the election and the reconcile loop; acts only while leader."""
+    """The reconcile loop of one server replica; it acts only while `election` says
+    this replica leads. Run it with `run()`, stop it with `finish()` (or cancel)."""
 
     def __init__(
         self,
@@ -91,6 +88,8 @@ class Controller:
         self.mirror = mirror or Mirror(store, MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED)
         self.mirror.subscribe(self._changed)
         self.ledger = Ledger()
+        self.writer = Writer(store, election)
+        self._finishing = False
         self._dirty = asyncio.Event()
         self._names: set[str] = set()  # services some change touched since the last pass
         self._lost: set[str] = set()  # regions whose lease went since the last pass
@@ -106,41 +105,31 @@ class Controller:
         self._ready: dict[str, dict[tuple[str, int], int]] = {}  # region -> report index
         self._capacity: dict[str, tuple[float, int]] = {}
         self._residency: Snapshot | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self.passes = 0
         self.full_passes = 0
         self.last_planned = 0
         self.planned_total = 0  # services planned, over all passes
-        self.last_sentences: list[str] = []
-        self.drills: DrillRunner | None = None
+        self.last_sentences: list[str] = []  # the last pass's, one per service written
+        self.last_summary = PassSummary("incremental")
         self.observe = PassObserver(region_ttl=region_ttl)
 
-    async def start(self) -> None:
-        # Imported here: drills build on this package's planner (a cycle at import time).
-        from federation.drills.runner import DrillRunner
+    def finish(self) -> None:
+        """Ask `run` to return once the pass under way (if any) is written (the
+        graceful stop: its writes land whole, and their sentence is logged)."""
+        self._finishing = True
+        self._dirty.set()
+        self.election.changed.set()
 
-        self.drills = DrillRunner(self.store, self.election)
-        self._tasks = [
-            asyncio.create_task(self.election.run(), name="controller-election"),
-            asyncio.create_task(
-                forever("controller loop", self._loop, log), name="controller-reconcile"
-            ),
-            asyncio.create_task(
-                forever("drill runner", self.drills.run, log), name="controller-drills"
-            ),
-        ]
+    @property
+    def moving(self) -> bool:
+        """Is something still in motion (a grace period, a drain or a rollout)? Then
+        the next pass comes after `busy_resync_s`, not `resync_s`."""
+        return bool(self._busy)
 
-    async def stop(self) -> None:
-        """Stop reconciling and hand leadership over at once."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+    async def close(self) -> None:
+        """Stop the mirror this controller made itself, if it made one."""
         if self._own_mirror:
             await self.mirror.stop()
-        await self.election.resign()
 
     def poke(self) -> None:
         """Ask for a pass soon (used by the API after writes it knows matter)."""
@@ -178,8 +167,10 @@ class Controller:
             return  # heartbeats: capacity is compared on every pass
         self._dirty.set()
 
-    async def _loop(self) -> None:
-        while True:
+    async def run(self) -> None:
+        """Reconcile while this replica leads, until `finish()`; log each pass's
+        sentence (INFO when it wrote or tried to, DEBUG when it had nothing to do)."""
+        while not self._finishing:
             if not self.election.is_leader:
                 self.observe.stopped_leading()
                 self._full = True
@@ -189,40 +180,43 @@ class Controller:
                         await self.election.changed.wait()
                 continue
             self._dirty.clear()
-            busy = False
             try:
-                busy = await self.reconcile()
+                sentence = await self.reconcile()
             except StoreError as exc:
                 log.warning("reconcile pass failed: %s", exc)
                 self._full = True
                 busy = True
+            else:
+                busy = self.moving
+                level = logging.INFO if self.last_summary.acted else logging.DEBUG
+                log.log(level, "controller: %s", sentence)
+            if self._finishing:
+                return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.busy_resync_s if busy else self.resync_s):
                     await self._dirty.wait()
 
-    async def reconcile(self) -> bool:
+    async def reconcile(self) -> str:
         """One pass: plan and write what changed (or everything, on a full pass).
-        Returns True when something is still moving (a grace period, a drain or a
-        rollout) and the next pass should come soon."""
+        Returns what it did, as a sentence (`last_summary` holds its counts)."""
         started = time.perf_counter()
-        full_passes = self.full_passes
         with tracer().start_as_current_span("controller.reconcile"):
             try:
-                busy = await self._reconcile()
+                summary = await self._reconcile()
             except Exception:
                 metrics.reconcile_passes.add(1, {"outcome": "failed"})
                 raise
         took = time.perf_counter() - started
-        kind = "full" if self.full_passes > full_passes else "incremental"
+        kind = summary.kind
         if kind == "full":
             # A full pass costs O(services): spread them out so that they take at
             # most a twentieth of the controller's time, however big the world.
             self._full_every = max(self.full_resync_s, 20 * took)
         metrics.reconcile_passes.add(1, {"outcome": "ok", "kind": kind})
         metrics.reconcile_duration.record(took, {"kind": kind})
-        return busy
+        return summary.sentence
 
-    async def _reconcile(self) -> bool:
+    async def _reconcile(self) -> PassSummary:
         await self.mirror.sync()
         # Every echo of earlier writes has been applied by now.
         self._echoes_settled()
@@ -265,17 +259,21 @@ class Controller:
             orphans = set()
             for name in gone:
                 freed = self.ledger.drop(name) or freed
+        summary = PassSummary("full" if full else "incremental", planned=len(names))
         base = await _off_loop(len(self._reported) + 1, world_of, self.mirror, (), residency)
         self.observe.starting(base, self.ledger)
-        sentences = await self._collect_orphans(orphans)
+        summary.removed = await self.writer.collect_orphans(orphans, self.mirror)
+        sentences = [
+            f"{n}: service deleted; placement and assignments removed" for n in summary.removed
+        ]
         busy: set[str] = set()
         changed_total = 0
         ordered = sorted(names)
         for start in range(0, len(ordered), self.chunk):
             chunk = ordered[start : start + self.chunk]
             world = await _off_loop(len(chunk), world_of, self.mirror, chunk, residency)
-            written, changed, chunk_busy, chunk_freed = await self._pass_chunk(world, now)
-            sentences += written
+            written, changed, chunk_busy, chunk_freed = await self._pass_chunk(world, now, summary)
+            sentences += [row.sentence for row in written]
             changed_total += changed
             busy |= chunk_busy
             freed = freed or chunk_freed
@@ -293,10 +291,13 @@ class Controller:
         self.passes += 1
         self.last_planned = len(names)
         self.planned_total += len(names)
-        self.last_sentences = list(sentences)
-        for sentence in sentences:
-            log.info("controller: %s", sentence)
-        return bool(self._busy)
+        self.last_sentences = sentences
+        if log.isEnabledFor(logging.DEBUG):
+            for sentence in sentences:
+                log.debug("controller: %s", sentence)
+        summary.moving = len(self._busy)
+        self.last_summary = summary
+        return summary
 
     def _echoes_settled(self) -> None:
         """Changes to placements and assignments that were not this controller's own
@@ -308,11 +309,11 @@ class Controller:
         self._written = {}
 
     async def _pass_chunk(
-        self, world: World, now: datetime
-    ) -> tuple[list[str], int, set[str], bool]:
-        """Plan and write the services of `world`; update the ledger. Returns the
-        sentences, how many changed, which are still moving, and whether capacity
-        came free."""
+        self, world: World, now: datetime, summary: PassSummary
+    ) -> tuple[list[Written], int, set[str], bool]:
+        """Plan and write the services of `world`; update the ledger and `summary`.
+        Returns what became of each write, how many changed, which services are still
+        moving, and whether capacity came free."""
         planning = time.perf_counter()
         # In a thread: planning is CPU-bound and pure, and the API shares this loop.
         plans = await _off_loop(
@@ -326,24 +327,17 @@ class Controller:
         metrics.scheduling_duration.record(time.perf_counter() - planning)
         changed = [p for p in plans.values() if p.changed]
         # Never written: a plan that breaks residency (counted and logged as a bug).
-        wrong = {p.service for p in self.observe.violations(changed)}
-        changed = [p for p in changed if p.service not in wrong]
+        wrong = self.observe.violations(changed)
+        summary.refuse(wrong)
+        refused = {p.service for p in wrong}
+        changed = [p for p in changed if p.service not in refused]
         self.observe.continue_traces(world, changed)
-        semaphore = asyncio.Semaphore(_WRITE_CONCURRENCY)
-        # Built once: sizing the batches and writing them need the same operations.
-        parts = {p.service: self._parts(p) for p in changed}
-
-        async def write(batch: list[ServicePlan]) -> list[tuple[ServicePlan, int, str]]:
-            async with semaphore:
-                with self.observe.writing(batch):
-                    return await self._write_batch(batch, world.residency.fence, parts)
-
-        try:
-            results = await asyncio.gather(*(write(b) for b in self._batches(changed, parts)))
-        finally:
-            self.observe.end_spans()
-        outcome = {p.service: revision for r in results for p, revision, _ in r}
-        sentences = [sentence for r in results for _, _, sentence in r]
+        written = await self.writer.write(changed, world.residency.fence, self.observe)
+        summary.add(world, written)
+        if any(row.outcome == "lost a race" for row in written):
+            self._dirty.set()
+            self._residency = None  # in case it was the policies that moved: read them again
+        outcome = {row.plan.service: row.revision for row in written}
         busy: set[str] = set()
         freed = False
         for name, p in plans.items():
@@ -357,7 +351,7 @@ class Controller:
             freed = self.ledger.put(name, self._held(service, p, world)) or freed
             if _moving(p):
                 busy.add(name)
-        return sentences, len(changed), busy, freed
+        return written, len(changed), busy, freed
 
     def _held(self, service: ServiceRecord, p: ServicePlan, world: World) -> Held:
         """What the ledger keeps of a service after its plan was written (or stood)."""
@@ -436,128 +430,6 @@ class Controller:
             if name not in services:
                 found.add(name)
         return found
-
-    def _parts(self, p: ServicePlan) -> tuple[list[Cond], list[Op]]:
-        """The conditions and operations that write one service's decision."""
-        conditions = [
-            Cond.at_revision(keys.service(p.service), p.service_revision),
-            Cond.at_revision(keys.placement(p.service), p.placement_revision),
-        ]
-        ops = [Op.put(keys.placement(p.service), p.record.model_dump_json())]
-        ops += [
-            Op.put(keys.assignment(region, p.service), a.model_dump_json())
-            for region, a in sorted(p.put.items())
-        ]
-        ops += [Op.delete(keys.assignment(region, p.service)) for region in p.delete]
-        if p.consume_rebalance:
-            ops.append(Op.delete(keys.rebalance(p.service)))
-        return conditions, ops
-
-    def _batches(
-        self, plans: list[ServicePlan], parts: dict[str, tuple[list[Cond], list[Op]]]
-    ) -> list[list[ServicePlan]]:
-        """Group services into transactions within etcd's limit on operations per txn
-        (128 by default): one commit for many services is what makes a mass failover
-        fast, since every etcd commit is a disk sync."""
-        batches: list[list[ServicePlan]] = []
-        current: list[ServicePlan] = []
-        n_conds = n_ops = 0
-        for p in plans:
-            conds, ops = parts[p.service]
-            if current and (
-                n_conds + len(conds) > _TXN_LIMIT - _FIXED_CONDS
-                or n_ops + len(ops) > _TXN_LIMIT - _FIXED_OPS
-            ):
-                batches.append(current)
-                current, n_conds, n_ops = [], 0, 0
-            current.append(p)
-            n_conds += len(conds)
-            n_ops += len(ops)
-        if current:
-            batches.append(current)
-        return batches
-
-    async def _write_batch(
-        self,
-        batch: list[ServicePlan],
-        fence: int,
-        parts: dict[str, tuple[list[Cond], list[Op]]],
-    ) -> list[tuple[ServicePlan, int, str]]:
-        """Write a batch in one txn: (plan, revision or 0 if not written, sentence).
-        `fence` is the residency fence's revision the plans were made under: a policy
-        or group written since fails the txn, and the services are planned again."""
-        if not self.election.is_leader:
-            return [(p, 0, f"{p.service}: not written, no longer leader") for p in batch]
-        conditions: list[Cond] = [
-            self.election.fence(),
-            Cond.at_revision(keys.RESIDENCY_FENCE, fence),
-        ]
-        ops: list[Op] = []
-        for p in batch:
-            conds, more = parts[p.service]
-            conditions += conds
-            ops += more
-        try:
-            ok, revision, _ = await self.store.txn(conditions, ops, audit=self._audit(batch))
-        except Conflict:
-            ok, revision = False, 0  # the audit head kept moving: as if the write lost a race
-        if ok:
-            return [(p, revision, p.sentence) for p in batch]
-        if len(batch) > 1:
-            # One stale service fails the whole batch: write them one by one instead.
-            results = await asyncio.gather(*(self._write_batch([p], fence, parts) for p in batch))
-            return [row for result in results for row in result]
-        self._dirty.set()
-        self._residency = None  # in case it was the policies that moved: read them again
-        sentence = (
-            f"{batch[0].service}: write lost a race "
-            "(leader, service, placement or policies moved); replanning"
-        )
-        return [(batch[0], 0, sentence)]
-
-    def _audit(self, batch: list[ServicePlan]) -> Change:
-        """One audit entry per transaction: each service's decision and its evidence
-        (the evidence itself is in the placement record this txn writes)."""
-        decisions = {
-            p.service: {
-                "regions": p.record.regions,
-                "draining": sorted(p.record.draining),
-                "reason": p.record.reason,
-                "generation": p.record.generation,
-                "placement_before": p.placement_revision,
-            }
-            for p in batch
-        }
-        return Change(
-            "placement.decide",
-            keys.PLACEMENTS,
-            actor=f"controller:{self.election.identity}",
-            details={"services": decisions},
-        )
-
-    async def _collect_orphans(self, names: Iterable[str]) -> list[str]:
-        """Remove the placements and assignments of services that no longer exist."""
-        regions = list(self.mirror.tails(keys.REGIONS))
-        sentences = []
-        for name in sorted(names):
-            ops = [Op.delete(keys.placement(name))]
-            ops += [
-                Op.delete(keys.assignment(region, name))
-                for region in regions
-                if self.mirror.has(keys.ASSIGNMENTS, f"{region}/{name}")
-            ]
-            # Assignments of regions deleted since: found by their keys.
-            ops += [
-                Op.delete(keys.ASSIGNMENTS + tail)
-                for tail in self.mirror.tails(keys.ASSIGNMENTS)
-                if tail.endswith("/" + name) and tail.partition("/")[0] not in regions
-            ]
-            ok, _, _ = await self.store.txn(
-                [self.election.fence(), Cond.absent(keys.service(name))], ops
-            )
-            if ok:
-                sentences.append(f"{name}: service deleted; placement and assignments removed")
-        return sentences
 
 
 # Below this many services, parsing and planning take a few ms: done on the loop, as a

@@ -1,4 +1,5 @@
-"""The live drill state machine, run by the controller leader only.
+"""The live drill state machine, driven by the leader replica only (the server starts
+the `DrillRunner` beside the controller, federation.api.app; neither imports the other).
 
 A drill record (`drills/{id}`) moves: running/cordoning -> running/evacuating ->
 running/failback -> completed, or to aborted / failed from any of them. Each step

@@ -6,10 +6,10 @@ so a controller pass or a status read costs what it touches, not the size of the
 world.
 
 Values are kept as the raw JSON bytes etcd holds, and parsed by whoever reads them:
-100,000 service records are over 400 MB as pydantic models, about 65 MB as bytes, and
-about 3 MB in the prefixes named in `packed`, which hold each value deflated against
-a sibling (`_Packer`). Prefixes named in `cached` also keep their parsed model, for
-the few small keys every pass reads (regions, heartbeats, reports).
+pydantic models of every service would be several times the size of their bytes, so
+the prefixes named in `packed` go further and hold each value deflated against a
+sibling (`_Packer`). Prefixes named in `cached` also keep their parsed model, for the
+few small keys every pass reads (regions, heartbeats, reports).
 
 Consistency: `sync()` waits until the watch has applied every write this process made
 (no round trip), so a read after a write through this server sees it. Writes through
@@ -22,6 +22,11 @@ never sees; and etcd 3.5.1's watch progress responses may overtake events.)
 The scan of each prefix and the watch's start are not one revision: the watch
 replays from before the first scan, and an event only replaces a value older than
 itself, so the copy converges on etcd's state once the watch has passed the scans.
+
+Lifecycle: the watch is the eternal task `store mirror` of the `Tasks` given (the
+server's), or of a group of its own when the mirror is used alone. `start()` starts
+it (and, by default, waits for the first load); `stop()` ends it; `sync()` starts it
+again should it have been stopped.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from federation.runtime import Tasks
 from federation.store.errors import Compacted, StoreError, StoreUnavailable
 from federation.store.etcd import Store
 
@@ -49,6 +55,7 @@ M = TypeVar("M", bound=BaseModel)
 # re-list, when anything may have changed.
 Listener = Callable[[str, int], None]
 
+TASK = "store mirror"  # the watch's name among the server's tasks
 _PRIMED = 2048  # parsed values kept from this process's own writes (see `prime`)
 _REVISION = struct.Struct("<Q")
 # Deflate with a 4 KiB window and little state: the values are small, and a copy of
@@ -66,9 +73,10 @@ class _Packer:
     deflated against the first value the prefix saw when `compress` is set.
 
     Records of one kind share nearly all their bytes (keys, defaults, structure), so
-    with a sibling as the preset dictionary a 600-byte service record packs into about
-    25 bytes: 100,000 services, placements and assignments take a few MB, not a few
-    hundred. A copy of the primed compressor costs about 3 us; unpacking about 1 us.
+    with a sibling as the preset dictionary a record packs into a few percent of its
+    size, and the services, placements and assignments of a large federation take a
+    few MB, not hundreds. Copying the primed compressor and inflating one value are
+    cheap next to parsing the JSON that every reader does anyway.
     """
 
     def __init__(self, *, compress: bool) -> None:
@@ -108,6 +116,7 @@ class Mirror:
         cached: Sequence[str] = (),
         packed: Sequence[str] = (),
         sync_timeout: float = 5.0,
+        tasks: Tasks | None = None,
     ) -> None:
         self.store = store
         self.prefixes = tuple(prefixes)
@@ -121,23 +130,25 @@ class Mirror:
         self._listeners: list[Listener] = []
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loaded = asyncio.Event()
+        self._tasks = tasks if tasks is not None else Tasks()
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Load the prefixes and start following changes (idempotent)."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Start following the store, unless already (idempotent); with `wait`, return
+        once the prefixes are loaded (StoreUnavailable after `sync_timeout`)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="store-mirror")
-        await self._wait_loaded()
+            self._task = self._tasks.start(TASK, self._run)
+        if wait:
+            await self._wait_loaded()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            # Bounded: a gRPC stream must not be able to hold a shutdown hostage.
-            await asyncio.wait([self._task], timeout=2)
-            self._task = None
+        """Stop following the store; whoever waits for a revision gets StoreUnavailable."""
+        # Bounded by the task group: a gRPC stream cannot hold a shutdown hostage.
+        await self._tasks.stop(TASK)
+        self._task = None
         self._loaded.clear()
         for _, future in self._waiters:
             if not future.done():

@@ -7,6 +7,7 @@ The demo regions are played by the test (see `agents.py`); the region TTL is 2 s
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -83,6 +84,32 @@ async def test_lost_region_replicas_move_to_fr_within_ttl_plus_two_seconds(
     body = await federation.wait_phase("patient-records", "Running")
     assert body["status"]["replicas"] == {"desired": 4, "ready": 4}
     assert body["status"]["residency"]["countries"] == {"eu-fr-1": "FR"}
+
+
+async def test_each_pass_that_writes_logs_one_sentence_of_what_it_did(
+    federation: Federation, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What an operator reading the server's log sees: one line per pass that wrote,
+    saying what it planned and wrote, and which services it placed or moved (passes
+    with nothing to write log at DEBUG)."""
+    caplog.set_level(logging.INFO, logger="federation.controller")
+
+    def passes() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "federation.controller.runner"]
+
+    async def logged(sentence: str) -> bool:
+        return f"controller: {sentence}" in passes()
+
+    await federation.deploy(PHI_EU)
+    await federation.wait_placed("patient-records", {"eu-de-1": 2, "eu-fr-1": 2})
+    placed = "incremental pass: planned 1 service, wrote 1 in 1 txn: placed 1 (patient-records)"
+    await wait_until(lambda: logged(placed), timeout=1, what=placed)
+
+    await federation.stop_heartbeats("eu-de-1")
+    await federation.wait_placed("patient-records", {"eu-fr-1": 4}, timeout=5)
+    moved = "incremental pass: planned 1 service, wrote 1 in 1 txn: moved 1 (patient-records)"
+    await wait_until(lambda: logged(moved), timeout=1, what=moved)
+    assert passes() == [f"controller: {placed}", f"controller: {moved}"]
 
 
 async def test_failover_waits_for_the_grace_period(federation: Federation) -> None:
@@ -363,7 +390,7 @@ async def test_a_deposed_leader_cannot_write(store: Store) -> None:
 
     deposed = Controller(store, a, region_ttl=2)
     await deposed.reconcile()
-    await deposed.stop()
+    await deposed.close()
     assert deposed.last_sentences == [
         "svc: write lost a race (leader, service, placement or policies moved); replanning"
     ]
@@ -377,7 +404,7 @@ async def test_a_deposed_leader_cannot_write(store: Store) -> None:
     assert leader.last_sentences[0].startswith("svc: ")
     placed = await store.get(keys.placement("svc"))
     assert placed is not None and placed.value["service"] == "svc"
-    await leader.stop()
+    await leader.close()
 
 
 async def test_a_plan_made_under_older_policies_is_not_written(store: Store) -> None:
@@ -407,4 +434,4 @@ async def test_a_plan_made_under_older_policies_is_not_written(store: Store) -> 
         await controller.reconcile()  # with the policies read afresh, it lands
         assert await store.get(keys.placement("svc")) is not None
     finally:
-        await controller.stop()
+        await controller.close()
