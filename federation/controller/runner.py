@@ -38,7 +38,7 @@ from federation.residency.evaluate import Evaluation
 from federation.residency.snapshot import Snapshot
 from federation.runtime import forever, release_memory
 from federation.scheduler import PLACED, SCALED_TO_ZERO
-from federation.store import Cond, Conflict, Op, Store, StoreError, keys
+from federation.store import TXN_LIMIT, Cond, Conflict, Op, Store, StoreError, audit, keys
 from federation.store import policies as store_policies
 from federation.store.audit import Change
 from federation.store.election import LeaderElection
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _WRITE_CONCURRENCY = 4
-_TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
 _FIXED_CONDS = 3  # the leader fence, the residency fence and the audit head
 _FIXED_OPS = 2  # the audit entry and the audit head
 _CHUNK = 500  # services parsed and planned at a time (bounds the memory a pass needs)
@@ -465,8 +464,8 @@ class Controller:
         for p in plans:
             conds, ops = parts[p.service]
             if current and (
-                n_conds + len(conds) > _TXN_LIMIT - _FIXED_CONDS
-                or n_ops + len(ops) > _TXN_LIMIT - _FIXED_OPS
+                n_conds + len(conds) > TXN_LIMIT - _FIXED_CONDS
+                or n_ops + len(ops) > TXN_LIMIT - _FIXED_OPS
             ):
                 batches.append(current)
                 current, n_conds, n_ops = [], 0, 0
@@ -498,7 +497,7 @@ class Controller:
             conditions += conds
             ops += more
         try:
-            ok, revision, _ = await self.store.txn(conditions, ops, audit=self._audit(batch))
+            ok, revision, _ = await audit.txn(self.store, conditions, ops, self._audit(batch))
         except Conflict:
             ok, revision = False, 0  # the audit head kept moving: as if the write lost a race
         if ok:
