@@ -63,18 +63,20 @@ async def store(etcd: LocalEtcd, prefix: str) -> AsyncIterator[Store]:
 def lose_answers(store: Store, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """The next `n` etcd txns of `store` land, but their answer never comes back (as
     when etcd answers after the attempt's bound, or the connection drops)."""
+    from federation.store import wire
+
     kv = store._kv
-    original = kv._rpc  # every KV call goes through it
+    original = wire.send_txn  # every txn goes through it
     lost = [n]
 
-    async def rpc(call: Any, request: Any, *, operation: str, **kwargs: Any) -> Any:
-        answer = await original(call, request, operation=operation, **kwargs)
-        if operation == "KV.Txn" and lost[0] > 0:
+    async def send_txn(to: Any, request: Any, *, rpc_timeout: float) -> Any:
+        answer = await original(to, request, rpc_timeout=rpc_timeout)
+        if to is kv and lost[0] > 0:
             lost[0] -= 1
             raise TimeoutError
         return answer
 
-    monkeypatch.setattr(kv, "_rpc", rpc)
+    monkeypatch.setattr(wire, "send_txn", send_txn)
 
 
 @dataclass

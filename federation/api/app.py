@@ -4,7 +4,8 @@ The server's parts start in the order of `create_app`'s `cleanup_ctx` steps and 
 in the reverse order (aiohttp runs each step's teardown only if its start finished):
 
     tasks       the task group every long-lived task is started in, by name
-    store       the etcd client, and the first admin token
+    store       the etcd client, the audit log's committer (task `audit-committer`),
+                and the first admin token
     mirror      the watched copy of the store (task `store mirror`)
     election    the campaign for the leader key (task `election`)
     controller  the reconcile loop (task `controller`)
@@ -54,6 +55,7 @@ from federation.drills.runner import DrillRunner
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
 from federation.runtime import Tasks
 from federation.store import Store
+from federation.store import audit as audit_log
 from federation.store import tokens as store_tokens
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
@@ -116,7 +118,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         await app[TASKS].stop_all()
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        """etcd, and the first admin token."""
+        """etcd, the audit committer, and the first admin token."""
         store = Store(
             list(config.etcd_endpoints),
             prefix=config.prefix,
@@ -128,7 +130,10 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         )
         await store.connect()
         app[STORE] = store
-        # MERGE(audit committer): start it here by name in app[TASKS], stop it before close.
+        # Resident for the server's life (task "audit-committer"); stopped before the
+        # store closes, so every audited write queued at shutdown is committed first.
+        committer = audit_log.committer(store)
+        committer.start()
         try:
             secret = await bootstrap_admin(store, config)
             if secret and announce:
@@ -136,7 +141,10 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
                 print(BOOTSTRAP_NOTICE + secret, flush=True)
             yield
         finally:
-            await store.close()
+            try:
+                await committer.stop()
+            finally:
+                await store.close()
 
     async def mirror(app: web.Application) -> AsyncIterator[None]:
         """One watched copy of the services and regions, shared by the controller and

@@ -10,9 +10,8 @@ from aiohttp import web
 from federation.api.context import MIRROR, STORE
 from federation.api.errors import ApiError, Handler
 from federation.model.token import Role, TokenRecord, hash_secret, role_allows
-from federation.store import fence_writes, keys, tokens, unfence_writes, write_fence
+from federation.store import check_fence, fence_writes, keys, tokens, unfence_writes, write_fence
 from federation.store.audit import acting_as
-from federation.store.etcd import check_fence
 
 # Requests that change nothing: they read their token from etcd before anything else.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -14,7 +14,7 @@ from federation.api.context import CONFIG, STORE
 from federation.api.errors import ApiError, not_found
 from federation.model.region import Cordon, Heartbeat, RegionCreate, RegionRecord, RegionView
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
-from federation.store import AlreadyExists, Op, keys
+from federation.store import AlreadyExists, Op, audit, keys
 from federation.store import regions as store_regions
 from federation.store import tokens as store_tokens
 from federation.store.audit import Change
@@ -149,7 +149,8 @@ async def rotate_region_token(request: web.Request) -> web.Response:
     old_entries = await store_tokens.of_region(store, name)
     old = [t.key for t in old_entries]
     secret, digest, token = _region_token(name)
-    await store.replace(
+    await audit.replace(
+        store,
         keys.region(name),
         entry.value,
         revision=entry.revision,
@@ -157,7 +158,7 @@ async def rotate_region_token(request: web.Request) -> web.Response:
             *[Op.delete(k) for k in old],
             Op.put(keys.token(digest), token.model_dump(mode="json")),
         ],
-        audit=Change(
+        change=Change(
             "region.token-rotate",
             keys.region(name),
             details={"token_id": token.id, "revoked": [t.value.get("id") for t in old_entries]},

@@ -19,13 +19,12 @@ from typing import Literal
 
 from federation.controller.observe import PassObserver
 from federation.planning.plan import ServicePlan
-from federation.store import Cond, Conflict, Op, Store, keys
+from federation.store import TXN_LIMIT, Cond, Conflict, Op, Store, audit, keys
 from federation.store.audit import Change
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
 
 _WRITE_CONCURRENCY = 4
-_TXN_LIMIT = 120  # etcd's --max-txn-ops is 128; keep a margin
 _FIXED_CONDS = 3  # the leader fence, the residency fence and the audit head
 _FIXED_OPS = 2  # the audit entry and the audit head
 
@@ -67,8 +66,8 @@ def batches(plans: list[ServicePlan], parts: dict[str, Parts]) -> list[list[Serv
     for p in plans:
         conds, ops = parts[p.service]
         if current and (
-            n_conds + len(conds) > _TXN_LIMIT - _FIXED_CONDS
-            or n_ops + len(ops) > _TXN_LIMIT - _FIXED_OPS
+            n_conds + len(conds) > TXN_LIMIT - _FIXED_CONDS
+            or n_ops + len(ops) > TXN_LIMIT - _FIXED_OPS
         ):
             found.append(current)
             current, n_conds, n_ops = [], 0, 0
@@ -125,7 +124,7 @@ class Writer:
             conditions += conds
             ops += more
         try:
-            ok, revision, _ = await self.store.txn(conditions, ops, audit=self._audit(batch))
+            ok, revision, _ = await audit.txn(self.store, conditions, ops, self._audit(batch))
         except Conflict:
             ok, revision = False, 0  # the audit head kept moving: as if the write lost a race
         if ok:

@@ -9,16 +9,27 @@ Contract (what callers may rely on; each method's docstring names its etcd primi
   is the ``revision`` and ``ETag`` the API shows, and what ``If-Match`` compares.
 - ``create`` is create-if-absent (txn on ``create_revision == 0``); ``replace`` and
   ``delete`` with a revision are compare-and-swap on ``mod_revision``; ``txn`` applies
-  several puts/deletes atomically under several conditions, in one etcd revision.
+  several puts/deletes atomically under several conditions, in one etcd revision, with
+  at most ``TXN_LIMIT`` compares and as many operations.
+- An audited write (``federation.store.audit``: ``txn``, ``create``, ``replace``,
+  ``delete``) is one of those with its audit entry and the new audit head in the same
+  txn: the entry lands if and only if the change does. Concurrent audited writes of
+  one process may share a txn (group commit), each still getting its own answer.
 - ``scan`` returns the entries and the store revision they were read at, so a watch
   from ``revision + 1`` misses nothing. ``watch`` raises ``Compacted`` when that
   revision is gone: the caller re-lists.
-- ``fence_writes(key, revision)`` makes every write of the current task compare that
-  key (the API's caller's token) in its own txn; ``CredentialRevoked`` when it moved.
+- ``fence_writes(key, revision)`` (``federation.store.fence``) makes every write of the
+  current task compare that key (the API's caller's token) in its own txn, audited or
+  not; ``CredentialRevoked`` when it moved, and nothing was written.
 - ``StoreUnavailable`` means etcd did not answer within the operation's deadline
   (no quorum, network, process down); the operation may or may not have applied.
-  Every call retries transient errors with backoff (tenacity) until that deadline.
-  The API answers 503 for it; loops log it and try again.
+  Every call retries transient errors with backoff (``federation.store.retry``) until
+  that deadline. The API answers 503 for it; loops log it and try again.
+
+Modules: ``etcd`` (the ``Store`` driver), ``txn`` (its vocabulary: ``Cond``, ``Op``,
+``Entry``), ``wire`` (the one adapter to etcd3aio's private API), ``retry``,
+``fence``, ``audit``, then one module per resource (``regions``, ``services``...),
+the ``mirror`` and the ``election``.
 """
 
 from federation.store.errors import (
@@ -29,18 +40,18 @@ from federation.store.errors import (
     StoreError,
     StoreUnavailable,
 )
-from federation.store.etcd import (
-    Cond,
-    Entry,
-    Event,
-    Op,
-    Store,
+from federation.store.etcd import Store
+from federation.store.fence import (
+    WriteFence,
+    check_fence,
     fence_writes,
     unfence_writes,
     write_fence,
 )
+from federation.store.txn import TXN_LIMIT, Cond, Entry, Event, Op
 
 __all__ = [
+    "TXN_LIMIT",
     "AlreadyExists",
     "Compacted",
     "Cond",
@@ -52,6 +63,8 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "WriteFence",
+    "check_fence",
     "fence_writes",
     "unfence_writes",
     "write_fence",

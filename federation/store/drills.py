@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from federation.model.drill import DrillRecord, drill_tag
 from federation.model.region import Cordon, RegionRecord
+from federation.store import audit as audit_log
 from federation.store import keys
 from federation.store.audit import Change
 from federation.store.errors import Conflict
@@ -33,20 +34,21 @@ async def create(store: Store, record: DrillRecord) -> int:
     """Store a new live drill and lock its regions, in one txn (create-if-absent on the
     drill and on every region's lock). RegionHeld names a region another drill holds."""
     locks = [keys.drill_lock(r) for r in record.regions]
-    ok, revision, entries = await store.txn(
+    ok, revision, entries = await audit_log.txn(
+        store,
         [Cond.absent(keys.drill(record.id)), *[Cond.absent(k) for k in locks]],
         [
             Op.put(keys.drill(record.id), record.model_dump(mode="json")),
             *[Op.put(k, {"drill": record.id}) for k in locks],
         ],
-        read_on_failure=locks,
-        audit=Change(
+        Change(
             "drill.create",
             keys.drill(record.id),
             actor=record.created_by,
             before_revision=0,
             details={"mode": record.mode, "regions": record.regions},
         ),
+        read_on_failure=locks,
     )
     if not ok:
         for region, entry in zip(record.regions, entries, strict=True):
@@ -118,8 +120,10 @@ async def transition(
             lock = await store.get(keys.drill_lock(name))
             if lock is not None and lock.value.get("drill") == record.id:
                 ops.append(Op.delete(keys.drill_lock(name)))
-    audited = audit.before(revision) if audit else None
-    ok, new_revision, _ = await store.txn(conds, ops, audit=audited)
+    if audit is None:
+        ok, new_revision, _ = await store.txn(conds, ops)
+    else:
+        ok, new_revision, _ = await audit_log.txn(store, conds, ops, audit.before(revision))
     if not ok:
         raise Conflict(keys.drill(record.id), revision, None)
     return new_revision

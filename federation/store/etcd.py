@@ -1,16 +1,18 @@
-"""The etcd-backed store (see the package docstring for the contract)."""
+"""The etcd-backed store (see the package docstring for the contract).
+
+`Store` turns the contract's operations into etcd calls: reads are Range, writes are
+Txn (through `federation.store.wire`, which fills etcd's request in place), watches
+are etcd watch streams. Every unary call goes through one retry policy
+(`federation.store.retry`); every txn compares the current task's write fence, if
+any (`federation.store.fence`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import json
-import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -20,189 +22,23 @@ from etcd3aio import (
     EtcdTransientError,
     prefix_range_end,
 )
-from etcd3aio._protobuf import Compare, TxnRequest
 from etcd3aio.kv import KVService
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
-from federation.store.errors import (
-    AlreadyExists,
-    Compacted,
-    Conflict,
-    CredentialRevoked,
-    StoreUnavailable,
-)
-from federation.telemetry import metrics as _metrics
-from federation.telemetry.setup import child_span
+from federation.store import retry, wire
+from federation.store import txn as single  # the single-key writes, over any txn
+from federation.store.errors import Compacted, StoreUnavailable
+from federation.store.fence import check_fence, write_fence
+from federation.store.retry import ATTEMPT_TIMEOUT, reraise_cancellation
+from federation.store.txn import JSON, Cond, Entry, Event, Op, Result, decode, encode
 
-if TYPE_CHECKING:
-    from federation.store.audit import Change
-
-log = logging.getLogger(__name__)
+# Re-exported: the store modules import the vocabulary from here.
+__all__ = ["ATTEMPT_TIMEOUT", "JSON", "Cond", "Entry", "Event", "Op", "Result", "Store"]
 
 T = TypeVar("T")
-JSON = dict[str, Any]
 
 _EVENT_DELETE = 1  # mvccpb.Event.EventType
 _SCAN_PAGE = 1000  # keys per Range reply of a scan
 _SHARED_READ_WAIT = 0.02  # see Store.get_shared
-# An attempt of one call waits at most this long before it is tried again (see
-# Store._attempts): a write a follower forwarded to a leader that has just died is
-# lost, and etcd never answers it.
-ATTEMPT_TIMEOUT = 2.0
-
-
-class _Transient(Exception):
-    """A gRPC failure worth retrying within the operation's deadline."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One key: its JSON value and the revisions etcd keeps for it."""
-
-    key: str
-    value: JSON
-    revision: int  # mod_revision
-    created: int  # create_revision
-    lease: int
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One change seen by a watch. `value` is None for a delete."""
-
-    type: Literal["put", "delete"]
-    key: str
-    value: JSON | None
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class Cond:
-    """A transaction condition on one key (relative to the prefix)."""
-
-    key: str
-    kind: Literal["absent", "exists", "revision", "value"]
-    revision: int = 0
-    value: str = ""
-
-    @staticmethod
-    def absent(key: str) -> Cond:
-        """The key does not exist (create_revision == 0)."""
-        return Cond(key, "absent")
-
-    @staticmethod
-    def exists(key: str) -> Cond:
-        """The key exists (create_revision > 0)."""
-        return Cond(key, "exists")
-
-    @staticmethod
-    def at_revision(key: str, revision: int) -> Cond:
-        """The key's mod_revision equals `revision` (0 means: absent)."""
-        return Cond(key, "revision", revision=revision)
-
-    @staticmethod
-    def value_is(key: str, value: str) -> Cond:
-        """The key's raw value equals `value` (used for the leader key)."""
-        return Cond(key, "value", value=value)
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    """A transaction operation: put a JSON value (optionally on a lease) or delete."""
-
-    kind: Literal["put", "delete", "delete_prefix", "put_raw"]
-    key: str
-    value: JSON | None = None
-    raw: str = ""
-    lease: int = 0
-
-    @staticmethod
-    def put(key: str, value: JSON | str, *, lease: int = 0) -> Op:
-        """Put a JSON value; a str is taken as JSON already encoded (e.g. by pydantic's
-        `model_dump_json`, several times faster than dumping a dict)."""
-        if isinstance(value, str):
-            return Op("put_raw", key, raw=value, lease=lease)
-        return Op("put", key, value=value, lease=lease)
-
-    @staticmethod
-    def put_raw(key: str, raw: str, *, lease: int = 0) -> Op:
-        return Op("put_raw", key, raw=raw, lease=lease)
-
-    @staticmethod
-    def delete(key: str) -> Op:
-        return Op("delete", key)
-
-    @staticmethod
-    def delete_prefix(key: str) -> Op:
-        return Op("delete_prefix", key)
-
-
-@dataclass(eq=False)
-class WriteFence:
-    """The credential a task's writes are made for: `cond` compares its key."""
-
-    cond: Cond
-    # Seen to hold by one of the task's txns (it committed, or read the key back).
-    held: bool = False
-
-
-# The credential the current task's writes are made for (see `fence_writes`).
-_FENCE: contextvars.ContextVar[WriteFence | None] = contextvars.ContextVar(
-    "write_fence", default=None
-)
-
-
-def fence_writes(key: str, revision: int) -> None:
-    """Make every write of the current task (an API request) compare `key` at
-    `revision` in its own txn. The API fences a request's writes with its caller's
-    token: a write whose token was revoked or changed before it committed does not
-    land, and raises CredentialRevoked."""
-    _FENCE.set(WriteFence(Cond.at_revision(key, revision)))
-
-
-def unfence_writes() -> None:
-    """Writes of the current task compare nothing more (a request that only reads)."""
-    _FENCE.set(None)
-
-
-def write_fence() -> WriteFence | None:
-    """The fence `fence_writes` set for the current task, if any."""
-    return _FENCE.get()
-
-
-def check_fence(fence: WriteFence, entry: Entry | None) -> None:
-    """CredentialRevoked unless `entry` (read by a failed txn) still meets `fence`."""
-    if entry is None or entry.revision != fence.cond.revision:
-        raise CredentialRevoked(fence.cond.key)
-    fence.held = True
-
-
-def _reraise_cancellation(exc: grpc.aio.AioRpcError) -> None:
-    """gRPC turns a cancelled task into a CANCELLED rpc error; give the task its
-    cancellation back, or a loop that retries errors would swallow its own stop."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc
-
-
-def _encode(value: JSON) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str).encode()
-
-
-def _decode(raw: bytes) -> JSON:
-    if not raw:
-        return {}
-    try:
-        decoded = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        # A raw (non-JSON) value, e.g. the leader key: surface it rather than fail.
-        return {"raw": raw.decode(errors="replace")}
-    return decoded if isinstance(decoded, dict) else {"value": decoded}
 
 
 class Store:
@@ -227,7 +63,7 @@ class Store:
         self.prefix = prefix
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
-        # One retry policy (ours, below): the client's own retries are switched off.
+        # One retry policy (federation.store.retry): the client's own are switched off.
         self._client = Etcd3Client(
             [e.removeprefix("http://").removeprefix("https://") for e in endpoints],
             rpc_max_attempts=1,
@@ -298,79 +134,18 @@ class Store:
     async def _call(
         self, what: str, fn: Callable[[float], Awaitable[T]], *, deadline: float | None = None
     ) -> T:
-        """Every unary etcd call goes through here: a span (when tracing), its latency
-        and its errors by operation (federation.telemetry), then `_attempts`."""
-        started = time.perf_counter()
-        try:
-            with child_span(f"etcd {what}", **{"db.system": "etcd", "db.operation": what}):
-                return await self._attempts(what, fn, deadline=deadline)
-        except Exception as exc:
-            kind = "unavailable" if isinstance(exc, StoreUnavailable) else type(exc).__name__
-            if isinstance(exc, grpc.aio.AioRpcError):
-                kind = exc.code().name.lower()
-            _metrics.etcd_errors.add(1, {"operation": what, "kind": kind})
-            raise
-        finally:
-            _metrics.etcd_duration.record(time.perf_counter() - started, {"operation": what})
-
-    async def _attempts(
-        self, what: str, fn: Callable[[float], Awaitable[T]], *, deadline: float | None = None
-    ) -> T:
-        """Run one etcd call, retrying transient failures until the operation's deadline.
-
-        Each attempt gets at most `attempt_timeout` of it. When the etcd leader dies, a
-        follower forwards writes to it until a new leader is elected, and those writes
-        are lost without an answer: only a fresh attempt, after the election, lands.
-        A retried write whose first attempt did land after all fails its own
-        conditions (every txn that matters is a compare-and-swap), or is recognised
-        as landed (the audit committer, which checks the head it would have written).
-        """
-        deadline = deadline if deadline is not None else self.timeout
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
-
-        async def attempt() -> T:
-            remaining = max(0.05, min(self.attempt_timeout, end - loop.time()))
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
-                # cancellation that races with completion, and a stop would hang.
-                async with asyncio.timeout(remaining):
-                    return await fn(remaining)
-            except (EtcdConnectionError, EtcdTransientError, TimeoutError) as exc:
-                raise _Transient(str(exc) or type(exc).__name__) from exc
-            except grpc.aio.AioRpcError as exc:
-                _reraise_cancellation(exc)
-                if exc.code() in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.CANCELLED,
-                ):
-                    raise _Transient(exc.code().name) from exc
-                raise
-
-        try:
-            # Most calls succeed at once: only a failed first attempt pays for the
-            # retry machinery.
-            return await attempt()
-        except _Transient:
-            pass
-        try:
-            async for retrying in AsyncRetrying(
-                retry=retry_if_exception_type(_Transient),
-                stop=stop_after_delay(max(0.0, end - loop.time())),
-                wait=wait_exponential(multiplier=0.05, max=1.0),
-                reraise=True,
-            ):
-                with retrying:
-                    return await attempt()
-        except _Transient as exc:
-            raise StoreUnavailable(f"etcd {what}: {exc}") from exc
-        raise StoreUnavailable(f"etcd {what}: no attempt made")  # pragma: no cover
+        """Every unary etcd call goes through here: one retry policy (federation.store.retry)."""
+        return await retry.call(
+            what,
+            fn,
+            deadline=self.timeout if deadline is None else deadline,
+            attempt_timeout=self.attempt_timeout,
+        )
 
     def _entry(self, kv: Any) -> Entry:
         return Entry(
             key=self._rel(kv.key),
-            value=_decode(kv.value),
+            value=decode(kv.value),
             revision=int(kv.mod_revision),
             created=int(kv.create_revision),
             lease=int(kv.lease),
@@ -483,87 +258,27 @@ class Store:
 
     # -- writes -----------------------------------------------------------------------
 
-    def _txn_request(
-        self, conditions: Sequence[Cond], ops: Sequence[Op], read_on_failure: Sequence[str]
-    ) -> Any:
-        """The etcd TxnRequest, each message filled in place: building them apart and
-        handing them over copies each one, which cost five times as much (a deploy's
-        txns carry a few hundred operations a second)."""
-        request = TxnRequest()
-        for cond in conditions:
-            compare = request.compare.add()
-            compare.key = self._abs(cond.key).encode()
-            if cond.kind == "absent":
-                compare.target = Compare.CREATE
-                compare.create_revision = 0
-            elif cond.kind == "exists":
-                compare.result = Compare.GREATER
-                compare.target = Compare.CREATE
-                compare.create_revision = 0
-            elif cond.kind == "revision":
-                compare.target = Compare.MOD
-                compare.mod_revision = cond.revision
-            else:
-                compare.target = Compare.VALUE
-                compare.value = cond.value.encode()
-        for op in ops:
-            key = self._abs(op.key).encode()
-            if op.kind in ("put", "put_raw"):
-                put = request.success.add().request_put
-                put.key = key
-                if op.kind == "put":
-                    assert op.value is not None
-                    put.value = _encode(op.value)
-                else:
-                    put.value = op.raw.encode()
-                if op.lease:
-                    put.lease = op.lease
-            else:
-                delete = request.success.add().request_delete_range
-                delete.key = key
-                if op.kind == "delete_prefix":
-                    delete.range_end = prefix_range_end(key)
-        for read in read_on_failure:
-            request.failure.add().request_range.key = self._abs(read).encode()
-        return request
-
     async def txn(
         self,
         conditions: Sequence[Cond],
         ops: Sequence[Op],
         *,
         read_on_failure: Sequence[str] = (),
-        audit: Change | None = None,
-        fenced: bool = True,
-    ) -> tuple[bool, int, list[Entry | None]]:
+    ) -> Result:
         """Apply `ops` atomically iff every condition holds (one etcd Txn).
 
         Returns (succeeded, revision, entries): on failure, the current entries of the
         keys in `read_on_failure`, read in the same transaction, to explain the conflict.
-        With `audit`, the change is appended to the audit log in the same txn (see
-        `federation.store.audit`); Conflict if the log's head keeps moving. The txn
-        also compares the task's write fence, if any (`fence_writes`), unless
-        `fenced` is False (the audit committer, writing for several callers).
+        The txn also compares the current task's write fence, if any (`fence_writes`):
+        CredentialRevoked when that compare fails.
         """
-        if audit is not None:
-            # Imported here: the audit module builds on this one.
-            from federation.store import audit as audit_log
-
-            # The audit log's committer fences each write with its own caller's token.
-            return await audit_log.txn(
-                self, conditions, ops, audit, read_on_failure=read_on_failure
-            )
-        fence = _FENCE.get() if fenced else None
+        fence = write_fence()
         if fence is not None:
             conditions = [*conditions, fence.cond]
             read_on_failure = [*read_on_failure, fence.cond.key]
-        request = self._txn_request(conditions, ops, read_on_failure)
+        request = wire.txn_request(self.prefix, conditions, ops, read_on_failure)
         kv = self._kv
-        # KVService.txn would build (and copy) the request again; its `_rpc` is what
-        # every KVService call goes through (error mapping, etcd auth metadata).
-        resp = await self._call(
-            "txn", lambda t: kv._rpc(kv._stub.Txn, request, operation="KV.Txn", timeout=t)
-        )
+        resp = await self._call("txn", lambda t: wire.send_txn(kv, request, rpc_timeout=t))
         entries: list[Entry | None] = []
         if resp.succeeded and ops:
             self.last_write = max(self.last_write, int(resp.header.revision))
@@ -577,13 +292,20 @@ class Store:
                 check_fence(fence, entries.pop())
         return bool(resp.succeeded), int(resp.header.revision), entries
 
+    async def _single(
+        self, conditions: Sequence[Cond], ops: Sequence[Op], reads: Sequence[str], _: int | None
+    ) -> Result:
+        """`txn` as the single-key writes take it (federation.store.txn); a plain write
+        has no audit entry, so the revision it expects is not needed here."""
+        return await self.txn(conditions, ops, read_on_failure=reads)
+
     async def put(self, key: str, value: JSON, *, lease: int = 0) -> int:
         """Unconditional write (Put); returns the new revision. A fenced task's put is
         a txn comparing its fence (`fence_writes`)."""
-        if _FENCE.get() is not None:
+        if write_fence() is not None:
             _, revision, _ = await self.txn([], [Op.put(key, value, lease=lease)])
             return revision
-        data = _encode(value)
+        data = encode(value)
         resp = await self._call(
             "put", lambda t: self._kv.put(self._abs(key), data, lease=lease, timeout=t)
         )
@@ -591,25 +313,11 @@ class Store:
         return int(resp.header.revision)
 
     async def create(
-        self,
-        key: str,
-        value: JSON | str,
-        *,
-        lease: int = 0,
-        also: Sequence[Op] = (),
-        audit: Change | None = None,
+        self, key: str, value: JSON | str, *, lease: int = 0, also: Sequence[Op] = ()
     ) -> int:
-        """Create-if-absent (Txn on create_revision == 0), with `also` in the same txn."""
-        ok, rev, entries = await self.txn(
-            [Cond.absent(key)],
-            [Op.put(key, value, lease=lease), *also],
-            read_on_failure=[key],
-            audit=audit.before(0) if audit else None,
-        )
-        if not ok:
-            current = entries[0]
-            raise AlreadyExists(key, current.revision if current else None)
-        return rev
+        """Create-if-absent (Txn on create_revision == 0), with `also` in the same txn;
+        AlreadyExists when the key is there."""
+        return await single.create(self._single, key, value, lease=lease, also=also)
 
     async def replace(
         self,
@@ -619,43 +327,17 @@ class Store:
         revision: int | None = None,
         also: Sequence[Op] = (),
         conditions: Sequence[Cond] = (),
-        audit: Change | None = None,
     ) -> int:
         """Write `key`; with `revision`, only if its mod_revision still equals it (CAS)."""
-        conds = [*conditions]
-        if revision is not None:
-            conds.append(Cond.at_revision(key, revision))
-        ok, rev, entries = await self.txn(
-            conds,
-            [Op.put(key, value), *also],
-            read_on_failure=[key],
-            audit=audit.before(revision) if audit else None,
+        return await single.replace(
+            self._single, key, value, revision=revision, also=also, conditions=conditions
         )
-        if not ok:
-            current = entries[0]
-            raise Conflict(key, revision, current.revision if current else None)
-        return rev
 
     async def delete(
-        self,
-        key: str,
-        *,
-        revision: int | None = None,
-        also: Sequence[Op] = (),
-        audit: Change | None = None,
+        self, key: str, *, revision: int | None = None, also: Sequence[Op] = ()
     ) -> int:
         """Delete `key` if it exists (and, with `revision`, is unchanged); CAS like replace."""
-        cond = Cond.at_revision(key, revision) if revision is not None else Cond.exists(key)
-        ok, rev, entries = await self.txn(
-            [cond],
-            [Op.delete(key), *also],
-            read_on_failure=[key],
-            audit=audit.before(revision) if audit else None,
-        )
-        if not ok:
-            current = entries[0]
-            raise Conflict(key, revision, current.revision if current else None)
-        return rev
+        return await single.delete(self._single, key, revision=revision, also=also)
 
     # -- leases -----------------------------------------------------------------------
 
@@ -708,7 +390,7 @@ class Store:
                 Event(
                     type="delete" if ev.type == _EVENT_DELETE else "put",
                     key=self._rel(ev.kv.key),
-                    value=None if ev.type == _EVENT_DELETE else _decode(ev.kv.value),
+                    value=None if ev.type == _EVENT_DELETE else decode(ev.kv.value),
                     revision=int(ev.kv.mod_revision),
                 )
                 for ev in events
@@ -744,7 +426,7 @@ class Store:
                 if resp.events:
                     yield resp.events
         except grpc.aio.AioRpcError as exc:
-            _reraise_cancellation(exc)
+            reraise_cancellation(exc)
             raise StoreUnavailable(f"watch: {exc.code().name}") from exc
         # gRPC can end the stream quietly when the task is cancelled; never report a
         # cancelled watch as a finished one.

@@ -25,7 +25,7 @@ from federation.model.jurisdictions import GROUP_PREFIX
 from federation.model.policy import Group, Policy
 from federation.residency.evaluate import AnyPolicy, MalformedPolicy
 from federation.residency.snapshot import Snapshot, StoredGroup, StoredPolicy
-from federation.store import keys
+from federation.store import audit, keys
 from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import JSON, Cond, Entry, Op, Store
@@ -182,11 +182,12 @@ async def _commit(store: Store, key: str, snap: Snapshot, expected: int, op: Op)
     change = Change(
         f"{kind}.{op.kind}", key, before_revision=expected, details={"value": op.value or {}}
     )
-    ok, revision, entries = await store.txn(
+    ok, revision, entries = await audit.txn(
+        store,
         [Cond.at_revision(keys.RESIDENCY_FENCE, snap.fence), Cond.at_revision(key, expected)],
         [op, Op.put(keys.RESIDENCY_FENCE, {"last_write": key})],
+        change,
         read_on_failure=[keys.RESIDENCY_FENCE],
-        audit=change,
     )
     if not ok:
         fence = entries[0] if entries else None

@@ -16,7 +16,7 @@ from federation.model.region import (
     region_view,
 )
 from federation.model.token import TokenRecord
-from federation.store import keys
+from federation.store import audit, keys
 from federation.store import tokens as store_tokens
 from federation.store.audit import Change
 from federation.store.errors import Conflict
@@ -30,11 +30,12 @@ class RegionNotFound(LookupError):
 async def create(store: Store, record: RegionRecord, token_digest: str, token: TokenRecord) -> int:
     """Create the region and its token in one txn (create-if-absent on the region key),
     audited."""
-    return await store.create(
+    return await audit.create(
+        store,
         keys.region(record.name),
         record.model_dump(mode="json"),
         also=[Op.put(keys.token(token_digest), token.model_dump(mode="json"))],
-        audit=Change(
+        change=Change(
             "region.create",
             keys.region(record.name),
             details={"country": record.country, "token_id": token.id},
@@ -96,8 +97,12 @@ async def set_cordon(
         keys.region(name),
         details={"reason": cordon.reason} if cordon else {},
     )
-    await store.replace(
-        keys.region(name), record.model_dump(mode="json"), revision=entry.revision, audit=change
+    await audit.replace(
+        store,
+        keys.region(name),
+        record.model_dump(mode="json"),
+        revision=entry.revision,
+        change=change,
     )
     return await get_view(store, name)
 
@@ -109,7 +114,8 @@ async def delete(store: Store, name: str, *, revision: int | None = None) -> Non
         raise RegionNotFound(name)
     tokens = await store_tokens.of_region(store, name)
     region_tokens = [t.key for t in tokens]
-    await store.delete(
+    await audit.delete(
+        store,
         keys.region(name),
         revision=revision if revision is not None else entry.revision,
         also=[
@@ -117,7 +123,7 @@ async def delete(store: Store, name: str, *, revision: int | None = None) -> Non
             Op.delete(keys.heartbeat(name)),
             *[Op.delete(k) for k in region_tokens],
         ],
-        audit=Change(
+        change=Change(
             "region.delete",
             keys.region(name),
             details={"tokens_revoked": [t.value.get("id") for t in tokens]},

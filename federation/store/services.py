@@ -9,7 +9,7 @@ import contextlib
 from datetime import UTC, datetime
 
 from federation.model.service import PlacementRecord, RegionReport, ServiceRecord, ServiceSpec
-from federation.store import keys
+from federation.store import audit, keys
 from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Op, Store
@@ -60,10 +60,11 @@ async def _apply(
         record = ServiceRecord(
             spec=spec, generation=1, created_at=now, updated_at=now, trace=current_carrier()
         )
-        revision = await store.create(
+        revision = await audit.create(
+            store,
             keys.service(spec.name),
             record.model_dump_json(),
-            audit=Change("service.put", keys.service(spec.name), details={"generation": 1}),
+            change=Change("service.put", keys.service(spec.name), details={"generation": 1}),
         )
         return record, revision, True, True
     existing, revision = current
@@ -78,11 +79,12 @@ async def _apply(
         updated_at=now,
         trace=current_carrier(),  # the controller's placement joins this request's trace
     )
-    new_revision = await store.replace(
+    new_revision = await audit.replace(
+        store,
         keys.service(spec.name),
         record.model_dump_json(),
         revision=revision,
-        audit=Change(
+        change=Change(
             "service.put", keys.service(spec.name), details={"generation": record.generation}
         ),
     )
@@ -101,20 +103,22 @@ async def delete(store: Store, name: str, *, if_match: int | None) -> None:
         regions = set(record.regions) | set(record.draining)
     ops = [Op.delete(keys.placement(name)), Op.delete(keys.rebalance(name))]
     ops += [Op.delete(keys.assignment(r, name)) for r in sorted(regions)]
-    await store.delete(
+    await audit.delete(
+        store,
         keys.service(name),
         revision=if_match if if_match is not None else entry.revision,
         also=ops,
-        audit=Change("service.delete", keys.service(name), details={"regions": sorted(regions)}),
+        change=Change("service.delete", keys.service(name), details={"regions": sorted(regions)}),
     )
 
 
 async def request_rebalance(store: Store, name: str) -> None:
     """Ask the controller to place the service afresh (ignoring where it runs now)."""
-    ok, _, _ = await store.txn(
+    ok, _, _ = await audit.txn(
+        store,
         [Cond.exists(keys.service(name))],
         [Op.put(keys.rebalance(name), {"requested_at": datetime.now(UTC).isoformat()})],
-        audit=Change("service.rebalance", keys.service(name)),
+        Change("service.rebalance", keys.service(name)),
     )
     if not ok:
         raise ServiceNotFound(name)

@@ -8,7 +8,7 @@ import weakref
 from pydantic import ValidationError
 
 from federation.model.token import Role, TokenRecord
-from federation.store import keys
+from federation.store import audit, keys
 from federation.store.audit import Change
 from federation.store.errors import AlreadyExists, Conflict
 from federation.store.etcd import Cond, Entry, Op, Store
@@ -65,10 +65,11 @@ _PARSED_MAX = 1024
 
 async def put(store: Store, digest: str, record: TokenRecord) -> None:
     """Store a new token under its hash (create-if-absent), audited."""
-    await store.create(
+    await audit.create(
+        store,
         keys.token(digest),
         record.model_dump(mode="json"),
-        audit=Change(
+        change=Change(
             "token.create",
             f"tokens/{record.id}",
             details={"role": record.role.value, "region": record.region},
@@ -108,10 +109,11 @@ async def revoke(store: Store, token_id: str) -> TokenRecord:
             raise LastAdminToken(token_id)
         # Two revocations at once must not both see "another admin is left".
         conditions += [Cond.at_revision(e.key, e.revision) for e in admins]
-    ok, _, _ = await store.txn(
+    ok, _, _ = await audit.txn(
+        store,
         conditions,
         [Op.delete(entry.key)],
-        audit=Change(
+        Change(
             "token.revoke",
             f"tokens/{record.id}",
             before_revision=entry.revision,

@@ -1,6 +1,6 @@
 """The audit log's group commit, against a real etcd: concurrent audited writes share
 transactions, yet each writer gets the answer it would have had alone, and the chain
-stays whole (federation/store/audit.py)."""
+stays whole (federation/store/audit/)."""
 
 from __future__ import annotations
 
@@ -35,20 +35,11 @@ def record_txns(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
     original = store.txn
 
     async def txn(
-        conditions: Sequence[Cond],
-        ops: Sequence[Op],
-        *,
-        read_on_failure: Sequence[str] = (),
-        audit: Change | None = None,
-        fenced: bool = True,
+        conditions: Sequence[Cond], ops: Sequence[Op], *, read_on_failure: Sequence[str] = ()
     ) -> tuple[bool, int, list[Entry | None]]:
-        if audit is None:
-            sent.append(Sent(list(conditions), list(ops)))
-        result = await original(
-            conditions, ops, read_on_failure=read_on_failure, audit=audit, fenced=fenced
-        )
-        if audit is None:
-            sent[-1].ok = result[0]
+        sent.append(Sent(list(conditions), list(ops)))
+        result = await original(conditions, ops, read_on_failure=read_on_failure)
+        sent[-1].ok = result[0]
         return result
 
     monkeypatch.setattr(store, "txn", txn)
@@ -88,8 +79,8 @@ async def test_concurrent_audited_writes_all_land_in_far_fewer_txns(store: Store
     before = await store.revision()
     revisions = await asyncio.gather(
         *(
-            store.create(
-                f"things/{i:03d}", {"i": i}, audit=Change("thing.create", f"things/{i:03d}")
+            audit.create(
+                store, f"things/{i:03d}", {"i": i}, change=Change("thing.create", f"things/{i:03d}")
             )
             for i in range(n)
         )
@@ -138,9 +129,9 @@ async def test_writers_of_the_same_key_are_never_merged(
 ) -> None:
     sent = record_txns(store, monkeypatch)
     results = await asyncio.gather(
-        store.create("things/x", {"by": 1}, audit=Change("thing.create", "things/x")),
-        store.create("things/x", {"by": 2}, audit=Change("thing.create", "things/x")),
-        store.create("things/y", {"by": 3}, audit=Change("thing.create", "things/y")),
+        audit.create(store, "things/x", {"by": 1}, change=Change("thing.create", "things/x")),
+        audit.create(store, "things/x", {"by": 2}, change=Change("thing.create", "things/x")),
+        audit.create(store, "things/y", {"by": 3}, change=Change("thing.create", "things/y")),
         return_exceptions=True,
     )
     assert isinstance(results[0], int)
@@ -190,10 +181,11 @@ async def test_two_stores_writing_at_once_keep_one_chain(etcd: LocalEtcd, store:
             for round_ in range(5):
                 await asyncio.gather(
                     *(
-                        s.create(
+                        audit.create(
+                            s,
                             f"things/{who}-{round_}-{i}",
                             {},
-                            audit=Change("thing.create", f"things/{who}-{round_}-{i}"),
+                            change=Change("thing.create", f"things/{who}-{round_}-{i}"),
                         )
                         for i in range(10)
                     )
@@ -320,14 +312,16 @@ async def test_writes_fenced_by_a_revoked_token_do_not_land(store: Store) -> Non
         return await asyncio.create_task(run())
 
     await as_the_request(lambda: store.put("things/before", {"v": 1}))
-    await as_the_request(lambda: store.create("things/audited-before", {"v": 1}, audit=thing()))
+    await as_the_request(
+        lambda: audit.create(store, "things/audited-before", {"v": 1}, change=thing())
+    )
     await store.txn([], [Op.delete("tokens/abc")])  # revoked, by someone else
 
     writes = [
         lambda: store.put("things/after-put", {"v": 1}),
         lambda: store.txn([], [Op.put("things/after-txn", {"v": 1})]),
         lambda: store.create("things/after-create", {"v": 1}),
-        lambda: store.create("things/after-audited", {"v": 1}, audit=thing()),
+        lambda: audit.create(store, "things/after-audited", {"v": 1}, change=thing()),
     ]
     for write in writes:
         with pytest.raises(CredentialRevoked):
@@ -348,7 +342,7 @@ async def test_a_revoked_writer_merged_with_others_fails_alone(store: Store) -> 
     async def write(i: int, fenced: bool) -> int:
         if fenced:
             fence_writes(token.key, token.revision)
-        return await store.create(f"things/{i:02d}", {"i": i}, audit=thing())
+        return await audit.create(store, f"things/{i:02d}", {"i": i}, change=thing())
 
     results = await asyncio.gather(
         *(asyncio.create_task(write(i, fenced=i == 3)) for i in range(8)),
@@ -361,14 +355,35 @@ async def test_a_revoked_writer_merged_with_others_fails_alone(store: Store) -> 
     await assert_whole_chain(store, 7)
 
 
+async def test_the_first_writer_of_a_shared_txn_lends_it_no_fence(store: Store) -> None:
+    # The txn runs in its first writer's context (for its trace): that writer's fence,
+    # revoked here, must still fail that writer alone.
+    await store.put("tokens/abc", {"id": "tok-1"})
+    token = await store.get("tokens/abc")
+    assert token is not None
+    await store.txn([], [Op.delete("tokens/abc")])
+
+    async def write(i: int) -> int:
+        if i == 0:
+            fence_writes(token.key, token.revision)
+        return await audit.create(store, f"things/{i:02d}", {"i": i}, change=thing())
+
+    results = await asyncio.gather(
+        *(asyncio.create_task(write(i)) for i in range(4)), return_exceptions=True
+    )
+    assert isinstance(results[0], CredentialRevoked)
+    assert all(isinstance(r, int) for r in results[1:]), results
+    await assert_whole_chain(store, 3)
+
+
 def thing() -> Change:
     return Change("thing.create", "things/x")
 
 
 async def test_entries_with_any_details_read_back_as_written_and_verify(store: Store) -> None:
     details = {"note": "Zürich → São Paulo", "nested": {"prev": "x", "seq": 9}, "n": 1}
-    await store.create(
-        "things/a", {"v": 1}, audit=Change("thing.create", "things/a", details=details)
+    await audit.create(
+        store, "things/a", {"v": 1}, change=Change("thing.create", "things/a", details=details)
     )
     [entry] = await assert_whole_chain(store, 1)
     assert entry["details"] == details
@@ -378,11 +393,15 @@ async def test_entries_with_any_details_read_back_as_written_and_verify(store: S
 async def test_an_audited_write_whose_answer_was_lost_is_known_to_have_landed(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await store.create("things/before", {"v": 0}, audit=Change("thing.create", "things/before"))
+    await audit.create(
+        store, "things/before", {"v": 0}, change=Change("thing.create", "things/before")
+    )
     lose_answers(store, monkeypatch, 1)
     # Sent again, the txn fails its own conditions; the committer finds the head it
     # wrote and answers success instead of "already exists".
-    revision = await store.create("things/a", {"v": 1}, audit=Change("thing.create", "things/a"))
+    revision = await audit.create(
+        store, "things/a", {"v": 1}, change=Change("thing.create", "things/a")
+    )
     entry = await store.get("things/a")
     assert entry is not None and entry.revision == revision
     assert store.last_write >= revision  # so the mirror waits for it: read your writes
@@ -390,7 +409,7 @@ async def test_an_audited_write_whose_answer_was_lost_is_known_to_have_landed(
     assert entries[-1]["resource"] == "things/a"
     assert entries[-1]["after_revision"] == revision
     # The committer goes on from the head it recognised.
-    await store.create("things/b", {"v": 2}, audit=Change("thing.create", "things/b"))
+    await audit.create(store, "things/b", {"v": 2}, change=Change("thing.create", "things/b"))
     await assert_whole_chain(store, 3)
 
 
@@ -404,3 +423,37 @@ async def test_a_plain_write_whose_answer_was_lost_reports_the_conflict_it_meets
         await store.create("things/a", {"v": 1})
     entry = await store.get("things/a")
     assert entry is not None and entry.value == {"v": 1}
+
+
+# -- the committer's lifecycle (a server starts it, and stops it before the store) -------
+
+
+async def test_a_started_committer_stays_until_stopped_and_commits_what_is_queued(
+    store: Store,
+) -> None:
+    committer = audit.committer(store)
+
+    async def as_a_fenced_request() -> None:
+        # Started from a request: its task must not take the request's fence along.
+        fence_writes("tokens/none", 1)
+        committer.start()
+
+    await asyncio.create_task(as_a_fenced_request())
+    results = await asyncio.gather(*(audit.txn(store, *create(f"things/{i}")) for i in range(5)))
+    assert all(ok for ok, _, _ in results)
+    assert not await no_committer_left(), "a started committer waits for writes"
+    queued = asyncio.create_task(audit.txn(store, *create("things/queued")))
+    await asyncio.sleep(0)  # queued
+    await committer.stop()
+    assert (await queued)[0]
+    assert await no_committer_left()
+    # After stop, writes still land: the committer runs again while they wait.
+    assert (await audit.txn(store, *create("things/later")))[0]
+    assert await no_committer_left()
+    await assert_whole_chain(store, 7)
+
+
+async def test_stopping_a_committer_that_never_ran_is_harmless(store: Store) -> None:
+    await audit.committer(store).stop()
+    assert (await audit.txn(store, *create("things/a")))[0]
+    await assert_whole_chain(store, 1)

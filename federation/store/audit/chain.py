@@ -1,0 +1,176 @@
+"""The audit chain itself: the entry format, its digest, and checking a run of entries.
+
+Pure: no I/O and no store calls, so the format and its verification can be read (and
+tested) on their own. An entry is stored as its canonical JSON (sorted keys, compact,
+non-ASCII kept) with `hash` = SHA-256 of that JSON without `hash`; `prev` is the
+previous entry's hash (GENESIS for the first), so editing, removing or reordering an
+entry breaks the chain from that entry on. The head (`audit-head`) holds the last
+entry's `seq` and `hash`.
+
+An entry's "after" revision is its own mod_revision (etcd gives a whole txn one
+revision), so it is not hashed; `check` also requires mod_revision ==
+create_revision, so an entry rewritten in place is caught even with a recomputed hash.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from federation.store import keys
+from federation.store.txn import JSON, Entry
+
+GENESIS = "0" * 64
+# Who acts when nobody was named (see federation.store.audit.actor).
+SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an audited write does: filled in by the caller, chained by the committer."""
+
+    action: str  # e.g. "policy.put", "service.delete", "token.revoke"
+    resource: str  # e.g. "policies/eu-patient-data"
+    actor: str | None = None  # None: the current task's (audit.current_actor)
+    before_revision: int | None = None  # the resource's mod_revision before (0: absent)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def before(self, revision: int | None) -> Change:
+        """This change with `before_revision` set, unless the caller already set it."""
+        if self.before_revision is not None or revision is None:
+            return self
+        return Change(self.action, self.resource, self.actor, revision, self.details)
+
+
+class AuditEntry(BaseModel):
+    """One entry as stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    resource: str
+    before_revision: int | None = None
+    details: dict[str, Any] = {}
+    prev: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class Head:
+    """The last entry's sequence number and hash, and the head key's mod_revision."""
+
+    seq: int = 0
+    hash: str = GENESIS
+    revision: int = 0
+
+
+def entry_key(seq: int) -> str:
+    return f"{keys.AUDIT}{seq:020d}"
+
+
+def digest(value: Mapping[str, Any]) -> str:
+    """SHA-256 of an entry's canonical JSON, its own `hash` field left out."""
+    body = {k: v for k, v in value.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def make_entry(head: Head, change: Change, now: datetime) -> tuple[str, Head]:
+    """The next entry after `head` as stored (JSON, hash included), and the new head.
+
+    The canonical JSON is written once: its keys split in two sorted runs around
+    `hash` (action..details, then prev..seq), so the stored text is the canonical
+    text with the hash put between them, and `digest` of what is read back agrees."""
+    dumps = functools.partial(
+        json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    first = dumps(
+        {
+            "action": change.action,
+            "actor": change.actor or SYSTEM,
+            "at": now.isoformat(),
+            "before_revision": change.before_revision,
+            "details": dict(change.details),
+        }
+    )
+    second = dumps({"prev": head.hash, "resource": change.resource, "seq": head.seq + 1})
+    canonical = first[:-1] + "," + second[1:]
+    hashed = hashlib.sha256(canonical.encode()).hexdigest()
+    return f'{first[:-1]},"hash":"{hashed}",{second[1:]}', Head(head.seq + 1, hashed)
+
+
+def head_of(entry: Entry | None) -> Head:
+    """The head an `audit-head` entry names (the empty log's when there is none)."""
+    if entry is None:
+        return Head()
+    return Head(int(entry.value.get("seq", 0)), str(entry.value.get("hash", "")), entry.revision)
+
+
+def head_value(head: Head) -> str:
+    """The `audit-head` value naming `head`, as stored."""
+    return json.dumps({"hash": head.hash, "seq": head.seq}, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of `check`: ok, how many entries, the first that fails and why."""
+
+    ok: bool
+    entries: int
+    first_bad: int | None = None
+    reason: str | None = None
+    head: str = GENESIS
+
+    def as_json(self) -> JSON:
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "first_bad": self.first_bad,
+            "reason": self.reason,
+            "head": self.head,
+        }
+
+
+def _problem(entry: Entry, expected: int, prev: str) -> str | None:
+    value = entry.value
+    if entry.key != entry_key(expected):
+        return f"entry {expected} is missing (the next key is {entry.key})"
+    if value.get("seq") != expected:
+        return f"entry {expected} says it is entry {value.get('seq')}"
+    if value.get("hash") != digest(value):
+        return f"entry {expected}: its content does not match its hash"
+    if value.get("prev") != prev:
+        return f"entry {expected}: does not chain to the entry before it"
+    if entry.revision != entry.created:
+        return f"entry {expected}: was rewritten after it was written"
+    return None
+
+
+def check(entries: Sequence[Entry], head: Entry | None) -> Verification:
+    """Walk the chain from the first entry; stop at the first one that does not verify."""
+    prev = GENESIS
+    for expected, entry in enumerate(entries, start=1):
+        problem = _problem(entry, expected, prev)
+        if problem is not None:
+            return Verification(False, len(entries), expected, problem, prev)
+        prev = str(entry.value["hash"])
+    last = len(entries)
+    if head is None:
+        if last:
+            return Verification(False, last, last, "the audit head is missing", prev)
+        return Verification(True, 0, head=prev)
+    head_seq = head.value.get("seq")
+    if head_seq != last or head.value.get("hash") != prev:
+        reason = f"the head names entry {head_seq} but the log ends at entry {last}"
+        return Verification(False, last, last + 1 if head_seq != last else last, reason, prev)
+    return Verification(True, last, head=prev)
