@@ -110,6 +110,8 @@ MIRRORED = (
     keys.GROUPS,
     keys.RESIDENCY_FENCE,
     keys.TOKENS,
+    # Followed for its seq: a server alarms when the head goes back (store.audit.monitor).
+    keys.AUDIT_HEAD,
 )
 MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS, keys.TOKENS)
 # The big ones, one key per service (or per service and region): held deflated.

@@ -142,4 +142,10 @@ etcd_duration = _meter.create_histogram(
 etcd_errors = _meter.create_counter(
     "federation_etcd_errors", description="etcd calls that failed, by operation and kind."
 )
+audit_head_regressions = _meter.create_counter(
+    "federation_audit_head_regressions",
+    description="Times this server saw the audit head go back (a lower seq than one it saw, "
+    "or the same seq with another hash): the log was cut, wiped or restored. Must stay 0.",
+)
 residency_violations.add(0)  # shown as 0 from the start, not only after the first
+audit_head_regressions.add(0)

@@ -5,13 +5,17 @@ Layout (docs/keys.md): `audit/{seq:020d}` -> AuditEntry, and `audit-head` -> `{"
 conditions and operations, the condition that `audit-head` is still the head its entry
 chains onto, and the puts of the entry and the new head: the entry lands if and only
 if its change does. Entries are hash-chained, so `verify` names the first entry that
-was edited, removed or reordered.
+was edited, removed or reordered; a cut tail with the head moved back, or a log wiped
+whole, still verifies alone, and is caught against a signed checkpoint kept outside
+etcd (`checkpoint`) and by the servers that saw the head go back (`monitor`).
 
 The package, bottom up:
 
 - `chain`: the entry format, its digest, the head, checking a run of entries (pure);
 - `actor`: who acts in the current task (`acting_as`, set by the API per request);
-- `reads`: the head, entries since a sequence number, `verify`;
+- `checkpoint`: signed checkpoints of the head, the anchor outside etcd (pure);
+- `reads`: the head, entries since a sequence number, `verify` (against a checkpoint);
+- `monitor`: the highest head a server saw, and its alarm when the head goes back;
 - `committer`: group commit of one Store's audited writes, and its task's lifecycle;
 - `writes`: what callers use, `txn`, `create`, `replace`, `delete`, typed like the
   Store's own writes with a `Change` added.
@@ -32,7 +36,9 @@ from federation.store.audit.chain import (
     entry_key,
     make_entry,
 )
+from federation.store.audit.checkpoint import Checkpoint
 from federation.store.audit.committer import WRITE_ATTEMPTS, Committer, committer
+from federation.store.audit.monitor import HeadMonitor, follow
 from federation.store.audit.reads import read_head, since, verify, view
 from federation.store.audit.writes import create, delete, replace, txn
 
@@ -41,8 +47,10 @@ __all__ = [
     "WRITE_ATTEMPTS",
     "AuditEntry",
     "Change",
+    "Checkpoint",
     "Committer",
     "Head",
+    "HeadMonitor",
     "Verification",
     "acting_as",
     "check",
@@ -52,6 +60,7 @@ __all__ = [
     "delete",
     "digest",
     "entry_key",
+    "follow",
     "make_entry",
     "read_head",
     "replace",

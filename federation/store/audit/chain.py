@@ -10,6 +10,8 @@ entry's `seq` and `hash`.
 An entry's "after" revision is its own mod_revision (etcd gives a whole txn one
 revision), so it is not hashed; `check` also requires mod_revision ==
 create_revision, so an entry rewritten in place is caught even with a recomputed hash.
+A chain cut short with the head moved back is whole again; `check` catches it only
+against an `anchor`, the entry a signed checkpoint names (store.audit.checkpoint).
 """
 
 from __future__ import annotations
@@ -123,13 +125,15 @@ def head_value(head: Head) -> str:
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of `check`: ok, how many entries, the first that fails and why."""
+    """The outcome of `check`: ok, how many entries, the first that fails and why, and
+    the checkpoint's seq when one was checked."""
 
     ok: bool
     entries: int
     first_bad: int | None = None
     reason: str | None = None
     head: str = GENESIS
+    checkpoint: int | None = None
 
     def as_json(self) -> JSON:
         return {
@@ -138,6 +142,7 @@ class Verification:
             "first_bad": self.first_bad,
             "reason": self.reason,
             "head": self.head,
+            "checkpoint": self.checkpoint,
         }
 
 
@@ -156,21 +161,56 @@ def _problem(entry: Entry, expected: int, prev: str) -> str | None:
     return None
 
 
-def check(entries: Sequence[Entry], head: Entry | None) -> Verification:
-    """Walk the chain from the first entry; stop at the first one that does not verify."""
+def _anchor_problem(entries: Sequence[Entry], anchor: Head) -> tuple[int, str] | None:
+    """Where and why the log no longer holds the checkpointed entry `anchor`."""
+    last = len(entries)
+    named = f"checkpoint seq {anchor.seq}"
+    if not last:
+        return 1, f"the audit log is empty, but {named} was signed when it held that entry"
+    if anchor.seq > last:
+        return last + 1, (
+            f"the log ends at entry {last}, before {named}: entries were removed "
+            "and the head moved back"
+        )
+    if entries[anchor.seq - 1].value.get("hash") != anchor.hash:
+        return (
+            anchor.seq,
+            f"entry {anchor.seq} is not the one {named} signed: the log was rewritten",
+        )
+    return None
+
+
+def check(
+    entries: Sequence[Entry], head: Entry | None, *, anchor: Head | None = None
+) -> Verification:
+    """Walk the chain from the first entry, every entry there is; stop at the first one
+    that does not verify. Then: the log must still hold the checkpointed entry `anchor`
+    (seq and hash, from a signed checkpoint), and the head must name the last entry
+    (an entry past the head was written without moving it, or the head was moved back)."""
+    checked = anchor.seq if anchor is not None else None
     prev = GENESIS
     for expected, entry in enumerate(entries, start=1):
         problem = _problem(entry, expected, prev)
         if problem is not None:
-            return Verification(False, len(entries), expected, problem, prev)
+            return Verification(False, len(entries), expected, problem, prev, checked)
         prev = str(entry.value["hash"])
     last = len(entries)
+    if anchor is not None and (lost := _anchor_problem(entries, anchor)) is not None:
+        return Verification(False, last, lost[0], lost[1], prev, checked)
     if head is None:
         if last:
-            return Verification(False, last, last, "the audit head is missing", prev)
-        return Verification(True, 0, head=prev)
+            return Verification(False, last, last, "the audit head is missing", prev, checked)
+        return Verification(True, 0, head=prev, checkpoint=checked)
     head_seq = head.value.get("seq")
+    if isinstance(head_seq, int) and head_seq < last:
+        reason = (
+            f"entries {head_seq + 1} to {last} lie past the head (entry {head_seq}): "
+            "written without moving the head, or the head was moved back"
+        )
+        return Verification(False, last, head_seq + 1, reason, prev, checked)
     if head_seq != last or head.value.get("hash") != prev:
         reason = f"the head names entry {head_seq} but the log ends at entry {last}"
-        return Verification(False, last, last + 1 if head_seq != last else last, reason, prev)
-    return Verification(True, last, head=prev)
+        return Verification(
+            False, last, last + 1 if head_seq != last else last, reason, prev, checked
+        )
+    return Verification(True, last, head=prev, checkpoint=checked)

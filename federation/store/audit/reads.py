@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from federation.store import keys
-from federation.store.audit.chain import Head, Verification, check, entry_key, head_of
+from federation.store.audit.chain import Head, Verification, check, head_of
 from federation.store.etcd import JSON, Entry, Store
 
 
@@ -24,12 +24,18 @@ async def since(store: Store, seq: int, *, limit: int = 1000) -> tuple[list[JSON
     return found[:limit], revision
 
 
-async def verify(store: Store) -> Verification:
-    """Check the chain up to the head. The head is read first: entries appended after
-    that read are past it and left for the next verification."""
-    head = await store.get(keys.AUDIT_HEAD)
-    entries, _ = await store.scan(keys.AUDIT)
-    if head is not None:
-        last_key = entry_key(int(head.value.get("seq", 0)))
-        entries = [e for e in entries if e.key <= last_key]
-    return check(entries, head)
+async def verify(store: Store, *, anchor: Head | None = None) -> Verification:
+    """Check the whole chain, the head, and (given) a checkpoint's entry `anchor`.
+
+    The head and the entries are read in one scan, at one revision: every entry was
+    there with that head, so an entry past the head is an anomaly, not a write that
+    landed between two reads."""
+    found, _ = await store.scan(_AUDIT_KEYS)
+    head = next((e for e in found if e.key == keys.AUDIT_HEAD), None)
+    entries = [e for e in found if e.key.startswith(keys.AUDIT)]
+    return check(entries, head, anchor=anchor)
+
+
+# A prefix of both `audit/` and `audit-head`: one range holds them both.
+_AUDIT_KEYS = "audit"
+assert keys.AUDIT.startswith(_AUDIT_KEYS) and keys.AUDIT_HEAD.startswith(_AUDIT_KEYS)
