@@ -52,7 +52,14 @@ from federation.api.context import (
 from federation.api.errors import error_middleware
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
-from federation.model.token import Role, TokenRecord, hash_secret, new_secret
+from federation.model.token import (
+    Role,
+    TokenRecord,
+    admin_token_weakness,
+    hash_secret,
+    new_secret,
+)
+from federation.processes.commands import ADMIN_TOKEN_ENV
 from federation.runtime import Tasks
 from federation.store import Store
 from federation.store import audit as audit_log
@@ -69,17 +76,37 @@ BOOTSTRAP_NOTICE = "admin token (shown once, store it now): "
 _CONTROLLER_GRACE_S = 1.0
 
 
+class StartRefused(Exception):
+    """The server will not start with this configuration; the message says why."""
+
+
+def check_config(config: ServerConfig) -> None:
+    """Refuse, before anything starts, what the server must not run with."""
+    if config.admin_token:
+        weakness = admin_token_weakness(config.admin_token)
+        if weakness is not None:
+            raise StartRefused(
+                f"{ADMIN_TOKEN_ENV} {weakness}. Use a random value, e.g. "
+                "`openssl rand -hex 32`, or unset it and let the server make the first "
+                "admin token"
+            )
+
+
 async def bootstrap_admin(store: Store, config: ServerConfig) -> str | None:
     """Make sure an admin token exists. Returns a newly made secret, to print once."""
     now = datetime.now(UTC)
     if config.admin_token:
         record = TokenRecord(
-            id="tok-admin-env",
+            id=store_tokens.ENV_ADMIN_ID,
             role=Role.ADMIN,
             created_at=now,
-            description="FEDERATION_ADMIN_TOKEN",
+            description=ADMIN_TOKEN_ENV,
         )
-        await store_tokens.ensure(store, hash_secret(config.admin_token), record)
+        done = await store_tokens.ensure_env_admin(store, hash_secret(config.admin_token), record)
+        if done == store_tokens.ENV_ADMIN_REVOKED:
+            log.warning("%s; unset it, or set a new value to make a new admin token", done)
+        else:
+            log.info("%s", done)
         return None
     secret = new_secret()
     record = TokenRecord(
@@ -94,7 +121,9 @@ async def bootstrap_admin(store: Store, config: ServerConfig) -> str | None:
 
 def create_app(config: ServerConfig, *, announce: bool = True) -> web.Application:
     """Build the API application. Its `cleanup_ctx` steps start the server's parts in
-    the order they are listed, and aiohttp stops them in the reverse order."""
+    the order they are listed, and aiohttp stops them in the reverse order.
+    StartRefused when the configuration is unsafe (`check_config`)."""
+    check_config(config)
     app = web.Application(
         middlewares=[error_middleware, confirm_middleware], client_max_size=config.max_body_bytes
     )

@@ -129,7 +129,7 @@ def serve(
     """Run a federation server: the API on every replica, the controller on the leader."""
     from aiohttp import web
 
-    from federation.api.app import create_app
+    from federation.api.app import StartRefused, create_app
     from federation.api.context import ServerConfig
     from federation.runtime import tune_gc
     from federation.telemetry.setup import configure_from_env
@@ -153,9 +153,13 @@ def serve(
     )
     ssl_context = _server_tls(tls_cert, tls_key, client_ca)
     scheme = "http" if ssl_context is None else "https"
+    try:
+        app = create_app(config)
+    except StartRefused as exc:
+        raise click.ClickException(str(exc)) from None
     tune_gc()
     web.run_app(
-        create_app(config),
+        app,
         host=host,
         port=port,
         ssl_context=ssl_context,

@@ -35,6 +35,32 @@ def new_secret() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+# A secret given from outside (FEDERATION_ADMIN_TOKEN) is not made by new_secret, so
+# its strength is checked: stored as a plain SHA-256, it must not be guessable.
+MIN_SECRET_LENGTH = 32
+MIN_DISTINCT_CHARACTERS = 10
+
+
+def admin_token_weakness(secret: str) -> str | None:
+    """Why `secret` is too weak for an admin token, or None. Never quotes the secret."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"is {len(secret)} characters long; it needs at least {MIN_SECRET_LENGTH}"
+    distinct = len(set(secret))
+    if distinct < MIN_DISTINCT_CHARACTERS:
+        return (
+            f"has only {distinct} distinct characters; it needs at least {MIN_DISTINCT_CHARACTERS}"
+        )
+    classes = {
+        "lower-case letters": str.islower,
+        "upper-case letters": str.isupper,
+        "digits": str.isdigit,
+    }
+    for name, of_class in classes.items():
+        if all(of_class(c) for c in secret):
+            return f"is made of {name} only; mix in at least one other kind of character"
+    return None
+
+
 def hash_secret(secret: str) -> str:
     """What is stored instead of the token. Tokens carry 256 random bits, so a plain
     SHA-256 is enough: there is no password to brute-force."""

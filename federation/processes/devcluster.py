@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from federation.model.token import new_secret
+from federation.model.token import admin_token_weakness, new_secret
 from federation.processes.children import free_port, launch, stop_processes
 from federation.processes.commands import (
     ADMIN_TOKEN_ENV,
@@ -143,6 +143,9 @@ class LocalFederation:
     def _admin_token(self) -> str:
         env = os.environ.get(ADMIN_TOKEN_ENV)
         if env:
+            weakness = admin_token_weakness(env)
+            if weakness is not None:
+                raise StartupError(f"{ADMIN_TOKEN_ENV} {weakness}")
             return env
         path = self.data_dir / "admin.token"
         if path.exists():

@@ -7,6 +7,9 @@ ALIVE = "alive/"  # alive/{name} -> {"since"} on the region's lease: present = r
 HEARTBEATS = "heartbeats/"  # heartbeats/{name} -> HeartbeatRecord (outlives the lease)
 TOKENS = "tokens/"  # tokens/{sha256 of secret} -> TokenRecord
 BOOTSTRAP = "bootstrap"  # present once the first admin token has been made
+# revoked-env-tokens/{sha256 of secret} -> {"revoked_at"}: a FEDERATION_ADMIN_TOKEN that
+# was revoked, so a restart with the same value does not store it again.
+REVOKED_ENV_TOKENS = "revoked-env-tokens/"
 LEADER = "leader"  # identity of the controller leader, on its lease
 POLICIES = "policies/"  # policies/{name} -> Policy (docs/residency.md)
 GROUPS = "groups/"  # groups/{name} -> Group (admin-defined; built-in groups are never stored)
@@ -29,6 +32,10 @@ def heartbeat(name: str) -> str:
 
 def token(digest: str) -> str:
     return TOKENS + digest
+
+
+def revoked_env_token(digest: str) -> str:
+    return REVOKED_ENV_TOKENS + digest
 
 
 def policy(name: str) -> str:

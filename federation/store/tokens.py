@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import weakref
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from federation.model.token import Role, TokenRecord
 from federation.store import audit, keys
 from federation.store.audit import Change
-from federation.store.errors import AlreadyExists, Conflict
+from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Entry, Op, Store
 from federation.store.mirror import Mirror
+
+# The id of the admin token a server is given in FEDERATION_ADMIN_TOKEN (`ensure_env_admin`).
+ENV_ADMIN_ID = "tok-admin-env"
+ENV_ADMIN_REVOKED = "FEDERATION_ADMIN_TOKEN was revoked: not stored again"
+_ENSURE_ATTEMPTS = 10
 
 
 class TokenNotFound(LookupError):
@@ -103,6 +108,13 @@ async def revoke(store: Store, token_id: str) -> TokenRecord:
         raise TokenNotFound(token_id)
     entry, record = match[0]
     conditions = [Cond.at_revision(entry.key, entry.revision)]
+    ops = [Op.delete(entry.key)]
+    if record.id == ENV_ADMIN_ID:
+        # Remembered, so the next start with the same FEDERATION_ADMIN_TOKEN does not
+        # store it again (`ensure_env_admin`).
+        digest = entry.key.removeprefix(keys.TOKENS)
+        revoked = {"revoked_at": datetime.now(UTC).isoformat()}
+        ops.append(Op.put(keys.revoked_env_token(digest), revoked))
     if record.role is Role.ADMIN:
         admins = [e for e, r in parsed if r is not None and r.role is Role.ADMIN]
         if len(admins) <= 1:
@@ -112,7 +124,7 @@ async def revoke(store: Store, token_id: str) -> TokenRecord:
     ok, _, _ = await audit.txn(
         store,
         conditions,
-        [Op.delete(entry.key)],
+        ops,
         Change(
             "token.revoke",
             f"tokens/{record.id}",
@@ -141,14 +153,48 @@ async def bootstrap_admin(store: Store, digest: str, record: TokenRecord) -> boo
     return ok
 
 
-async def ensure(store: Store, digest: str, record: TokenRecord) -> None:
-    """Store a token given from outside (FEDERATION_ADMIN_TOKEN) unless already there."""
-    with contextlib.suppress(AlreadyExists):
-        await store.create(
-            keys.token(digest),
-            record.model_dump(mode="json"),
-            also=[Op.put(keys.BOOTSTRAP, {"token_id": record.id})],
+async def ensure_env_admin(store: Store, digest: str, record: TokenRecord) -> str:
+    """Store the admin token given from outside (FEDERATION_ADMIN_TOKEN, id
+    `ENV_ADMIN_ID`), stored under `digest`; returns a sentence saying what was done.
+
+    One `ENV_ADMIN_ID` record at most: a new value replaces the old record in one
+    audited txn (the old secret stops working). A value that was revoked is not stored
+    again (its tombstone is written by `revoke`). Replicas starting at once agree: each
+    write compares what it read, and the loser reads again."""
+    tombstone, key = keys.revoked_env_token(digest), keys.token(digest)
+    for _ in range(_ENSURE_ATTEMPTS):
+        if await store.get(tombstone) is not None:
+            return ENV_ADMIN_REVOKED
+        entries, _ = await store.scan(keys.TOKENS)
+        if any(e.key == key for e in entries):
+            return "FEDERATION_ADMIN_TOKEN already stored"
+        olds = [e for e in entries if e.value.get("id") == ENV_ADMIN_ID]
+        conditions = [
+            Cond.absent(key),
+            Cond.absent(tombstone),
+            *(Cond.at_revision(e.key, e.revision) for e in olds),
+        ]
+        ops = [*(Op.delete(e.key) for e in olds), Op.put(key, record.model_dump(mode="json"))]
+        if not olds:
+            ops.append(Op.put(keys.BOOTSTRAP, {"token_id": record.id}))
+        if not entries:
+            # The federation's first token, like `bootstrap_admin`'s: not audited.
+            ok, _, _ = await store.txn(conditions, ops)
+            if ok:
+                return "FEDERATION_ADMIN_TOKEN stored"
+            continue
+        change = Change(
+            "token.replace" if olds else "token.create",
+            f"tokens/{ENV_ADMIN_ID}",
+            before_revision=olds[0].revision if olds else 0,
+            details={"role": Role.ADMIN.value, "from": "FEDERATION_ADMIN_TOKEN"},
         )
+        ok, _, _ = await audit.txn(store, conditions, ops, change)
+        if ok and olds:
+            return "FEDERATION_ADMIN_TOKEN changed: the old value's token was replaced"
+        if ok:
+            return "FEDERATION_ADMIN_TOKEN stored"
+    raise Conflict(key, 0, None)
 
 
 async def of_region(store: Store, region: str) -> list[Entry]:

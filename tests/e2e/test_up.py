@@ -59,7 +59,7 @@ def alive(pids: set[int]) -> set[int]:
 @pytest.mark.slow
 def test_up_starts_four_ready_regions_and_sigint_leaves_nothing(tmp_path: Path) -> None:
     port = free_port()
-    token = "fed_e2e-" + os.urandom(8).hex()
+    token = "fed_e2e-" + os.urandom(16).hex()  # FEDERATION_ADMIN_TOKEN: 32 characters or more
     proc = subprocess.Popen(
         [
             sys.executable,
