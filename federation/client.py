@@ -345,6 +345,13 @@ class ApiClient:
         """Audit entries after sequence number `since`, oldest first."""
         return await self._call("GET", f"/v1/audit?since={since}")
 
-    async def audit_verify(self) -> Json:
-        """Check the audit hash chain; the answer names the first entry that fails."""
+    async def audit_verify(self, *, checkpoint: Json | None = None) -> Json:
+        """Check the audit hash chain (and that it still holds the entry a signed
+        `checkpoint` names); the answer names the first entry that fails."""
+        if checkpoint is not None:
+            return await self._call("POST", "/v1/audit/verify", body=checkpoint)
         return await self._call("GET", "/v1/audit/verify")
+
+    async def audit_checkpoint(self) -> Json:
+        """The audit log's head, signed with the server's audit key."""
+        return await self._call("GET", "/v1/audit/checkpoint")

@@ -23,8 +23,10 @@ import secrets
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.api import (
     assignments,
@@ -40,6 +42,8 @@ from federation.api import (
 )
 from federation.api.auth import confirm_middleware
 from federation.api.context import (
+    AUDIT_KEY,
+    AUDIT_MONITOR,
     CONFIG,
     CONTROLLER,
     DRILLS,
@@ -64,6 +68,7 @@ from federation.runtime import Tasks
 from federation.store import Store
 from federation.store import audit as audit_log
 from federation.store import tokens as store_tokens
+from federation.store.audit.checkpoint import private_key_from_pem
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
 from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED
@@ -78,6 +83,25 @@ _CONTROLLER_GRACE_S = 1.0
 
 class StartRefused(Exception):
     """The server will not start with this configuration; the message says why."""
+
+
+def load_audit_key(path: Path) -> Ed25519PrivateKey:
+    """The audit checkpoint key of `--audit-key` (StartRefused saying why not). A key
+    others may read is used, with a warning: whoever reads it can sign checkpoints."""
+    try:
+        pem = path.read_bytes()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise StartRefused(f"--audit-key {path}: {exc.strerror}") from None
+    try:
+        key = private_key_from_pem(pem)
+    except ValueError as exc:
+        raise StartRefused(f"--audit-key {path}: {exc}") from None
+    if mode & 0o077:
+        log.warning(
+            "--audit-key %s is readable by others (mode %o): chmod 600 it", path, mode & 0o777
+        )
+    return key
 
 
 def check_config(config: ServerConfig) -> None:
@@ -122,12 +146,18 @@ async def bootstrap_admin(store: Store, config: ServerConfig) -> str | None:
 def create_app(config: ServerConfig, *, announce: bool = True) -> web.Application:
     """Build the API application. Its `cleanup_ctx` steps start the server's parts in
     the order they are listed, and aiohttp stops them in the reverse order.
-    StartRefused when the configuration is unsafe (`check_config`)."""
+    StartRefused when the configuration is unsafe (`check_config`) or the audit key
+    does not load."""
     check_config(config)
     app = web.Application(
         middlewares=[error_middleware, confirm_middleware], client_max_size=config.max_body_bytes
     )
     app[CONFIG] = config
+    if config.audit_key is not None:
+        app[AUDIT_KEY] = load_audit_key(config.audit_key)
+    else:
+        log.warning("no --audit-key: signed audit checkpoints are off")
+    app[AUDIT_MONITOR] = audit_log.HeadMonitor()
     app[TASKS] = Tasks()
     app.add_routes(system.routes)
     app.add_routes(regions.routes)
@@ -183,6 +213,8 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
             app[STORE], MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED, tasks=app[TASKS]
         )
         app[MIRROR] = mirror
+        # Every head the watch applies: an alarm if it goes back (store.audit.monitor).
+        audit_log.follow(mirror, app[AUDIT_MONITOR])
         await mirror.start(wait=False)
         yield
         await mirror.stop()

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
 from federation.runtime import Tasks
 from federation.store import Store
+from federation.store.audit import HeadMonitor
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
 
@@ -34,6 +36,8 @@ class ServerConfig:
     etcd_key: Path | None = None
     etcd_user: str | None = None
     etcd_password: str | None = field(default=None, repr=False)
+    # The Ed25519 key that signs audit checkpoints (`--audit-key`); never in etcd.
+    audit_key: Path | None = None
 
 
 CONFIG = web.AppKey("config", ServerConfig)
@@ -43,6 +47,9 @@ MIRROR = web.AppKey("mirror", Mirror)
 ELECTION = web.AppKey("election", LeaderElection)
 CONTROLLER = web.AppKey("controller", Controller)
 DRILLS = web.AppKey("drills", DrillRunner)
+# Set only when the server was given `--audit-key`.
+AUDIT_KEY = web.AppKey("audit_key", Ed25519PrivateKey)
+AUDIT_MONITOR = web.AppKey("audit_monitor", HeadMonitor)
 
 
 async def synced(request: web.Request) -> Mirror:

@@ -26,6 +26,7 @@ from federation.model.names import NAME_PATTERN
 from federation.model.policy import Group, Policy
 from federation.model.region import Heartbeat, RegionCreate
 from federation.model.service import RegionReport, ServiceSpec
+from federation.store.audit.checkpoint import Checkpoint
 
 routes = web.RouteTableDef()
 
@@ -139,6 +140,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Audit entries after since", "admin", query={"since": _SINCE}, list_result=True
     ),
     ("GET", "/v1/audit/verify"): Operation("Verify the audit hash chain", "admin"),
+    ("POST", "/v1/audit/verify"): Operation(
+        "Verify the audit hash chain against a signed checkpoint", "admin", Checkpoint
+    ),
+    ("GET", "/v1/audit/checkpoint"): Operation(
+        "The head of the audit log, signed with the server's --audit-key", "admin"
+    ),
 }
 
 ERROR_SCHEMA: JSON = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from federation.api.body import json_response
-from federation.api.context import CONFIG, ELECTION, STORE
+from federation.api.context import AUDIT_MONITOR, CONFIG, ELECTION, STORE
 from federation.store import StoreError
 
 routes = web.RouteTableDef()
@@ -13,8 +13,15 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
-    """The process is up and serving HTTP (no dependency checked)."""
-    return json_response({"status": "ok"})
+    """The process is up and serving HTTP (no dependency checked): always 200 while it
+    serves. `audit_head` says whether this server saw the audit head go back (a cut or
+    wiped log: see federation.store.audit.monitor); that is an alarm for a person, not
+    a reason to restart the process."""
+    body: dict[str, object] = {"status": "ok"}
+    monitor = request.app.get(AUDIT_MONITOR)
+    if monitor is not None:
+        body["audit_head"] = monitor.as_json()
+    return json_response(body)
 
 
 @routes.get("/v1/ready")

@@ -3,7 +3,9 @@ and `backup` (an etcd snapshot of the whole federation)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -78,18 +80,72 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A checkpoint from `audit checkpoint`: also fail when the log no longer holds it.",
+)
 @click.pass_context
-def audit_verify(ctx: click.Context) -> None:
-    """Check the hash chain; name the first entry that does not verify (exit 1)."""
-    result = call(ctx, lambda c: c.audit_verify())
+def audit_verify(ctx: click.Context, checkpoint_file: Path | None) -> None:
+    """Check the hash chain; name the first entry that does not verify (exit 1).
+
+    With --checkpoint, the server checks the checkpoint's signature with its own key,
+    then that the log still holds the entry it signed, and that every entry after it
+    verifies: a log cut back, wiped or rewritten since then fails (exit 1)."""
+    checkpoint = _read_checkpoint(checkpoint_file) if checkpoint_file else None
+    result = call(ctx, lambda c: c.audit_verify(checkpoint=checkpoint))
+    against = f", checkpoint seq {result['checkpoint']} held" if result.get("checkpoint") else ""
     if result["ok"]:
-        console.print(f"ok: {result['entries']} entries verify (head {result['head'][:16]})")
+        console.print(
+            f"ok: {result['entries']} entries verify (head {result['head'][:16]}){against}"
+        )
         return
     err_console.print(
         f"[red]audit log does not verify[/red] (first bad entry: {result['first_bad']}): "
         f"{escape(str(result['reason']))}"
     )
     raise SystemExit(1)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        err_console.print(f"[red]cannot read checkpoint {escape(str(path))}[/red]: {exc}")
+        raise SystemExit(1) from None
+    if not isinstance(found, dict):
+        err_console.print(f"[red]{escape(str(path))} is not a checkpoint[/red] (not an object)")
+        raise SystemExit(1)
+    return found
+
+
+@audit.command("checkpoint")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write it to this file (default: stdout).",
+)
+@click.pass_context
+def audit_checkpoint(ctx: click.Context, output: Path | None) -> None:
+    """Sign the head of the audit log (it must verify) with the server's audit key.
+
+    Keep the file where whoever runs etcd cannot write (a ticket, a WORM bucket), and
+    check the log against it with `audit verify --checkpoint FILE`."""
+    signed = call(ctx, lambda c: c.audit_checkpoint())
+    text = json.dumps(signed, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        err_console.print(f"[red]cannot write {escape(str(output))}[/red]: {exc.strerror}")
+        raise SystemExit(1) from None
+    err_console.print(f"checkpoint seq {signed['seq']} written to {escape(str(output))}")
 
 
 @audit.command("list")

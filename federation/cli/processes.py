@@ -110,6 +110,13 @@ def _server_tls(
 @click.option(
     "--etcd-user", default=None, help="etcd user (password from FEDERATION_ETCD_PASSWORD)."
 )
+@click.option(
+    "--audit-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Ed25519 private key (PEM, mode 0600) that signs audit checkpoints; never put "
+    "in etcd. Every replica gets the same file. Without it, checkpoints are off.",
+)
 def serve(
     etcd: str,
     prefix: str,
@@ -125,6 +132,7 @@ def serve(
     etcd_cert: Path | None,
     etcd_key: Path | None,
     etcd_user: str | None,
+    audit_key: Path | None,
 ) -> None:
     """Run a federation server: the API on every replica, the controller on the leader."""
     from aiohttp import web
@@ -150,6 +158,7 @@ def serve(
         etcd_key=etcd_key,
         etcd_user=etcd_user,
         etcd_password=os.environ.get("FEDERATION_ETCD_PASSWORD") or None,
+        audit_key=audit_key,
     )
     ssl_context = _server_tls(tls_cert, tls_key, client_ca)
     scheme = "http" if ssl_context is None else "https"

@@ -37,6 +37,7 @@ def serve_command(
     election_ttl: int | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    audit_key: Path | None = None,
     log_level: str | None = None,
 ) -> list[str]:
     """A server replica named `identity` on `port`, against the etcd endpoints `etcd`."""
@@ -51,6 +52,8 @@ def serve_command(
         args.append(f"--tls-cert={tls_cert}")
     if tls_key is not None:
         args.append(f"--tls-key={tls_key}")
+    if audit_key is not None:
+        args.append(f"--audit-key={audit_key}")
     return federation_command(*args, log_level=log_level)
 
 

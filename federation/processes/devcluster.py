@@ -1,10 +1,11 @@
 """`federation up`: a whole federation on this machine, as real processes.
 
 A local etcd, one server and four demo regions (eu-de-1 DE, eu-fr-1 FR,
-us-east-1 US, ap-in-1 IN), each region with its own agent process. Tokens and
-ports are kept in the data dir so a second `up` on the same dir resumes the same
-federation. Every child runs in its own session and is stopped in order (agents,
-server, etcd) on Ctrl-C or SIGTERM, so nothing is left behind.
+us-east-1 US, ap-in-1 IN), each region with its own agent process. Tokens, ports
+and the audit checkpoint key (`audit.key`) are kept in the data dir so a second `up`
+on the same dir resumes the same federation. Every child runs in its own session and
+is stopped in order (agents, server, etcd) on Ctrl-C or SIGTERM, so nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
@@ -61,6 +64,19 @@ def _write_secret(path: Path, secret: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secret)
+
+
+def make_audit_key(path: Path) -> Path:
+    """The Ed25519 key that signs audit checkpoints (`serve --audit-key`): made once per
+    data dir, mode 0600, and kept, so checkpoints taken earlier still verify."""
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write_secret(path, pem.decode())
+    return path
 
 
 def _http(
@@ -209,6 +225,7 @@ class LocalFederation:
         """Start etcd, the servers and the agents; return once the servers are ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.admin_token = self._admin_token()
+        audit_key = make_audit_key(self.data_dir / "audit.key")
         self.etcd = self._members()
         for member in self.etcd:
             member.launch()
@@ -221,6 +238,7 @@ class LocalFederation:
                 port=self.port + i,
                 identity=f"up-{self._server_name(i)}",
                 region_ttl=self.region_ttl,
+                audit_key=audit_key,
             )
             self.servers.append(
                 self._spawn(self._server_name(i), command, {ADMIN_TOKEN_ENV: self.admin_token})
