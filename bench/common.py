@@ -127,7 +127,7 @@ async def cluster(
     out). The first one started leads (it is ready before the others start)."""
     etcd = LocalEtcd(workdir / "etcd")
     etcd.start()
-    admin = "fed_bench-" + os.urandom(8).hex()
+    admin = "fed_bench-" + os.urandom(16).hex()  # FEDERATION_ADMIN_TOKEN: 32+ characters
     procs: list[subprocess.Popen[bytes]] = []
     try:
         servers = []
