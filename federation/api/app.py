@@ -44,12 +44,14 @@ from federation.api.context import (
     CONTROLLER,
     DRILLS,
     ELECTION,
+    FAILURES,
     MIRROR,
     STORE,
     TASKS,
     ServerConfig,
 )
 from federation.api.errors import error_middleware
+from federation.api.failures import Failures
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
@@ -100,6 +102,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     )
     app[CONFIG] = config
     app[TASKS] = Tasks()
+    app[FAILURES] = Failures(burst=config.auth_failures_burst, per_s=config.auth_failures_per_s)
     app.add_routes(system.routes)
     app.add_routes(regions.routes)
     app.add_routes(tokens.routes)

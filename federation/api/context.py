@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from federation.api.failures import Failures
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
 from federation.runtime import Tasks
@@ -34,6 +35,10 @@ class ServerConfig:
     etcd_key: Path | None = None
     etcd_user: str | None = None
     etcd_password: str | None = field(default=None, repr=False)
+    # Failed authentications per client address: a burst, then so many per second
+    # (federation.api.failures); beyond, 429 with Retry-After.
+    auth_failures_burst: int = 20
+    auth_failures_per_s: float = 2.0
 
 
 CONFIG = web.AppKey("config", ServerConfig)
@@ -43,6 +48,7 @@ MIRROR = web.AppKey("mirror", Mirror)
 ELECTION = web.AppKey("election", LeaderElection)
 CONTROLLER = web.AppKey("controller", Controller)
 DRILLS = web.AppKey("drills", DrillRunner)
+FAILURES = web.AppKey("failures", Failures)
 
 
 async def synced(request: web.Request) -> Mirror:

@@ -142,4 +142,10 @@ etcd_duration = _meter.create_histogram(
 etcd_errors = _meter.create_counter(
     "federation_etcd_errors", description="etcd calls that failed, by operation and kind."
 )
+auth_failures = _meter.create_counter(
+    "federation_auth_failures",
+    description="Failed bearer-token authentications, by outcome: unknown (etcd holds no "
+    "such token), remembered (refused from the short cache of unknown tokens, no etcd "
+    "read), expired, limited (429: the client address failed too often).",
+)
 residency_violations.add(0)  # shown as 0 from the start, not only after the first
