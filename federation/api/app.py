@@ -46,12 +46,14 @@ from federation.api.context import (
     ELECTION,
     FAILURES,
     MIRROR,
+    OPEN_WATCHES,
     STORE,
     TASKS,
     ServerConfig,
 )
 from federation.api.errors import error_middleware
 from federation.api.failures import Failures
+from federation.api.watches import Watches
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
@@ -157,6 +159,8 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
             app[STORE], MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED, tasks=app[TASKS]
         )
         app[MIRROR] = mirror
+        # Open assignment watches end when their token or region does (a listener).
+        app[OPEN_WATCHES] = Watches(mirror, per_token=config.max_watches_per_token)
         await mirror.start(wait=False)
         yield
         await mirror.stop()

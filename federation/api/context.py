@@ -9,6 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from federation.api.failures import Failures
+from federation.api.watches import Watches
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
 from federation.runtime import Tasks
@@ -35,6 +36,8 @@ class ServerConfig:
     etcd_key: Path | None = None
     etcd_user: str | None = None
     etcd_password: str | None = field(default=None, repr=False)
+    # Assignment watches one token may hold open at once (the next one is a 429).
+    max_watches_per_token: int = 4
     # Failed authentications per client address: a burst, then so many per second
     # (federation.api.failures); beyond, 429 with Retry-After.
     auth_failures_burst: int = 20
@@ -49,6 +52,7 @@ ELECTION = web.AppKey("election", LeaderElection)
 CONTROLLER = web.AppKey("controller", Controller)
 DRILLS = web.AppKey("drills", DrillRunner)
 FAILURES = web.AppKey("failures", Failures)
+OPEN_WATCHES = web.AppKey("open watches", Watches)
 
 
 async def synced(request: web.Request) -> Mirror:

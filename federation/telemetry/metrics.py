@@ -148,4 +148,9 @@ auth_failures = _meter.create_counter(
     "such token), remembered (refused from the short cache of unknown tokens, no etcd "
     "read), expired, limited (429: the client address failed too often).",
 )
+watches_closed = _meter.create_counter(
+    "federation_assignment_watches_closed",
+    description="Assignment watches the server ended, by reason: token (revoked, rotated "
+    "away, expired or no longer allowed), region (deleted).",
+)
 residency_violations.add(0)  # shown as 0 from the start, not only after the first
