@@ -48,12 +48,16 @@ from federation.api.context import (
     CONTROLLER,
     DRILLS,
     ELECTION,
+    FAILURES,
     MIRROR,
+    OPEN_WATCHES,
     STORE,
     TASKS,
     ServerConfig,
 )
 from federation.api.errors import error_middleware
+from federation.api.failures import Failures
+from federation.api.watches import Watches
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
 from federation.model.token import (
@@ -159,6 +163,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         log.warning("no --audit-key: signed audit checkpoints are off")
     app[AUDIT_MONITOR] = audit_log.HeadMonitor()
     app[TASKS] = Tasks()
+    app[FAILURES] = Failures(burst=config.auth_failures_burst, per_s=config.auth_failures_per_s)
     app.add_routes(system.routes)
     app.add_routes(regions.routes)
     app.add_routes(tokens.routes)
@@ -215,6 +220,8 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         app[MIRROR] = mirror
         # Every head the watch applies: an alarm if it goes back (store.audit.monitor).
         audit_log.follow(mirror, app[AUDIT_MONITOR])
+        # Open assignment watches end when their token or region does (a listener).
+        app[OPEN_WATCHES] = Watches(mirror, per_token=config.max_watches_per_token)
         await mirror.start(wait=False)
         yield
         await mirror.stop()

@@ -9,6 +9,8 @@ from pathlib import Path
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from federation.api.failures import Failures
+from federation.api.watches import Watches
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
 from federation.runtime import Tasks
@@ -38,6 +40,12 @@ class ServerConfig:
     etcd_password: str | None = field(default=None, repr=False)
     # The Ed25519 key that signs audit checkpoints (`--audit-key`); never in etcd.
     audit_key: Path | None = None
+    # Assignment watches one token may hold open at once (the next one is a 429).
+    max_watches_per_token: int = 4
+    # Failed authentications per client address: a burst, then so many per second
+    # (federation.api.failures); beyond, 429 with Retry-After.
+    auth_failures_burst: int = 20
+    auth_failures_per_s: float = 2.0
 
 
 CONFIG = web.AppKey("config", ServerConfig)
@@ -50,6 +58,8 @@ DRILLS = web.AppKey("drills", DrillRunner)
 # Set only when the server was given `--audit-key`.
 AUDIT_KEY = web.AppKey("audit_key", Ed25519PrivateKey)
 AUDIT_MONITOR = web.AppKey("audit_monitor", HeadMonitor)
+FAILURES = web.AppKey("failures", Failures)
+OPEN_WATCHES = web.AppKey("open watches", Watches)
 
 
 async def synced(request: web.Request) -> Mirror:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +28,7 @@ _CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid",
+    429: "too_many_requests",
     503: "unavailable",
 }
 
@@ -36,13 +37,20 @@ class ApiError(Exception):
     """An error a client should see: status, a stable code, a readable message."""
 
     def __init__(
-        self, status: int, message: str, *, code: str | None = None, details: Any = None
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code or _CODES.get(status, "error")
         self.message = message
         self.details = details
+        self.headers = headers  # e.g. Retry-After on a 429
 
 
 def invalid(field: str, message: str, **extra: Any) -> ApiError:
@@ -125,12 +133,19 @@ def no_policy_names(requested: Sequence[str], exc: UnknownDataClassError) -> Api
     return unprocessable(details)
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
     body = {"error": {"code": code, "message": message, "details": details}}
     return web.Response(
         status=status,
         body=json.dumps(body).encode(),
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -140,7 +155,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
     except ValidationError as exc:
         err = from_validation(exc)
         return error_response(err.status, err.code, err.message, err.details)

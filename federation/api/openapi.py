@@ -208,7 +208,7 @@ def _operation(method: str, path: str, op: Operation, components: JSON) -> JSON:
         str(code): {"description": "success", "content": content} for code in op.success
     }
     responses["default"] = {
-        "description": "an error (400, 401, 403, 404, 409, 413, 415, 422, 503)",
+        "description": "an error (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)",
         "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
     }
     result: JSON = {

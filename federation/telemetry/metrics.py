@@ -147,5 +147,16 @@ audit_head_regressions = _meter.create_counter(
     description="Times this server saw the audit head go back (a lower seq than one it saw, "
     "or the same seq with another hash): the log was cut, wiped or restored. Must stay 0.",
 )
+auth_failures = _meter.create_counter(
+    "federation_auth_failures",
+    description="Failed bearer-token authentications, by outcome: unknown (etcd holds no "
+    "such token), remembered (refused from the short cache of unknown tokens, no etcd "
+    "read), expired, limited (429: the client address failed too often).",
+)
+watches_closed = _meter.create_counter(
+    "federation_assignment_watches_closed",
+    description="Assignment watches the server ended, by reason: token (revoked, rotated "
+    "away, expired or no longer allowed), region (deleted).",
+)
 residency_violations.add(0)  # shown as 0 from the start, not only after the first
 audit_head_regressions.add(0)
