@@ -1,0 +1,191 @@
+"""A hostile region and the races around its token, over real HTTP and a real etcd.
+
+A compromised region lies about its capacity (the admin's ceiling holds), fills etcd
+with status reports (bounded, and written only when they change), and a region token
+is made, rotated or revoked while the region is deleted or re-created through another
+replica (one txn each: a token never outlives its region's incarnation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from federation.api.app import create_app
+from federation.api.context import STORE
+from federation.store import Store, keys, wire
+from tests.conftest import Api
+
+# The bound of a status report (docs/api.md).
+MAX_REPORT_INSTANCES = 5_000
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+async def register(api: Api, name: str, country: str, **extra: Any) -> str:
+    body = {"name": name, "country": country, **extra}
+    status, answer = await api.call("POST", "/v1/regions", json=body)
+    assert status == 201, answer
+    return str(answer["token"])
+
+
+async def beat(api: Api, region: str, token: str, cpu: float, memory_mb: int) -> int:
+    capacity = {"cpu": cpu, "memory_mb": memory_mb}
+    status, _ = await api.call(
+        "POST", f"/v1/regions/{region}/heartbeat", token=token, json={"capacity": capacity}
+    )
+    return status
+
+
+@contextlib.asynccontextmanager
+async def beating(api: Api, regions: dict[str, tuple[str, float, int]]) -> AsyncIterator[None]:
+    """Keep each region (token, cpu, memory_mb) beating every 0.5 s (the TTL is 2 s)."""
+
+    async def forever(name: str, token: str, cpu: float, memory_mb: int) -> None:
+        while True:
+            await beat(api, name, token, cpu, memory_mb)
+            await asyncio.sleep(0.5)
+
+    tasks = [asyncio.create_task(forever(n, *args)) for n, args in regions.items()]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def region(api: Api, name: str) -> dict[str, Any]:
+    status, body = await api.call("GET", f"/v1/regions/{name}")
+    assert status == 200, body
+    return dict(body)
+
+
+async def region_tokens(store: Store, name: str) -> list[dict[str, Any]]:
+    """The stored token records of region `name`."""
+    entries, _ = await store.scan(keys.TOKENS)
+    return [e.value for e in entries if e.value.get("region") == name]
+
+
+@pytest.fixture
+async def replica(api: Api) -> AsyncIterator[Api]:
+    """A second server on the same etcd prefix: another admin acting at the same time."""
+    config = dataclasses.replace(api.config, identity=f"replica-{uuid.uuid4().hex[:6]}")
+    server = TestServer(create_app(config, announce=False), host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        yield Api(url, api.admin_token, api.session, config, app=server.app)
+    finally:
+        await server.close()
+
+
+def before_txn(
+    monkeypatch: pytest.MonkeyPatch,
+    api: Api,
+    matches: Callable[[Any], bool],
+    meanwhile: Callable[[], Awaitable[None]],
+) -> list[bool]:
+    """Run `meanwhile` once, just before the first txn of `api`'s server that `matches`
+    reaches etcd: whatever that server checked before its txn is now out of date.
+    Returns a list that holds True once it ran."""
+    assert api.app is not None
+    kv = api.app[STORE]._kv
+    original = wire.send_txn
+    ran: list[bool] = []
+
+    async def send_txn(to: Any, request: Any, *, rpc_timeout: float) -> Any:
+        if to is kv and not ran and matches(request):
+            ran.append(True)
+            await meanwhile()
+        return await original(to, request, rpc_timeout=rpc_timeout)
+
+    monkeypatch.setattr(wire, "send_txn", send_txn)
+    return ran
+
+
+def puts_token(request: Any) -> bool:
+    return any(b"/tokens/" in op.request_put.key for op in request.success)
+
+
+def deletes_region(name: str) -> Callable[[Any], bool]:
+    def matches(request: Any) -> bool:
+        return any(
+            op.request_delete_range.key.endswith(f"/regions/{name}".encode())
+            for op in request.success
+        )
+
+    return matches
+
+
+# -- hole 5: status reports as a disk filler ---------------------------------------------
+
+
+def instance(i: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "service": "web",
+        "instance": f"web-{i}",
+        "generation": 1,
+        "version": "1",
+        "state": "running",
+        "ready": True,
+        **extra,
+    }
+
+
+async def test_an_oversized_status_report_is_413_and_the_stored_report_is_unchanged(
+    api: Api, store: Store
+) -> None:
+    token = await register(api, "eu-de-1", "DE")
+    path = "/v1/regions/eu-de-1/status"
+    status, body = await api.call("PUT", path, token=token, json={"instances": [instance(0)]})
+    assert status == 200, body
+    stored = await store.get(keys.report("eu-de-1"))
+    assert stored is not None
+
+    many = [instance(i) for i in range(MAX_REPORT_INSTANCES + 1)]
+    status, body = await api.call("PUT", path, token=token, json={"instances": many})
+    assert status == 413, body
+    assert body["error"]["code"] == "payload_too_large"
+    assert str(MAX_REPORT_INSTANCES) in body["error"]["message"]
+    assert body["error"]["details"][0]["field"] == "instances"
+    after = await store.get(keys.report("eu-de-1"))
+    assert after is not None and after.revision == stored.revision
+
+    # A long message is cut, not refused (the agent would retry a refused report forever).
+    status, body = await api.call(
+        "PUT", path, token=token, json={"instances": [instance(0, message="x" * 1000)]}
+    )
+    assert status == 200, body
+    after = await store.get(keys.report("eu-de-1"))
+    assert after is not None
+    assert len(after.value["instances"][0]["message"]) <= 256
+
+
+async def test_the_same_status_report_twice_is_written_once(api: Api, store: Store) -> None:
+    token = await register(api, "eu-de-1", "DE")
+    path = "/v1/regions/eu-de-1/status"
+    report = {"instances": [instance(i) for i in range(3)]}
+    status, body = await api.call("PUT", path, token=token, json=report)
+    assert status == 200, body
+    first = await store.get(keys.report("eu-de-1"))
+    assert first is not None
+    for _ in range(3):
+        status, body = await api.call("PUT", path, token=token, json=report)
+        assert status == 200, body
+    again = await store.get(keys.report("eu-de-1"))
+    assert again is not None and again.revision == first.revision
+    # A change is written.
+    changed = {"instances": [instance(i, ready=i != 0) for i in range(3)]}
+    status, body = await api.call("PUT", path, token=token, json=changed)
+    assert status == 200, body
+    later = await store.get(keys.report("eu-de-1"))
+    assert later is not None and later.revision > first.revision
+    assert later.value["instances"][0]["ready"] is False
