@@ -9,8 +9,17 @@ from aiohttp import web
 
 from federation.api.context import MIRROR, STORE
 from federation.api.errors import ApiError, Handler
+from federation.model.region import RegionRecord
 from federation.model.token import Role, TokenRecord, hash_secret, role_allows
-from federation.store import check_fence, fence_writes, keys, tokens, unfence_writes, write_fence
+from federation.store import (
+    check_fence,
+    fence_writes,
+    keys,
+    regions,
+    tokens,
+    unfence_writes,
+    write_fence,
+)
 from federation.store.audit import acting_as
 
 # Requests that change nothing: they read their token from etcd before anything else.
@@ -47,6 +56,8 @@ async def authenticate(request: web.Request) -> TokenRecord:
     if found is None or found[0].expired(datetime.now(UTC)):
         raise ApiError(401, "invalid or expired token")
     record, revision = found
+    if record.role is Role.REGION and not await _incarnation_stands(request, record):
+        raise ApiError(401, "invalid or expired token")
     _PRINCIPAL.set((request, record))
     # Every audited write made for this request names this token's subject.
     acting_as(record.subject)
@@ -55,6 +66,21 @@ async def authenticate(request: web.Request) -> TokenRecord:
     else:
         unfence_writes()  # a keep-alive connection's requests share one context
     return record
+
+
+async def _incarnation_stands(request: web.Request, token: TokenRecord) -> bool:
+    """Is the region this token was made for still there, the same incarnation? A
+    region deleted and registered again under its name is another region: a token of
+    the one before (its tokens are deleted with it; one restored or written back by
+    hand) must not speak for it."""
+    if token.region is None:
+        return False
+    held = request.app[MIRROR].get(keys.REGIONS, token.region, RegionRecord)
+    if held is not None and held[0].incarnation == token.region_incarnation:
+        return True
+    # The mirror may lag a registration made through another replica: etcd decides.
+    record = await regions.get_record(request.app[STORE], token.region)
+    return record is not None and record.incarnation == token.region_incarnation
 
 
 @web.middleware

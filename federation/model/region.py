@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
@@ -28,6 +29,12 @@ class Capacity(BaseModel):
 
     cpu: float = Field(default=0.0, ge=0, le=1_000_000)
     memory_mb: int = Field(default=0, ge=0, le=1_000_000_000_000)
+
+
+def new_incarnation() -> str:
+    """An id for one life of a region name: a region deleted and registered again under
+    the same name is another incarnation, and its predecessor's tokens are not its own."""
+    return secrets.token_hex(8)
 
 
 class RegionCreate(BaseModel):
@@ -62,6 +69,9 @@ class RegionRecord(BaseModel):
     endpoint: str | None = None
     created_at: datetime
     cordon: Cordon | None = None
+    # Set at registration (None for regions registered before incarnations existed);
+    # every region token carries the incarnation it was made for.
+    incarnation: str | None = None
 
 
 class Heartbeat(BaseModel):

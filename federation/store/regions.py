@@ -20,11 +20,21 @@ from federation.store import audit, keys
 from federation.store import tokens as store_tokens
 from federation.store.audit import Change
 from federation.store.errors import Conflict
-from federation.store.etcd import Cond, Op, Store
+from federation.store.etcd import Cond, Entry, Op, Store
 
 
 class RegionNotFound(LookupError):
     """No region of that name."""
+
+
+class RegionReplaced(Exception):
+    """The region was deleted and registered again under its name meanwhile: what was
+    decided about the one before does not hold for this one."""
+
+
+# Writes that compare the region's record are tried again when it changed meanwhile,
+# this many times in all, then 409.
+_ATTEMPTS = 5
 
 
 async def create(store: Store, record: RegionRecord, token_digest: str, token: TokenRecord) -> int:
@@ -41,6 +51,13 @@ async def create(store: Store, record: RegionRecord, token_digest: str, token: T
             details={"country": record.country, "token_id": token.id},
         ),
     )
+
+
+async def _entry(store: Store, name: str) -> Entry:
+    entry = await store.get(keys.region(name))
+    if entry is None:
+        raise RegionNotFound(name)
+    return entry
 
 
 async def list_views(store: Store) -> tuple[list[RegionView], int]:
@@ -68,9 +85,7 @@ async def list_views(store: Store) -> tuple[list[RegionView], int]:
 
 async def get_view(store: Store, name: str) -> RegionView:
     """One region with its state; RegionNotFound if there is none."""
-    entry = await store.get(keys.region(name))
-    if entry is None:
-        raise RegionNotFound(name)
+    entry = await _entry(store, name)
     alive = await store.get(keys.alive(name))
     beat = await store.get(keys.heartbeat(name))
     return region_view(
@@ -81,13 +96,17 @@ async def get_view(store: Store, name: str) -> RegionView:
     )
 
 
+async def get_record(store: Store, name: str) -> RegionRecord | None:
+    """The region's record as etcd holds it now (one read, shared by concurrent ones)."""
+    entry = await store.get_shared(keys.region(name))
+    return RegionRecord.model_validate(entry.value) if entry is not None else None
+
+
 async def set_cordon(
     store: Store, name: str, cordon: Cordon | None, *, revision: int | None = None
 ) -> RegionView:
     """Cordon (or uncordon, with None) a region; CAS on its record."""
-    entry = await store.get(keys.region(name))
-    if entry is None:
-        raise RegionNotFound(name)
+    entry = await _entry(store, name)
     if revision is not None and revision != entry.revision:
         raise Conflict(keys.region(name), revision, entry.revision)
     record = RegionRecord.model_validate(entry.value)
@@ -108,27 +127,106 @@ async def set_cordon(
 
 
 async def delete(store: Store, name: str, *, revision: int | None = None) -> None:
-    """Delete a region with its liveness, heartbeat and tokens, in one txn."""
-    entry = await store.get(keys.region(name))
-    if entry is None:
-        raise RegionNotFound(name)
-    tokens = await store_tokens.of_region(store, name)
-    region_tokens = [t.key for t in tokens]
-    await audit.delete(
-        store,
-        keys.region(name),
-        revision=revision if revision is not None else entry.revision,
-        also=[
-            Op.delete(keys.alive(name)),
-            Op.delete(keys.heartbeat(name)),
-            *[Op.delete(k) for k in region_tokens],
-        ],
-        change=Change(
-            "region.delete",
-            keys.region(name),
-            details={"tokens_revoked": [t.value.get("id") for t in tokens]},
-        ),
-    )
+    """Delete a region with its liveness, heartbeat and tokens, in one txn.
+
+    The txn compares the region's record, and every region token is made in a txn
+    that rewrites it (`mint_token`): a token made after the tokens were listed fails
+    this txn, and (without `revision`, the caller's If-Match) the list is read again.
+    """
+    for _ in range(_ATTEMPTS):
+        entry = await _entry(store, name)
+        tokens = await store_tokens.of_region(store, name)
+        try:
+            await audit.delete(
+                store,
+                keys.region(name),
+                revision=revision if revision is not None else entry.revision,
+                also=[
+                    Op.delete(keys.alive(name)),
+                    Op.delete(keys.heartbeat(name)),
+                    *[Op.delete(t.key) for t in tokens],
+                ],
+                change=Change(
+                    "region.delete",
+                    keys.region(name),
+                    details={"tokens_revoked": [t.value.get("id") for t in tokens]},
+                ),
+            )
+        except Conflict:
+            if revision is not None:
+                raise
+            continue
+        return
+    raise Conflict(keys.region(name), revision, None)
+
+
+async def mint_token(store: Store, name: str, digest: str, token: TokenRecord) -> TokenRecord:
+    """Store a new token of region `name`, bound to the region as it is now.
+
+    One txn compares the region's record and writes it back unchanged with the token:
+    a region deleted before it fails the txn (no token outlives its region), and one
+    deleted after it sees the token (`delete` compares the record too). The token
+    carries the region's incarnation, which authentication compares. RegionNotFound
+    when the region is gone, RegionReplaced when it was registered again meanwhile
+    (the caller checked the one before). Audited as `token.create`."""
+    first: int | None = None
+    for _ in range(_ATTEMPTS):
+        entry = await _entry(store, name)
+        if first is not None and entry.created != first:
+            raise RegionReplaced(name)
+        first = entry.created
+        record = RegionRecord.model_validate(entry.value)
+        bound = token.model_copy(update={"region": name, "region_incarnation": record.incarnation})
+        ok, _, _ = await audit.txn(
+            store,
+            [Cond.at_revision(entry.key, entry.revision), Cond.absent(keys.token(digest))],
+            [
+                Op.put(entry.key, entry.value),
+                Op.put(keys.token(digest), bound.model_dump(mode="json")),
+            ],
+            Change(
+                "token.create",
+                f"tokens/{bound.id}",
+                details={"role": bound.role.value, "region": name},
+            ),
+        )
+        if ok:
+            return bound
+    raise Conflict(keys.region(name), None, None)
+
+
+async def rotate_token(
+    store: Store, name: str, digest: str, token: TokenRecord
+) -> tuple[TokenRecord, list[str]]:
+    """Store a new token of region `name` and revoke every other, in one txn (CAS on the
+    region's record, as `mint_token` writes it: a token made meanwhile is revoked too).
+    Returns the new token and the ids revoked."""
+    for _ in range(_ATTEMPTS):
+        entry = await _entry(store, name)
+        record = RegionRecord.model_validate(entry.value)
+        old = await store_tokens.of_region(store, name)
+        revoked = [str(t.value.get("id")) for t in old]
+        bound = token.model_copy(update={"region": name, "region_incarnation": record.incarnation})
+        try:
+            await audit.replace(
+                store,
+                entry.key,
+                entry.value,
+                revision=entry.revision,
+                also=[
+                    *[Op.delete(t.key) for t in old],
+                    Op.put(keys.token(digest), bound.model_dump(mode="json")),
+                ],
+                change=Change(
+                    "region.token-rotate",
+                    entry.key,
+                    details={"token_id": bound.id, "revoked": revoked},
+                ),
+            )
+        except Conflict:
+            continue
+        return bound, revoked
+    raise Conflict(keys.region(name), None, None)
 
 
 async def heartbeat(store: Store, name: str, beat: Heartbeat, *, ttl: int) -> str:

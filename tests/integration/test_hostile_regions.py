@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from federation.api.app import create_app
 from federation.api.context import STORE
+from federation.model.token import hash_secret
 from federation.store import Store, keys, wire
 from tests.conftest import Api
 
@@ -189,3 +190,115 @@ async def test_the_same_status_report_twice_is_written_once(api: Api, store: Sto
     later = await store.get(keys.report("eu-de-1"))
     assert later is not None and later.revision > first.revision
     assert later.value["instances"][0]["ready"] is False
+
+
+# -- hole 10: region token races ----------------------------------------------------------
+
+
+async def test_a_token_minted_for_a_region_deleted_meanwhile_is_not_created(
+    api: Api, replica: Api, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await register(api, "eu-de-1", "DE")
+
+    async def delete_region() -> None:
+        status, body = await replica.call("DELETE", "/v1/regions/eu-de-1")
+        assert status == 200, body
+
+    ran = before_txn(monkeypatch, api, puts_token, delete_region)
+    status, body = await api.call(
+        "POST", "/v1/tokens", json={"role": "region", "region": "eu-de-1"}
+    )
+    assert ran == [True]
+    assert status in (404, 409, 422), body
+    assert await region_tokens(store, "eu-de-1") == []
+
+
+async def test_a_token_of_a_deleted_region_does_not_work_for_one_recreated_with_its_name(
+    api: Api, replica: Api, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await register(api, "eu-de-1", "DE")
+    fresh: list[str] = []
+
+    async def delete_and_recreate() -> None:
+        status, body = await replica.call("DELETE", "/v1/regions/eu-de-1")
+        assert status == 200, body
+        fresh.append(await register(replica, "eu-de-1", "DE"))
+
+    ran = before_txn(monkeypatch, api, puts_token, delete_and_recreate)
+    status, body = await api.call(
+        "POST", "/v1/tokens", json={"role": "region", "region": "eu-de-1"}
+    )
+    assert ran == [True]
+    if status == 201:  # made for the region as it was: it must not work for the new one
+        assert await beat(api, "eu-de-1", body["token"], 1, 1) == 401
+    else:
+        assert status == 409, body
+    assert len(await region_tokens(store, "eu-de-1")) == 1  # the new region's own
+    assert await beat(api, "eu-de-1", fresh[0], 1, 1) == 200
+
+
+async def test_a_region_deleted_while_a_token_is_minted_leaves_no_token_behind(
+    api: Api, replica: Api, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await register(api, "eu-de-1", "DE")
+    minted: list[str] = []
+
+    async def mint() -> None:
+        status, body = await replica.call(
+            "POST", "/v1/tokens", json={"role": "region", "region": "eu-de-1"}
+        )
+        assert status == 201, body
+        minted.append(body["token"])
+
+    ran = before_txn(monkeypatch, api, deletes_region("eu-de-1"), mint)
+    status, body = await api.call("DELETE", "/v1/regions/eu-de-1")
+    assert ran == [True] and len(minted) == 1
+    assert status == 200, body
+    assert await region_tokens(store, "eu-de-1") == []
+    await register(api, "eu-de-1", "DE")
+    assert await beat(api, "eu-de-1", minted[0], 1, 1) == 401
+
+
+async def test_a_rotation_revokes_a_token_minted_while_it_ran(
+    api: Api, replica: Api, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await register(api, "eu-de-1", "DE")
+    minted: list[str] = []
+
+    async def mint() -> None:
+        status, body = await replica.call(
+            "POST", "/v1/tokens", json={"role": "region", "region": "eu-de-1"}
+        )
+        assert status == 201, body
+        minted.append(body["token"])
+
+    ran = before_txn(monkeypatch, api, puts_token, mint)
+    status, body = await api.call("POST", "/v1/regions/eu-de-1/token")
+    assert ran == [True] and len(minted) == 1
+    assert status == 201, body
+    assert await beat(api, "eu-de-1", body["token"], 1, 1) == 200
+    for old in (first, minted[0]):
+        assert await beat(api, "eu-de-1", old, 1, 1) == 401
+    assert len(await region_tokens(store, "eu-de-1")) == 1
+
+
+async def test_a_token_left_over_from_a_deleted_region_is_refused_by_its_successor(
+    api: Api, store: Store
+) -> None:
+    """Whatever left it there (a restore, a hand edit, an older server): a region
+    token is bound to the incarnation of the region it was made for."""
+    old = await register(api, "eu-de-1", "DE")
+    left = await store.get(keys.token(hash_secret(old)))
+    assert left is not None
+    status, body = await api.call("DELETE", "/v1/regions/eu-de-1")
+    assert status == 200, body
+    new = await register(api, "eu-de-1", "DE")
+    await store.put(left.key, left.value)
+    assert await beat(api, "eu-de-1", old, 1, 1) == 401
+    status, _ = await api.call(
+        "PUT", "/v1/regions/eu-de-1/status", token=old, json={"instances": []}
+    )
+    assert status == 401
+    status, _ = await api.call("GET", "/v1/regions/eu-de-1/assignments", token=old)
+    assert status == 401
+    assert await beat(api, "eu-de-1", new, 1, 1) == 200
