@@ -1,4 +1,5 @@
-"""Region registry routes: register, list, cordon, delete, and the agents' heartbeat."""
+"""Region registry routes: register, list, cordon, delete, the capacity ceiling, token
+rotation, and the agents' heartbeat."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from federation.api.auth import require, require_region
 from federation.api.body import if_match, json_response, path_name, read_model
-from federation.api.context import CONFIG, STORE
+from federation.api.context import CONFIG, MIRROR, STORE
 from federation.api.errors import ApiError, not_found
 from federation.model.region import (
+    CapacityLimit,
     Cordon,
     Heartbeat,
     RegionCreate,
@@ -21,7 +23,7 @@ from federation.model.region import (
     new_incarnation,
 )
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
-from federation.store import AlreadyExists
+from federation.store import AlreadyExists, keys
 from federation.store import regions as store_regions
 
 routes = web.RouteTableDef()
@@ -69,6 +71,7 @@ async def create_region(request: web.Request) -> web.Response:
         labels=spec.labels,
         endpoint=spec.endpoint,
         created_at=datetime.now(UTC),
+        capacity_limit=spec.capacity_limit,
         incarnation=new_incarnation(),
     )
     secret, digest, token = _region_token(spec.name, record.incarnation)
@@ -130,14 +133,44 @@ async def uncordon_region(request: web.Request) -> web.Response:
     return await _set_cordon(request, False)
 
 
+async def _set_capacity_limit(request: web.Request, limit: CapacityLimit | None) -> web.Response:
+    name = path_name(request, "region")
+    try:
+        view = await store_regions.set_capacity_limit(
+            request.app[STORE], name, limit, revision=if_match(request)
+        )
+    except store_regions.RegionNotFound:
+        raise not_found("region", name) from None
+    return json_response(_view(view), revision=view.revision)
+
+
+@routes.put("/v1/regions/{region}/capacity-limit")
+async def put_capacity_limit(request: web.Request) -> web.Response:
+    """Set the most the region's heartbeats may claim (admin: a region's own word is not
+    trusted beyond it, and an operator could otherwise attract placements to a region)."""
+    path_name(request, "region")
+    await require(request, Role.ADMIN)
+    return await _set_capacity_limit(request, await read_model(request, CapacityLimit))
+
+
+@routes.delete("/v1/regions/{region}/capacity-limit")
+async def delete_capacity_limit(request: web.Request) -> web.Response:
+    """Lift the ceiling: the region's heartbeats are taken as they come again."""
+    path_name(request, "region")
+    await require(request, Role.ADMIN)
+    return await _set_capacity_limit(request, None)
+
+
 @routes.post("/v1/regions/{region}/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
     name = path_name(request, "region")
     await require_region(request, name)
     beat = await read_model(request, Heartbeat) if request.can_read_body else Heartbeat()
     ttl = request.app[CONFIG].region_ttl
+    # The record as the mirror holds it saves a read; the beat's txn compares it.
+    known = request.app[MIRROR].get(keys.REGIONS, name, RegionRecord)
     try:
-        what = await store_regions.heartbeat(request.app[STORE], name, beat, ttl=ttl)
+        what = await store_regions.heartbeat(request.app[STORE], name, beat, ttl=ttl, known=known)
     except store_regions.RegionNotFound:
         raise not_found("region", name) from None
     # The agent paces itself from this answer: three beats per TTL.

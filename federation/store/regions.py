@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from federation.model.region import (
+    Capacity,
     Cordon,
     Heartbeat,
     HeartbeatRecord,
@@ -21,6 +22,8 @@ from federation.store import tokens as store_tokens
 from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Entry, Op, Store
+from federation.store.txn import JSON
+from federation.telemetry import metrics
 
 
 class RegionNotFound(LookupError):
@@ -30,6 +33,10 @@ class RegionNotFound(LookupError):
 class RegionReplaced(Exception):
     """The region was deleted and registered again under its name meanwhile: what was
     decided about the one before does not hold for this one."""
+
+
+class _RegionChanged(Exception):
+    """The region's record changed since it was read (a cordon, a ceiling, a token)."""
 
 
 # Writes that compare the region's record are tried again when it changed meanwhile,
@@ -124,6 +131,49 @@ async def set_cordon(
         change=change,
     )
     return await get_view(store, name)
+
+
+async def set_capacity_limit(
+    store: Store, name: str, limit: Capacity | None, *, revision: int | None = None
+) -> RegionView:
+    """Set (or, with None, lift) the ceiling on what the region's heartbeats may claim.
+
+    One txn, CAS on the region's record, also puts its last heartbeat under the new
+    ceiling (CAS on that too): the scheduler plans with it at once, not from the next
+    beat. A beat landing meanwhile fails the CAS, and this is tried again."""
+    for _ in range(_ATTEMPTS):
+        entry = await _entry(store, name)
+        if revision is not None and revision != entry.revision:
+            raise Conflict(keys.region(name), revision, entry.revision)
+        record = RegionRecord.model_validate(entry.value)
+        record.capacity_limit = limit
+        beat = await store.get(keys.heartbeat(name))
+        if beat is None:
+            conditions, also = [Cond.absent(keys.heartbeat(name))], []
+        else:
+            limited = HeartbeatRecord.model_validate(beat.value).limited(limit)
+            conditions = [Cond.at_revision(keys.heartbeat(name), beat.revision)]
+            also = [Op.put(keys.heartbeat(name), limited.model_dump(mode="json"))]
+        try:
+            await audit.replace(
+                store,
+                keys.region(name),
+                record.model_dump(mode="json"),
+                revision=entry.revision,
+                conditions=conditions,
+                also=also,
+                change=Change(
+                    "region.capacity-limit",
+                    keys.region(name),
+                    details={"capacity_limit": limit.model_dump() if limit else None},
+                ),
+            )
+        except Conflict:
+            if revision is not None:
+                raise
+            continue
+        return await get_view(store, name)
+    raise Conflict(keys.region(name), revision, None)
 
 
 async def delete(store: Store, name: str, *, revision: int | None = None) -> None:
@@ -229,29 +279,56 @@ async def rotate_token(
     raise Conflict(keys.region(name), None, None)
 
 
-async def heartbeat(store: Store, name: str, beat: Heartbeat, *, ttl: int) -> str:
-    """Refresh the region's liveness lease (held by the server for it) and record the beat.
+async def heartbeat(
+    store: Store,
+    name: str,
+    beat: Heartbeat,
+    *,
+    ttl: int,
+    known: tuple[RegionRecord, int] | None = None,
+) -> str:
+    """Refresh the region's liveness lease (held by the server for it) and record the
+    beat, its capacity clamped to the region's ceiling (counted in
+    `federation_region_capacity_clamped`).
 
     Returns what happened, as a sentence. Any replica may serve a heartbeat: the lease
     id travels in the liveness key, and a race between replicas is settled by
-    create-if-absent on that key.
+    create-if-absent on that key. The beat is written comparing the region's record
+    (`known`, e.g. from the mirror, else read here) so the ceiling it was clamped to
+    is the one in force; when the record changed meanwhile, it is read again.
     """
-    record = HeartbeatRecord(
-        at=datetime.now(UTC), capacity=beat.capacity, allocated=beat.allocated
-    ).model_dump(mode="json")
+    for _ in range(_ATTEMPTS):
+        if known is None:
+            entry = await _entry(store, name)
+            known = RegionRecord.model_validate(entry.value), entry.revision
+        record, revision = known
+        stored = HeartbeatRecord.of(datetime.now(UTC), beat, record.capacity_limit)
+        try:
+            said = await _beat(store, name, stored, revision, ttl=ttl)
+        except _RegionChanged:
+            known = None
+            continue
+        if stored.claimed is None:
+            return said
+        metrics.region_capacity_clamped.add(1, {"region": name})
+        return f"{said}; capacity clamped to the region's ceiling"
+    raise Conflict(keys.region(name), None, None)
+
+
+async def _beat(
+    store: Store, name: str, stored: HeartbeatRecord, revision: int, *, ttl: int
+) -> str:
+    record = stored.model_dump(mode="json")
+    region = Cond.at_revision(keys.region(name), revision)
     current = await store.get(keys.alive(name))
     if current is not None and current.lease:
         remaining = await store.keepalive(current.lease)
         if remaining > 0:
-            ok, _, _ = await store.txn(
-                [Cond.exists(keys.region(name))], [Op.put(keys.heartbeat(name), record)]
-            )
-            if not ok:
-                raise RegionNotFound(name)
+            await _put_beat(store, name, record, region)
             return "refreshed the liveness lease"
     lease = await store.grant(ttl)
     ok, _, entries = await store.txn(
-        [Cond.exists(keys.region(name)), Cond.absent(keys.alive(name))],
+        [region, Cond.absent(keys.alive(name))],
         [
             Op.put(keys.alive(name), {"since": record["at"]}, lease=lease),
             Op.put(keys.heartbeat(name), record),
@@ -262,14 +339,29 @@ async def heartbeat(store: Store, name: str, beat: Heartbeat, *, ttl: int) -> st
     if ok or (entries[1] is not None and entries[1].lease == lease):
         return "region became reachable: new liveness lease"
     await store.revoke(lease)
-    if entries[0] is None:
-        raise RegionNotFound(name)
+    _check_region(name, entries[0], revision)
     # Another replica won the race (or the old key still lingers): refresh theirs.
     current = await store.get(keys.alive(name))
     if current is not None and current.lease:
         await store.keepalive(current.lease)
-    await store.put(keys.heartbeat(name), record)
+    await _put_beat(store, name, record, region)
     return "refreshed the liveness lease held by another replica"
+
+
+async def _put_beat(store: Store, name: str, record: JSON, region: Cond) -> None:
+    ok, _, entries = await store.txn(
+        [region], [Op.put(keys.heartbeat(name), record)], read_on_failure=[keys.region(name)]
+    )
+    if not ok:
+        _check_region(name, entries[0], region.revision)
+
+
+def _check_region(name: str, entry: Entry | None, revision: int) -> None:
+    """Why a txn comparing the region's record at `revision` failed, if it was that."""
+    if entry is None:
+        raise RegionNotFound(name)
+    if entry.revision != revision:
+        raise _RegionChanged(name)
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from click.testing import CliRunner
 
 from federation.api.app import create_app
 from federation.api.context import STORE
+from federation.cli import main
 from federation.model.token import hash_secret
 from federation.store import Store, keys, wire
-from tests.conftest import Api
+from tests.conftest import Api, ServerProcess
+from tests.integration.agents import EU_PATIENT_DATA, wait_until
+from tests.integration.test_telemetry import scrape, value
 
 # The bound of a status report (docs/api.md).
 MAX_REPORT_INSTANCES = 5_000
@@ -124,6 +130,119 @@ def deletes_region(name: str) -> Callable[[Any], bool]:
         )
 
     return matches
+
+
+# -- hole 4: a region lies about its capacity --------------------------------------------
+
+LIMIT = {"cpu": 4.0, "memory_mb": 8192}
+
+
+async def test_a_region_claiming_a_million_cpus_gets_no_more_than_its_ceiling(
+    api: Api, store: Store
+) -> None:
+    """eu-de-1 is registered with a ceiling of 4 CPUs and claims 1e6; eu-fr-1 and
+    us-east-1 honestly offer 8 each. Ten 1-CPU EEA services and two public ones: the
+    scheduler ranks by free CPU, yet eu-de-1 is given no more than 4 CPUs of them."""
+    before = value(await scrape(api), "federation_region_capacity_clamped_total", region="eu-de-1")
+    tokens = {
+        "eu-de-1": await register(api, "eu-de-1", "DE", capacity_limit=LIMIT),
+        "eu-fr-1": await register(api, "eu-fr-1", "FR"),
+        "us-east-1": await register(api, "us-east-1", "US"),
+    }
+    status, body = await api.call(
+        "PUT", f"/v1/policies/{EU_PATIENT_DATA['name']}", json=EU_PATIENT_DATA
+    )
+    assert status == 201, body
+    claims = {
+        "eu-de-1": (tokens["eu-de-1"], 1_000_000.0, 1_000_000_000),
+        "eu-fr-1": (tokens["eu-fr-1"], 8.0, 16384),
+        "us-east-1": (tokens["us-east-1"], 8.0, 16384),
+    }
+    async with beating(api, claims):
+
+        async def all_ready() -> bool:
+            return all([(await region(api, n))["state"] == "ready" for n in claims])
+
+        await wait_until(all_ready, timeout=3, what="every region ready")
+        shown = await region(api, "eu-de-1")
+        assert shown["capacity_limit"] == LIMIT
+        assert shown["capacity"] == LIMIT  # what the scheduler plans with
+        assert shown["capacity_claimed"] == {"cpu": 1_000_000.0, "memory_mb": 1_000_000_000}
+        assert (await region(api, "eu-fr-1"))["capacity_claimed"] is None
+        samples = await scrape(api)
+        assert value(samples, "federation_region_capacity_clamped_total", region="eu-de-1") > before
+        assert value(samples, "federation_region_capacity_clamped_total", region="eu-fr-1") == 0
+
+        resources = {"cpu": 1, "memory_mb": 256}
+        names = [f"records-{i}" for i in range(10)] + ["site-0", "site-1"]
+        for name in names:
+            classes = ["public"] if name.startswith("site") else ["phi-eu"]
+            spec = {"command": ["true"], "resources": resources, "data_classes": classes}
+            status, body = await api.call("PUT", f"/v1/services/{name}", json=spec)
+            assert status == 201, body
+
+        async def placed() -> dict[str, int] | None:
+            entries, _ = await store.scan(keys.ASSIGNMENTS)
+            per_region: dict[str, int] = {}
+            for e in entries:
+                r = e.key.removeprefix(keys.ASSIGNMENTS).partition("/")[0]
+                per_region[r] = per_region.get(r, 0) + int(e.value["replicas"])
+            return per_region if sum(per_region.values()) == len(names) else None
+
+        per_region = await wait_until(placed, timeout=10, what="every service placed")
+        assert per_region.get("eu-de-1", 0) <= LIMIT["cpu"], per_region
+
+
+async def test_only_an_admin_changes_a_capacity_ceiling_and_it_applies_at_once(
+    api: Api,
+) -> None:
+    token = await register(api, "eu-de-1", "DE")
+    assert await beat(api, "eu-de-1", token, 64, 65536) == 200
+    status, body = await api.call("POST", "/v1/tokens", json={"role": "operator"})
+    assert status == 201, body
+    operator = body["token"]
+    path = "/v1/regions/eu-de-1/capacity-limit"
+    for method in ("PUT", "DELETE"):
+        status, body = await api.call(method, path, token=operator, json=LIMIT)
+        assert status == 403, body
+        assert body["error"]["code"] == "forbidden"
+    assert (await region(api, "eu-de-1"))["capacity_limit"] is None
+
+    status, body = await api.call("PUT", path, json=LIMIT)
+    assert status == 200, body
+    # The stored heartbeat is clamped in the same txn: no need to wait for the next.
+    shown = await region(api, "eu-de-1")
+    assert shown["capacity_limit"] == LIMIT
+    assert shown["capacity"] == LIMIT
+    assert shown["capacity_claimed"] == {"cpu": 64.0, "memory_mb": 65536}
+
+    status, body = await api.call("DELETE", path)
+    assert status == 200, body
+    shown = await region(api, "eu-de-1")
+    assert shown["capacity_limit"] is None
+    assert shown["capacity"] == {"cpu": 64.0, "memory_mb": 65536}
+    assert shown["capacity_claimed"] is None
+
+
+@pytest.mark.parametrize(
+    ("limit", "field"),
+    [
+        ({"cpu": -1, "memory_mb": 1024}, "capacity_limit.cpu"),
+        ({"cpu": 4}, "capacity_limit.memory_mb"),
+        ({"cpu": "lots", "memory_mb": 1024}, "capacity_limit.cpu"),
+        ({"cpu": 4, "memory_mb": 1024, "gpu": 1}, "capacity_limit.gpu"),
+    ],
+    ids=["negative", "missing-memory", "not-a-number", "unknown-field"],
+)
+async def test_a_bad_ceiling_is_422_naming_the_field(
+    api: Api, limit: dict[str, Any], field: str
+) -> None:
+    body = {"name": "eu-de-1", "country": "DE", "capacity_limit": limit}
+    status, answer = await api.call("POST", "/v1/regions", json=body)
+    assert status == 422, answer
+    assert field in [d["field"] for d in answer["error"]["details"]], answer
+    status, _ = await api.call("GET", "/v1/regions/eu-de-1")
+    assert status == 404
 
 
 # -- hole 5: status reports as a disk filler ---------------------------------------------
@@ -302,3 +421,38 @@ async def test_a_token_left_over_from_a_deleted_region_is_refused_by_its_success
     status, _ = await api.call("GET", "/v1/regions/eu-de-1/assignments", token=old)
     assert status == 401
     assert await beat(api, "eu-de-1", new, 1, 1) == 200
+
+
+def test_the_cli_registers_a_region_with_a_ceiling_and_changes_it(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    server = spawn_server("cli-ceiling")
+    admin = spawn_server.admin_token  # type: ignore[attr-defined]
+    env = {"FEDERATION_URL": server.url, "FEDERATION_TOKEN": admin, "COLUMNS": "400"}
+    runner = CliRunner()
+
+    def cli(*args: str) -> str:
+        result = runner.invoke(main, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def ceiling() -> Any:
+        request = urllib.request.Request(
+            server.url + "/v1/regions/eu-de-1", headers={"Authorization": f"Bearer {admin}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return json.load(answer)["capacity_limit"]
+
+    add = ("region", "add", "eu-de-1", "--country", "DE")
+    cli(*add, "--cpu-limit", "4", "--memory-limit", "8192")
+    assert ceiling() == {"cpu": 4.0, "memory_mb": 8192}
+    said = cli("region", "limit", "eu-de-1", "--cpu", "2", "--memory", "4096")
+    assert "capacity ceiling cpu 2, memory 4096 MB" in said
+    assert ceiling() == {"cpu": 2.0, "memory_mb": 4096}
+    assert "capacity ceiling none" in cli("region", "limit", "eu-de-1", "--remove")
+    assert ceiling() is None
+    result = runner.invoke(
+        main, ["region", "add", "x-1", "--country", "DE", "--cpu-limit", "4"], env=env
+    )
+    assert result.exit_code != 0
+    assert "--cpu-limit and --memory-limit go together" in result.output
