@@ -195,12 +195,23 @@ class ApiClient:
         country: str,
         labels: dict[str, str] | None = None,
         endpoint: str | None = None,
+        capacity_limit: Json | None = None,
     ) -> Json:
-        """Register a region; the answer holds the region and its token (shown once)."""
+        """Register a region; the answer holds the region and its token (shown once).
+        `capacity_limit` ({cpu, memory_mb}) caps what its heartbeats may claim."""
         body: Json = {"name": name, "country": country, "labels": labels or {}}
         if endpoint:
             body["endpoint"] = endpoint
+        if capacity_limit is not None:
+            body["capacity_limit"] = capacity_limit
         return await self._call("POST", "/v1/regions", body=body)
+
+    async def set_capacity_limit(self, name: str, limit: Json | None) -> Json:
+        """Set (or, with None, lift) the ceiling on what region `name` may claim."""
+        path = f"/v1/regions/{name}/capacity-limit"
+        if limit is None:
+            return await self._call("DELETE", path)
+        return await self._call("PUT", path, body=limit)
 
     async def cordon(self, name: str, reason: str = "") -> Json:
         return await self._call("POST", f"/v1/regions/{name}/cordon", body={"reason": reason})

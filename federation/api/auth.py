@@ -12,8 +12,17 @@ from aiohttp import web
 from federation.api.context import FAILURES, MIRROR, STORE
 from federation.api.errors import ApiError, Handler
 from federation.api.failures import Failures
+from federation.model.region import RegionRecord
 from federation.model.token import Role, TokenRecord, hash_secret, role_allows
-from federation.store import check_fence, fence_writes, keys, tokens, unfence_writes, write_fence
+from federation.store import (
+    check_fence,
+    fence_writes,
+    keys,
+    regions,
+    tokens,
+    unfence_writes,
+    write_fence,
+)
 from federation.store.audit import acting_as
 from federation.telemetry import metrics as _metrics
 
@@ -82,6 +91,8 @@ async def principal(request: web.Request) -> Principal:
     if record.expired(datetime.now(UTC)):
         failures.unknown.add(digest)  # for good, unless the token is rewritten
         _refuse(request, failures, "expired", limit=False)
+    if record.role is Role.REGION and not await _incarnation_stands(request, record):
+        raise ApiError(401, "invalid or expired token")
     who = Principal(request, record, digest, revision)
     _PRINCIPAL.set(who)
     # Every audited write made for this request names this token's subject.
@@ -111,6 +122,21 @@ def _refuse(
     failures.limiter.failed(address)
     _metrics.auth_failures.add(1, {"outcome": outcome})
     raise ApiError(401, "invalid or expired token")
+
+
+async def _incarnation_stands(request: web.Request, token: TokenRecord) -> bool:
+    """Is the region this token was made for still there, the same incarnation? A
+    region deleted and registered again under its name is another region: a token of
+    the one before (its tokens are deleted with it; one restored or written back by
+    hand) must not speak for it."""
+    if token.region is None:
+        return False
+    held = request.app[MIRROR].get(keys.REGIONS, token.region, RegionRecord)
+    if held is not None and held[0].incarnation == token.region_incarnation:
+        return True
+    # The mirror may lag a registration made through another replica: etcd decides.
+    record = await regions.get_record(request.app[STORE], token.region)
+    return record is not None and record.incarnation == token.region_incarnation
 
 
 @web.middleware

@@ -24,7 +24,7 @@ from federation.api.tokens import TokenCreate
 from federation.model.drill import DrillRequest
 from federation.model.names import NAME_PATTERN
 from federation.model.policy import Group, Policy
-from federation.model.region import Heartbeat, RegionCreate
+from federation.model.region import CapacityLimit, Heartbeat, RegionCreate
 from federation.model.service import RegionReport, ServiceSpec
 from federation.store.audit.checkpoint import Checkpoint
 
@@ -69,6 +69,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/v1/regions/{region}/heartbeat"): Operation(
         "Heartbeat (the region's own token)", "region", Heartbeat, body_required=False
+    ),
+    ("PUT", "/v1/regions/{region}/capacity-limit"): Operation(
+        "Set the ceiling on what the region's heartbeats may claim",
+        "admin",
+        CapacityLimit,
+        if_match=True,
+    ),
+    ("DELETE", "/v1/regions/{region}/capacity-limit"): Operation(
+        "Lift the region's capacity ceiling", "admin", if_match=True
     ),
     ("POST", "/v1/regions/{region}/token"): Operation(
         "Rotate the region's token", "admin", success=(201,)

@@ -1,4 +1,5 @@
-"""Region registry routes: register, list, cordon, delete, and the agents' heartbeat."""
+"""Region registry routes: register, list, cordon, delete, the capacity ceiling, token
+rotation, and the agents' heartbeat."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from federation.api.auth import require, require_region
 from federation.api.body import if_match, json_response, path_name, read_model
-from federation.api.context import CONFIG, STORE
+from federation.api.context import CONFIG, MIRROR, STORE
 from federation.api.errors import ApiError, not_found
-from federation.model.region import Cordon, Heartbeat, RegionCreate, RegionRecord, RegionView
+from federation.model.region import (
+    CapacityLimit,
+    Cordon,
+    Heartbeat,
+    RegionCreate,
+    RegionRecord,
+    RegionView,
+    new_incarnation,
+)
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
-from federation.store import AlreadyExists, Op, audit, keys
+from federation.store import AlreadyExists, keys
 from federation.store import regions as store_regions
-from federation.store import tokens as store_tokens
-from federation.store.audit import Change
 
 routes = web.RouteTableDef()
 
@@ -34,12 +41,13 @@ def _view(view: RegionView) -> dict[str, object]:
     return view.model_dump(mode="json")
 
 
-def _region_token(name: str) -> tuple[str, str, TokenRecord]:
+def _region_token(name: str, incarnation: str | None = None) -> tuple[str, str, TokenRecord]:
     secret = new_secret()
     record = TokenRecord(
         id=f"tok-{secrets.token_hex(6)}",
         role=Role.REGION,
         region=name,
+        region_incarnation=incarnation,
         created_at=datetime.now(UTC),
         description=f"region token for {name}",
     )
@@ -63,8 +71,10 @@ async def create_region(request: web.Request) -> web.Response:
         labels=spec.labels,
         endpoint=spec.endpoint,
         created_at=datetime.now(UTC),
+        capacity_limit=spec.capacity_limit,
+        incarnation=new_incarnation(),
     )
-    secret, digest, token = _region_token(spec.name)
+    secret, digest, token = _region_token(spec.name, record.incarnation)
     try:
         revision = await store_regions.create(request.app[STORE], record, digest, token)
     except AlreadyExists:
@@ -123,14 +133,44 @@ async def uncordon_region(request: web.Request) -> web.Response:
     return await _set_cordon(request, False)
 
 
+async def _set_capacity_limit(request: web.Request, limit: CapacityLimit | None) -> web.Response:
+    name = path_name(request, "region")
+    try:
+        view = await store_regions.set_capacity_limit(
+            request.app[STORE], name, limit, revision=if_match(request)
+        )
+    except store_regions.RegionNotFound:
+        raise not_found("region", name) from None
+    return json_response(_view(view), revision=view.revision)
+
+
+@routes.put("/v1/regions/{region}/capacity-limit")
+async def put_capacity_limit(request: web.Request) -> web.Response:
+    """Set the most the region's heartbeats may claim (admin: a region's own word is not
+    trusted beyond it, and an operator could otherwise attract placements to a region)."""
+    path_name(request, "region")
+    await require(request, Role.ADMIN)
+    return await _set_capacity_limit(request, await read_model(request, CapacityLimit))
+
+
+@routes.delete("/v1/regions/{region}/capacity-limit")
+async def delete_capacity_limit(request: web.Request) -> web.Response:
+    """Lift the ceiling: the region's heartbeats are taken as they come again."""
+    path_name(request, "region")
+    await require(request, Role.ADMIN)
+    return await _set_capacity_limit(request, None)
+
+
 @routes.post("/v1/regions/{region}/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
     name = path_name(request, "region")
     await require_region(request, name)
     beat = await read_model(request, Heartbeat) if request.can_read_body else Heartbeat()
     ttl = request.app[CONFIG].region_ttl
+    # The record as the mirror holds it saves a read; the beat's txn compares it.
+    known = request.app[MIRROR].get(keys.REGIONS, name, RegionRecord)
     try:
-        what = await store_regions.heartbeat(request.app[STORE], name, beat, ttl=ttl)
+        what = await store_regions.heartbeat(request.app[STORE], name, beat, ttl=ttl, known=known)
     except store_regions.RegionNotFound:
         raise not_found("region", name) from None
     # The agent paces itself from this answer: three beats per TTL.
@@ -142,26 +182,9 @@ async def rotate_region_token(request: web.Request) -> web.Response:
     """Issue a new token for a region and revoke its previous ones, atomically."""
     name = path_name(request, "region")
     await require(request, Role.ADMIN)
-    store = request.app[STORE]
-    entry = await store.get(keys.region(name))
-    if entry is None:
-        raise not_found("region", name)
-    old_entries = await store_tokens.of_region(store, name)
-    old = [t.key for t in old_entries]
     secret, digest, token = _region_token(name)
-    await audit.replace(
-        store,
-        keys.region(name),
-        entry.value,
-        revision=entry.revision,
-        also=[
-            *[Op.delete(k) for k in old],
-            Op.put(keys.token(digest), token.model_dump(mode="json")),
-        ],
-        change=Change(
-            "region.token-rotate",
-            keys.region(name),
-            details={"token_id": token.id, "revoked": [t.value.get("id") for t in old_entries]},
-        ),
-    )
-    return json_response({"region": name, "token": secret, "revoked": len(old)}, status=201)
+    try:
+        _, revoked = await store_regions.rotate_token(request.app[STORE], name, digest, token)
+    except store_regions.RegionNotFound:
+        raise not_found("region", name) from None
+    return json_response({"region": name, "token": secret, "revoked": len(revoked)}, status=201)

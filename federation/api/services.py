@@ -17,13 +17,13 @@ from federation.api.body import (
     if_match,
     json_response,
     path_name,
-    read_model,
     read_named,
+    read_object,
 )
 from federation.api.context import CONFIG, CONTROLLER, STORE, synced
-from federation.api.errors import from_validation, no_policy_names, not_found
+from federation.api.errors import ApiError, from_validation, no_policy_names, not_found
 from federation.model.errors import UnknownDataClassError
-from federation.model.service import RegionReport, ServiceSpec
+from federation.model.service import MAX_REPORT_INSTANCES, RegionReport, ServiceSpec
 from federation.model.status import survivability
 from federation.model.token import Role
 from federation.planning.plan import plan
@@ -197,14 +197,30 @@ async def explain(request: web.Request) -> web.Response:
 
 @routes.put("/v1/regions/{region}/status")
 async def put_region_status(request: web.Request) -> web.Response:
-    """A region reports the instances it runs (its own token only)."""
+    """A region reports the instances it runs (its own token only). Bounded (413 above
+    MAX_REPORT_INSTANCES), and stored only when it changed."""
     name = path_name(request, "region")
     await require_region(request, name)
-    report = await read_model(request, RegionReport)
+    data = await read_object(request)
+    count = len(data["instances"]) if isinstance(data.get("instances"), list) else 0
+    if count > MAX_REPORT_INSTANCES:
+        message = f"a report holds at most {MAX_REPORT_INSTANCES} instances; this one has {count}"
+        raise ApiError(
+            413,
+            f"instances: {message}",
+            details=[{"field": "instances", "message": message, "limit": MAX_REPORT_INSTANCES}],
+        )
+    try:
+        report = RegionReport.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
     report.at = datetime.now(UTC)
     try:
-        revision = await store_services.put_report(request.app[STORE], name, report)
+        revision, written = await store_services.put_report(
+            request.app[STORE], name, report, mirror=await synced(request)
+        )
     except LookupError:
         raise not_found("region", name) from None
-    request.app[CONTROLLER].poke()
+    if written:
+        request.app[CONTROLLER].poke()
     return json_response({"region": name, "instances": len(report.instances)}, revision=revision)

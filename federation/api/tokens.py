@@ -17,7 +17,7 @@ from federation.api.context import STORE
 from federation.api.errors import ApiError
 from federation.model.names import Name
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
-from federation.store import keys
+from federation.store import regions as store_regions
 from federation.store import tokens as store_tokens
 
 routes = web.RouteTableDef()
@@ -46,12 +46,6 @@ async def create_token(request: web.Request) -> web.Response:
     await require(request, Role.ADMIN)
     spec = await read_model(request, TokenCreate)
     store = request.app[STORE]
-    if spec.region is not None and await store.get(keys.region(spec.region)) is None:
-        raise ApiError(
-            422,
-            f"region: region {spec.region!r} does not exist",
-            details=[{"field": "region", "message": "no such region"}],
-        )
     now = datetime.now(UTC)
     record = TokenRecord(
         id=f"tok-{secrets.token_hex(6)}",
@@ -62,12 +56,35 @@ async def create_token(request: web.Request) -> web.Response:
         description=spec.description,
     )
     secret = new_secret()
-    await store_tokens.put(store, hash_secret(secret), record)
-    return json_response({**record.model_dump(mode="json"), "token": secret}, status=201)
+    if spec.region is None:
+        await store_tokens.put(store, hash_secret(secret), record)
+    else:
+        # Made in one txn with a check of the region as it is now: a token never
+        # outlives its region, nor speaks for another registered under its name.
+        try:
+            record = await store_regions.mint_token(store, spec.region, hash_secret(secret), record)
+        except store_regions.RegionNotFound:
+            raise ApiError(
+                422,
+                f"region: region {spec.region!r} does not exist",
+                details=[{"field": "region", "message": "no such region"}],
+            ) from None
+        except store_regions.RegionReplaced:
+            raise ApiError(
+                409,
+                f"region {spec.region!r} was deleted and registered again meanwhile; "
+                "make the token again for the new one",
+            ) from None
+    return json_response({**_shown(record), "token": secret}, status=201)
+
+
+def _shown(record: TokenRecord) -> dict[str, object]:
+    # The region's incarnation is the server's own business (auth compares it).
+    return record.model_dump(mode="json", exclude={"region_incarnation"})
 
 
 def _view(record: TokenRecord) -> dict[str, object]:
-    return {**record.model_dump(mode="json"), "subject": record.subject}
+    return {**_shown(record), "subject": record.subject}
 
 
 @routes.get("/v1/tokens")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
@@ -30,6 +31,29 @@ class Capacity(BaseModel):
     memory_mb: int = Field(default=0, ge=0, le=1_000_000_000_000)
 
 
+class CapacityLimit(Capacity):
+    """The ceiling an admin sets on what a region may claim (both fields required: a
+    forgotten one would otherwise be a ceiling of 0)."""
+
+    cpu: float = Field(ge=0, le=1_000_000)
+    memory_mb: int = Field(ge=0, le=1_000_000_000_000)
+
+
+def within(claimed: Capacity, limit: Capacity | None) -> Capacity:
+    """`claimed`, clamped to `limit` in each dimension (as is, without a limit)."""
+    if limit is None:
+        return claimed
+    return Capacity(
+        cpu=min(claimed.cpu, limit.cpu), memory_mb=min(claimed.memory_mb, limit.memory_mb)
+    )
+
+
+def new_incarnation() -> str:
+    """An id for one life of a region name: a region deleted and registered again under
+    the same name is another incarnation, and its predecessor's tokens are not its own."""
+    return secrets.token_hex(8)
+
+
 class RegionCreate(BaseModel):
     """Body of `POST /v1/regions`."""
 
@@ -39,6 +63,7 @@ class RegionCreate(BaseModel):
     country: Country
     labels: dict[Name, LabelValue] = Field(default_factory=dict, max_length=64)
     endpoint: str | None = Field(default=None, max_length=2048)
+    capacity_limit: CapacityLimit | None = None
 
 
 class Cordon(BaseModel):
@@ -62,6 +87,12 @@ class RegionRecord(BaseModel):
     endpoint: str | None = None
     created_at: datetime
     cordon: Cordon | None = None
+    # The most the region's heartbeats may claim; None: taken as they come (within
+    # Capacity's bounds). Set by an admin only.
+    capacity_limit: Capacity | None = None
+    # Set at registration (None for regions registered before incarnations existed);
+    # every region token carries the incarnation it was made for.
+    incarnation: str | None = None
 
 
 class Heartbeat(BaseModel):
@@ -79,8 +110,24 @@ class HeartbeatRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at: datetime
-    capacity: Capacity
+    capacity: Capacity  # what the scheduler plans with: the claim, within the ceiling
     allocated: Capacity
+    claimed: Capacity | None = None  # what the region claimed, when above its ceiling
+
+    @classmethod
+    def of(cls, at: datetime, beat: Heartbeat, limit: Capacity | None) -> HeartbeatRecord:
+        """A heartbeat as stored, clamped to the region's ceiling `limit`."""
+        return cls(at=at, capacity=beat.capacity, allocated=beat.allocated).limited(limit)
+
+    def limited(self, limit: Capacity | None) -> HeartbeatRecord:
+        """This heartbeat under the ceiling `limit` (its original claim kept when it
+        is above it): applied to each beat, and to the last one when the ceiling
+        changes, so a new ceiling holds at once."""
+        claim = self.claimed or self.capacity
+        capacity = within(claim, limit)
+        return self.model_copy(
+            update={"capacity": capacity, "claimed": claim if capacity != claim else None}
+        )
 
 
 class RegionView(BaseModel):
@@ -95,6 +142,8 @@ class RegionView(BaseModel):
     cordon: Cordon | None
     last_heartbeat: datetime | None
     capacity: Capacity
+    capacity_limit: Capacity | None
+    capacity_claimed: Capacity | None
     allocated: Capacity
     free: Capacity
     created_at: datetime
@@ -124,6 +173,8 @@ def region_view(
         cordon=record.cordon,
         last_heartbeat=heartbeat.at if heartbeat else None,
         capacity=capacity,
+        capacity_limit=record.capacity_limit,
+        capacity_claimed=heartbeat.claimed if heartbeat else None,
         allocated=allocated,
         free=Capacity(
             cpu=max(0.0, capacity.cpu - allocated.cpu),

@@ -6,7 +6,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
 
 from federation.model.names import Name
 
@@ -229,6 +236,20 @@ class Assignment(BaseModel):
         return self.model_copy(update={"trace": None}) == other.model_copy(update={"trace": None})
 
 
+# A region's status report is stored whole, and again whenever it changes: its size is
+# bounded by its instance count (at most MAX_REPORT_INSTANCES, checked where a report
+# comes in: 413 above) times the size of one entry (every field bounded; a message
+# longer than MAX_STORED_MESSAGE is cut, not refused, since an agent would send a
+# refused report again and again). The model itself reads stored reports, so it
+# stays lenient on the count: one stored by an older server still parses.
+MAX_REPORT_INSTANCES = 5_000
+MAX_STORED_MESSAGE = 256
+
+
+def _cut(message: str) -> str:
+    return message[:MAX_STORED_MESSAGE]
+
+
 class InstanceReport(BaseModel):
     """One instance as its region's agent sees it."""
 
@@ -236,11 +257,11 @@ class InstanceReport(BaseModel):
 
     service: Name
     instance: Annotated[str, Field(min_length=1, max_length=128)]
-    generation: int = Field(ge=0)
+    generation: int = Field(ge=0, le=2**63 - 1)
     version: Annotated[str, Field(max_length=128)]
     state: Literal["starting", "running", "failed", "stopped"]
     ready: bool
-    message: Annotated[str, Field(max_length=1024)] = ""
+    message: Annotated[str, Field(max_length=1024), AfterValidator(_cut)] = ""
 
 
 class RegionReport(BaseModel):
@@ -248,7 +269,7 @@ class RegionReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    instances: list[InstanceReport] = Field(default_factory=list, max_length=100_000)
+    instances: list[InstanceReport] = Field(default_factory=list, max_length=MAX_REPORT_INSTANCES)
     at: datetime | None = None
     _ready: dict[tuple[str, int], int] | None = PrivateAttr(default=None)
 

@@ -75,6 +75,9 @@ class TokenRecord(BaseModel):
     id: str
     role: Role
     region: str | None = None
+    # The incarnation of `region` this token was made for (`RegionRecord.incarnation`):
+    # a token speaks for that region, not for a later one registered under its name.
+    region_incarnation: str | None = None
     created_at: datetime
     expires_at: datetime | None = None
     description: str = ""

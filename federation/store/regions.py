@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from federation.model.region import (
+    Capacity,
     Cordon,
     Heartbeat,
     HeartbeatRecord,
@@ -20,11 +21,27 @@ from federation.store import audit, keys
 from federation.store import tokens as store_tokens
 from federation.store.audit import Change
 from federation.store.errors import Conflict
-from federation.store.etcd import Cond, Op, Store
+from federation.store.etcd import Cond, Entry, Op, Store
+from federation.store.txn import JSON
+from federation.telemetry import metrics
 
 
 class RegionNotFound(LookupError):
     """No region of that name."""
+
+
+class RegionReplaced(Exception):
+    """The region was deleted and registered again under its name meanwhile: what was
+    decided about the one before does not hold for this one."""
+
+
+class _RegionChanged(Exception):
+    """The region's record changed since it was read (a cordon, a ceiling, a token)."""
+
+
+# Writes that compare the region's record are tried again when it changed meanwhile,
+# this many times in all, then 409.
+_ATTEMPTS = 5
 
 
 async def create(store: Store, record: RegionRecord, token_digest: str, token: TokenRecord) -> int:
@@ -41,6 +58,13 @@ async def create(store: Store, record: RegionRecord, token_digest: str, token: T
             details={"country": record.country, "token_id": token.id},
         ),
     )
+
+
+async def _entry(store: Store, name: str) -> Entry:
+    entry = await store.get(keys.region(name))
+    if entry is None:
+        raise RegionNotFound(name)
+    return entry
 
 
 async def list_views(store: Store) -> tuple[list[RegionView], int]:
@@ -68,9 +92,7 @@ async def list_views(store: Store) -> tuple[list[RegionView], int]:
 
 async def get_view(store: Store, name: str) -> RegionView:
     """One region with its state; RegionNotFound if there is none."""
-    entry = await store.get(keys.region(name))
-    if entry is None:
-        raise RegionNotFound(name)
+    entry = await _entry(store, name)
     alive = await store.get(keys.alive(name))
     beat = await store.get(keys.heartbeat(name))
     return region_view(
@@ -81,13 +103,17 @@ async def get_view(store: Store, name: str) -> RegionView:
     )
 
 
+async def get_record(store: Store, name: str) -> RegionRecord | None:
+    """The region's record as etcd holds it now (one read, shared by concurrent ones)."""
+    entry = await store.get_shared(keys.region(name))
+    return RegionRecord.model_validate(entry.value) if entry is not None else None
+
+
 async def set_cordon(
     store: Store, name: str, cordon: Cordon | None, *, revision: int | None = None
 ) -> RegionView:
     """Cordon (or uncordon, with None) a region; CAS on its record."""
-    entry = await store.get(keys.region(name))
-    if entry is None:
-        raise RegionNotFound(name)
+    entry = await _entry(store, name)
     if revision is not None and revision != entry.revision:
         raise Conflict(keys.region(name), revision, entry.revision)
     record = RegionRecord.model_validate(entry.value)
@@ -107,53 +133,202 @@ async def set_cordon(
     return await get_view(store, name)
 
 
+async def set_capacity_limit(
+    store: Store, name: str, limit: Capacity | None, *, revision: int | None = None
+) -> RegionView:
+    """Set (or, with None, lift) the ceiling on what the region's heartbeats may claim.
+
+    One txn, CAS on the region's record, also puts its last heartbeat under the new
+    ceiling (CAS on that too): the scheduler plans with it at once, not from the next
+    beat. A beat landing meanwhile fails the CAS, and this is tried again."""
+    for _ in range(_ATTEMPTS):
+        entry = await _entry(store, name)
+        if revision is not None and revision != entry.revision:
+            raise Conflict(keys.region(name), revision, entry.revision)
+        record = RegionRecord.model_validate(entry.value)
+        record.capacity_limit = limit
+        beat = await store.get(keys.heartbeat(name))
+        if beat is None:
+            conditions, also = [Cond.absent(keys.heartbeat(name))], []
+        else:
+            limited = HeartbeatRecord.model_validate(beat.value).limited(limit)
+            conditions = [Cond.at_revision(keys.heartbeat(name), beat.revision)]
+            also = [Op.put(keys.heartbeat(name), limited.model_dump(mode="json"))]
+        try:
+            await audit.replace(
+                store,
+                keys.region(name),
+                record.model_dump(mode="json"),
+                revision=entry.revision,
+                conditions=conditions,
+                also=also,
+                change=Change(
+                    "region.capacity-limit",
+                    keys.region(name),
+                    details={"capacity_limit": limit.model_dump() if limit else None},
+                ),
+            )
+        except Conflict:
+            if revision is not None:
+                raise
+            continue
+        return await get_view(store, name)
+    raise Conflict(keys.region(name), revision, None)
+
+
 async def delete(store: Store, name: str, *, revision: int | None = None) -> None:
-    """Delete a region with its liveness, heartbeat and tokens, in one txn."""
-    entry = await store.get(keys.region(name))
-    if entry is None:
-        raise RegionNotFound(name)
-    tokens = await store_tokens.of_region(store, name)
-    region_tokens = [t.key for t in tokens]
-    await audit.delete(
-        store,
-        keys.region(name),
-        revision=revision if revision is not None else entry.revision,
-        also=[
-            Op.delete(keys.alive(name)),
-            Op.delete(keys.heartbeat(name)),
-            *[Op.delete(k) for k in region_tokens],
-        ],
-        change=Change(
-            "region.delete",
-            keys.region(name),
-            details={"tokens_revoked": [t.value.get("id") for t in tokens]},
-        ),
-    )
+    """Delete a region with its liveness, heartbeat and tokens, in one txn.
+
+    The txn compares the region's record, and every region token is made in a txn
+    that rewrites it (`mint_token`): a token made after the tokens were listed fails
+    this txn, and (without `revision`, the caller's If-Match) the list is read again.
+    """
+    for _ in range(_ATTEMPTS):
+        entry = await _entry(store, name)
+        tokens = await store_tokens.of_region(store, name)
+        try:
+            await audit.delete(
+                store,
+                keys.region(name),
+                revision=revision if revision is not None else entry.revision,
+                also=[
+                    Op.delete(keys.alive(name)),
+                    Op.delete(keys.heartbeat(name)),
+                    *[Op.delete(t.key) for t in tokens],
+                ],
+                change=Change(
+                    "region.delete",
+                    keys.region(name),
+                    details={"tokens_revoked": [t.value.get("id") for t in tokens]},
+                ),
+            )
+        except Conflict:
+            if revision is not None:
+                raise
+            continue
+        return
+    raise Conflict(keys.region(name), revision, None)
 
 
-async def heartbeat(store: Store, name: str, beat: Heartbeat, *, ttl: int) -> str:
-    """Refresh the region's liveness lease (held by the server for it) and record the beat.
+async def mint_token(store: Store, name: str, digest: str, token: TokenRecord) -> TokenRecord:
+    """Store a new token of region `name`, bound to the region as it is now.
+
+    One txn compares the region's record and writes it back unchanged with the token:
+    a region deleted before it fails the txn (no token outlives its region), and one
+    deleted after it sees the token (`delete` compares the record too). The token
+    carries the region's incarnation, which authentication compares. RegionNotFound
+    when the region is gone, RegionReplaced when it was registered again meanwhile
+    (the caller checked the one before). Audited as `token.create`."""
+    first: int | None = None
+    for _ in range(_ATTEMPTS):
+        entry = await _entry(store, name)
+        if first is not None and entry.created != first:
+            raise RegionReplaced(name)
+        first = entry.created
+        record = RegionRecord.model_validate(entry.value)
+        bound = token.model_copy(update={"region": name, "region_incarnation": record.incarnation})
+        ok, _, _ = await audit.txn(
+            store,
+            [Cond.at_revision(entry.key, entry.revision), Cond.absent(keys.token(digest))],
+            [
+                Op.put(entry.key, entry.value),
+                Op.put(keys.token(digest), bound.model_dump(mode="json")),
+            ],
+            Change(
+                "token.create",
+                f"tokens/{bound.id}",
+                details={"role": bound.role.value, "region": name},
+            ),
+        )
+        if ok:
+            return bound
+    raise Conflict(keys.region(name), None, None)
+
+
+async def rotate_token(
+    store: Store, name: str, digest: str, token: TokenRecord
+) -> tuple[TokenRecord, list[str]]:
+    """Store a new token of region `name` and revoke every other, in one txn (CAS on the
+    region's record, as `mint_token` writes it: a token made meanwhile is revoked too).
+    Returns the new token and the ids revoked."""
+    for _ in range(_ATTEMPTS):
+        entry = await _entry(store, name)
+        record = RegionRecord.model_validate(entry.value)
+        old = await store_tokens.of_region(store, name)
+        revoked = [str(t.value.get("id")) for t in old]
+        bound = token.model_copy(update={"region": name, "region_incarnation": record.incarnation})
+        try:
+            await audit.replace(
+                store,
+                entry.key,
+                entry.value,
+                revision=entry.revision,
+                also=[
+                    *[Op.delete(t.key) for t in old],
+                    Op.put(keys.token(digest), bound.model_dump(mode="json")),
+                ],
+                change=Change(
+                    "region.token-rotate",
+                    entry.key,
+                    details={"token_id": bound.id, "revoked": revoked},
+                ),
+            )
+        except Conflict:
+            continue
+        return bound, revoked
+    raise Conflict(keys.region(name), None, None)
+
+
+async def heartbeat(
+    store: Store,
+    name: str,
+    beat: Heartbeat,
+    *,
+    ttl: int,
+    known: tuple[RegionRecord, int] | None = None,
+) -> str:
+    """Refresh the region's liveness lease (held by the server for it) and record the
+    beat, its capacity clamped to the region's ceiling (counted in
+    `federation_region_capacity_clamped`).
 
     Returns what happened, as a sentence. Any replica may serve a heartbeat: the lease
     id travels in the liveness key, and a race between replicas is settled by
-    create-if-absent on that key.
+    create-if-absent on that key. The beat is written comparing the region's record
+    (`known`, e.g. from the mirror, else read here) so the ceiling it was clamped to
+    is the one in force; when the record changed meanwhile, it is read again.
     """
-    record = HeartbeatRecord(
-        at=datetime.now(UTC), capacity=beat.capacity, allocated=beat.allocated
-    ).model_dump(mode="json")
+    for _ in range(_ATTEMPTS):
+        if known is None:
+            entry = await _entry(store, name)
+            known = RegionRecord.model_validate(entry.value), entry.revision
+        record, revision = known
+        stored = HeartbeatRecord.of(datetime.now(UTC), beat, record.capacity_limit)
+        try:
+            said = await _beat(store, name, stored, revision, ttl=ttl)
+        except _RegionChanged:
+            known = None
+            continue
+        if stored.claimed is None:
+            return said
+        metrics.region_capacity_clamped.add(1, {"region": name})
+        return f"{said}; capacity clamped to the region's ceiling"
+    raise Conflict(keys.region(name), None, None)
+
+
+async def _beat(
+    store: Store, name: str, stored: HeartbeatRecord, revision: int, *, ttl: int
+) -> str:
+    record = stored.model_dump(mode="json")
+    region = Cond.at_revision(keys.region(name), revision)
     current = await store.get(keys.alive(name))
     if current is not None and current.lease:
         remaining = await store.keepalive(current.lease)
         if remaining > 0:
-            ok, _, _ = await store.txn(
-                [Cond.exists(keys.region(name))], [Op.put(keys.heartbeat(name), record)]
-            )
-            if not ok:
-                raise RegionNotFound(name)
+            await _put_beat(store, name, record, region)
             return "refreshed the liveness lease"
     lease = await store.grant(ttl)
     ok, _, entries = await store.txn(
-        [Cond.exists(keys.region(name)), Cond.absent(keys.alive(name))],
+        [region, Cond.absent(keys.alive(name))],
         [
             Op.put(keys.alive(name), {"since": record["at"]}, lease=lease),
             Op.put(keys.heartbeat(name), record),
@@ -164,14 +339,29 @@ async def heartbeat(store: Store, name: str, beat: Heartbeat, *, ttl: int) -> st
     if ok or (entries[1] is not None and entries[1].lease == lease):
         return "region became reachable: new liveness lease"
     await store.revoke(lease)
-    if entries[0] is None:
-        raise RegionNotFound(name)
+    _check_region(name, entries[0], revision)
     # Another replica won the race (or the old key still lingers): refresh theirs.
     current = await store.get(keys.alive(name))
     if current is not None and current.lease:
         await store.keepalive(current.lease)
-    await store.put(keys.heartbeat(name), record)
+    await _put_beat(store, name, record, region)
     return "refreshed the liveness lease held by another replica"
+
+
+async def _put_beat(store: Store, name: str, record: JSON, region: Cond) -> None:
+    ok, _, entries = await store.txn(
+        [region], [Op.put(keys.heartbeat(name), record)], read_on_failure=[keys.region(name)]
+    )
+    if not ok:
+        _check_region(name, entries[0], region.revision)
+
+
+def _check_region(name: str, entry: Entry | None, revision: int) -> None:
+    """Why a txn comparing the region's record at `revision` failed, if it was that."""
+    if entry is None:
+        raise RegionNotFound(name)
+    if entry.revision != revision:
+        raise _RegionChanged(name)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
 from federation.model.service import PlacementRecord, RegionReport, ServiceRecord, ServiceSpec
 from federation.store import audit, keys
 from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Op, Store
 from federation.store.mirror import Mirror
+from federation.store.txn import JSON
 from federation.telemetry.setup import current_carrier
 
 
@@ -124,12 +127,47 @@ async def request_rebalance(store: Store, name: str) -> None:
         raise ServiceNotFound(name)
 
 
-async def put_report(store: Store, region: str, report: RegionReport) -> int:
-    """Store what a region reports it runs (only if the region still exists)."""
+async def put_report(
+    store: Store, region: str, report: RegionReport, *, mirror: Mirror | None = None
+) -> tuple[int, bool]:
+    """Store what a region reports it runs (only if the region still exists), unless it
+    is what is stored already, its time aside. Returns (the report key's revision,
+    whether it was written).
+
+    Agents send their report again every few seconds even when nothing changed; each
+    write would keep a copy in etcd's history. The stored copy is taken from `mirror`
+    (else read); "unchanged" is confirmed by a txn that writes nothing and compares
+    the key's revision, so a report written meanwhile through another replica is not
+    mistaken for this one."""
+    key = keys.report(region)
+    held = mirror.get(keys.REPORTS, region, RegionReport) if mirror is not None else None
+    if mirror is None:
+        entry = await store.get(key)
+        held = (RegionReport.model_validate(entry.value), entry.revision) if entry else None
+    if held is not None and held[0].instances == report.instances:
+        ok, _, entries = await store.txn(
+            [Cond.exists(keys.region(region)), Cond.at_revision(key, held[1])],
+            [],
+            read_on_failure=[keys.region(region), key],
+        )
+        if ok:
+            return held[1], False
+        if entries[0] is None:
+            raise LookupError(region)
+        current = entries[1]
+        if current is not None and _same(current.value, report):
+            return current.revision, False
     ok, revision, _ = await store.txn(
         [Cond.exists(keys.region(region))],
-        [Op.put(keys.report(region), report.model_dump(mode="json"))],
+        [Op.put(key, report.model_dump_json())],
     )
     if not ok:
         raise LookupError(region)
-    return revision
+    return revision, True
+
+
+def _same(stored: JSON, report: RegionReport) -> bool:
+    try:
+        return RegionReport.model_validate(stored).instances == report.instances
+    except ValidationError:
+        return False

@@ -133,6 +133,11 @@ drill_recovery = _meter.create_histogram(
     description="Per-service time to recover in live drills.",
     explicit_bucket_boundaries_advisory=_SECONDS_SLOW,
 )
+region_capacity_clamped = _meter.create_counter(
+    "federation_region_capacity_clamped",
+    description="Heartbeats whose capacity was above the region's ceiling and was clamped "
+    "to it, by region (a region claiming more than an admin allows).",
+)
 etcd_duration = _meter.create_histogram(
     "federation_etcd_request_duration",
     unit="s",
