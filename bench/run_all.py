@@ -15,7 +15,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["scheduler.py", "deploy.py", "api_latency.py", "memory.py", "failover.py"]
+BENCHES = [
+    "scheduler.py",
+    "deploy.py",
+    "api_latency.py",
+    "memory.py",
+    "failover.py",
+    "hostile_input.py",
+]
 
 
 def main() -> None:

@@ -31,9 +31,9 @@ from typing import Any
 from aiohttp import web
 
 from federation.api.auth import Principal, principal
-from federation.api.body import json_response, path_name
+from federation.api.body import MAX_REVISION, json_response, path_name, query_count
 from federation.api.context import MIRROR, OPEN_WATCHES, STORE, TASKS
-from federation.api.errors import ApiError, invalid
+from federation.api.errors import ApiError, bad_parameter
 from federation.api.watches import TooManyWatches, Watch, refusal
 from federation.store import Compacted, Event, Store, StoreError, keys
 from federation.store.mirror import Mirror
@@ -82,10 +82,10 @@ async def assignments(request: web.Request) -> web.StreamResponse:
         items = [{**e.value, "epoch": e.revision} for e in entries]
         return json_response({"items": items, "revision": revision})
 
-    since_raw = request.query.get("since", "")
-    if not since_raw.isdigit():
-        raise invalid("since", "watch=true needs since=<revision> from a list")
-    since = int(since_raw)
+    # The watch starts at since + 1, which must fit etcd's int64 too.
+    since = query_count(request, "since", maximum=MAX_REVISION - 1)
+    if since is None:
+        raise bad_parameter("since", "watch=true needs since=<revision> from a list")
     entry = await store.get(keys.region(region))
     if entry is None:
         raise ApiError(404, f"region {region!r} not found")

@@ -14,7 +14,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.api.auth import require
-from federation.api.body import json_response, read_model
+from federation.api.body import json_response, query_count, read_model
 from federation.api.context import AUDIT_KEY, STORE
 from federation.api.errors import ApiError, invalid
 from federation.model.token import Role
@@ -35,10 +35,8 @@ PAGE = 1000
 async def list_audit(request: web.Request) -> web.Response:
     """Entries after `since` (a sequence number; default 0), oldest first, at most 1000."""
     await require(request, Role.ADMIN)
-    raw = request.query.get("since", "0")
-    if not raw.isdigit() or len(raw) > 18:
-        raise invalid("since", "must be a sequence number (a non-negative integer)")
-    items, revision = await store_audit.since(request.app[STORE], int(raw), limit=PAGE)
+    since = query_count(request, "since") or 0
+    items, revision = await store_audit.since(request.app[STORE], since, limit=PAGE)
     return json_response({"items": items, "revision": revision})
 
 

@@ -62,6 +62,11 @@ def invalid(field: str, message: str, **extra: Any) -> ApiError:
     )
 
 
+def bad_parameter(name: str, message: str) -> ApiError:
+    """A 400 naming the query parameter or header `name` that is wrong."""
+    return ApiError(400, f"{name}: {message}", details=[{"field": name, "message": message}])
+
+
 def not_found(kind: str, name: str) -> ApiError:
     """A 404 for the `kind` (service, region, policy...) of that name."""
     return ApiError(404, f"{kind} {name!r} not found")

@@ -3,7 +3,8 @@ pydantic models the routes validate with (so it cannot drift from what is enforc
 
 Every route the app serves appears (a route missing from OPERATIONS still gets a bare
 entry, and a test fails on it); request bodies are the models' JSON schemas; every
-path parameter is a DNS-1123 label; errors share one shape, the `Error` schema.
+path parameter is a DNS-1123 label; errors share one shape, the `Error` schema. Every
+body is accepted as JSON or as YAML (`api/body.py`), and the document says so.
 The schemathesis run in tests/integration/test_fuzz.py fuzzes the API from it.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from federation.api.body import json_response
+from federation.api.body import MAX_REVISION, json_response
 from federation.api.drills import AbortRequest
 from federation.api.regions import CordonRequest
 from federation.api.residency import EvaluateRequest
@@ -47,7 +48,9 @@ class Operation:
     media: str = "application/json"
 
 
-_SINCE = {"type": "integer", "minimum": 0}
+YAML = "application/yaml"  # every body route reads YAML too (api/body.py)
+_SEQ = {"type": "integer", "minimum": 0, "maximum": MAX_REVISION}
+_SINCE = {"type": "integer", "minimum": 0, "maximum": MAX_REVISION - 1}  # watched from since + 1
 _BOOL = {"type": "string", "enum": ["true", "false"]}
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -146,7 +149,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Abort a drill", "operator", AbortRequest, body_required=False
     ),
     ("GET", "/v1/audit"): Operation(
-        "Audit entries after since", "admin", query={"since": _SINCE}, list_result=True
+        "Audit entries after since", "admin", query={"since": _SEQ}, list_result=True
     ),
     ("GET", "/v1/audit/verify"): Operation("Verify the audit hash chain", "admin"),
     ("POST", "/v1/audit/verify"): Operation(
@@ -231,9 +234,10 @@ def _operation(method: str, path: str, op: Operation, components: JSON) -> JSON:
     else:
         result["description"] = f"Needs a token of role: {op.role}."
     if op.body is not None:
+        schema = _model_schema(op.body, components)
         result["requestBody"] = {
             "required": op.body_required,
-            "content": {"application/json": {"schema": _model_schema(op.body, components)}},
+            "content": {"application/json": {"schema": schema}, YAML: {"schema": schema}},
         }
     return result
 

@@ -6,6 +6,10 @@ past a bad one, collecting its error; `apply_order` sends groups before the
 policies that may name them, and a group after the groups of the same batch it
 includes, so one apply of a consistent set never trips on its own references.
 `deploy` takes files of services: `load_services`. Nothing here talks to the API.
+
+Files are read by `model.safe_yaml`, the server's own YAML reader, so a file means the
+same whether `deploy` sends it or it is PUT as YAML (YAML 1.2 scalars: `1:30` is a
+string, not 90), and anchors and aliases are refused here as they are there.
 """
 
 from __future__ import annotations
@@ -51,14 +55,14 @@ def classify(source: str, doc: Any) -> Document:
 
 def load_documents(paths: tuple[Path, ...]) -> tuple[list[Document], list[str]]:
     """Every document of every file, and the errors that kept some from loading."""
-    import yaml
+    from federation.model import safe_yaml  # PyYAML only for the commands that read files
 
     docs: list[Document] = []
     errors: list[str] = []
     for path in paths:
         try:
-            loaded = list(yaml.safe_load_all(path.read_text()))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            loaded = safe_yaml.load_all(path.read_text())
+        except (OSError, UnicodeDecodeError, safe_yaml.YamlRefused) as exc:
             errors.append(f"{path}: {exc}")
             continue
         for i, doc in enumerate(loaded, start=1):
@@ -97,13 +101,13 @@ def apply_order(docs: list[Document]) -> list[Document]:
 def load_services(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
     """Every service spec of every file, in order; ValueError naming the file for the
     first that is not YAML or has no name (then a deploy sends nothing)."""
-    import yaml
+    from federation.model import safe_yaml
 
     specs: list[dict[str, Any]] = []
     for path in paths:
         try:
-            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-        except yaml.YAMLError as exc:
+            docs = [d for d in safe_yaml.load_all(path.read_text()) if d is not None]
+        except safe_yaml.YamlRefused as exc:
             raise ValueError(f"{path}: not valid YAML ({exc})") from None
         for doc in docs:
             if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):

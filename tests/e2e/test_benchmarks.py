@@ -27,7 +27,8 @@ def test_quick_benchmarks_run(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
-    for figure in ("initial:", "ratio deploy/raw:", "all: p99", "server RSS:", "failover:"):
+    figures = ("initial:", "ratio deploy/raw:", "all: p99", "server RSS:", "failover:", "flood:")
+    for figure in figures:
         assert figure in out, f"{figure!r} not printed:\n{out[-4000:]}"
     text = log.read_text()
-    assert "## Results log" in text and text.count("\n- ") == 5, text
+    assert "## Results log" in text and text.count("\n- ") == 6, text

@@ -106,5 +106,5 @@ async def test_another_regions_token_cannot_read_or_report(api: Api) -> None:
 async def test_watch_needs_a_since_revision(api: Api) -> None:
     token = await register(api, "eu-de-1", "DE")
     status, body = await api.call("GET", "/v1/regions/eu-de-1/assignments?watch=true", token=token)
-    assert status == 422
+    assert status == 400
     assert body["error"]["details"][0]["field"] == "since"

@@ -1,9 +1,11 @@
 """The API fuzzed from its own OpenAPI document (schemathesis) against a live server:
-no input may yield a 500, and every answer must match the document."""
+no input may yield a 500, and every answer must match the document. Every body is
+declared as JSON and as YAML, so both are fuzzed; the run's HAR shows the YAML sent."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -43,6 +45,16 @@ async def test_the_document_describes_paths_security_and_errors(api: Api) -> Non
         "/ServiceSpec"
     )
     assert doc["paths"]["/v1/health"]["get"]["security"] == []
+    bodies = [
+        op["requestBody"]
+        for ops in doc["paths"].values()
+        for op in ops.values()
+        if "requestBody" in op
+    ]
+    assert len(bodies) >= 10
+    for body in bodies:  # every body route reads YAML too, by the same schema
+        content = body["content"]
+        assert content["application/yaml"] == content["application/json"]
 
 
 @pytest.mark.slow
@@ -71,6 +83,10 @@ async def test_fuzzing_the_api_finds_no_500_and_no_schema_violation(
         "/v1/regions/{region}/assignments",
         "--request-timeout",
         "10",
+        "--report",
+        "har",
+        "--report-har-path",
+        str(tmp_path / "run.har"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=tmp_path,
@@ -79,3 +95,11 @@ async def test_fuzzing_the_api_finds_no_500_and_no_schema_violation(
     out, _ = await asyncio.wait_for(proc.communicate(), 170)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-12000:]
+    sent = json.loads((tmp_path / "run.har").read_text())["log"]["entries"]
+    yaml = [
+        e for e in sent if e["request"].get("postData", {}).get("mimeType") == "application/yaml"
+    ]
+    answered = {e["response"]["status"] for e in yaml}
+    assert len(yaml) >= 50, f"{len(yaml)} YAML bodies sent"
+    assert {200, 201} & answered and 422 in answered, answered  # valid ones and invalid ones
+    assert all(status < 500 for status in answered), answered
