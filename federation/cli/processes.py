@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -23,6 +24,9 @@ import click
 from federation.agent.drivers import DRIVERS
 from federation.cli.render import console
 from federation.cli.session import run
+from federation.client import is_loopback
+
+log = logging.getLogger(__name__)
 
 
 def _server_tls(
@@ -43,6 +47,24 @@ def _server_tls(
         context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _refuse_plain_http(host: str, port: int, plain: bool, insecure_http: bool) -> None:
+    """Plain HTTP only on loopback, unless asked for: a bearer token sent in clear over
+    the network is anyone's who sees it. Asked for, it is logged at every start."""
+    if not plain or is_loopback(host):
+        return
+    if not insecure_http:
+        raise click.UsageError(
+            f"--host {host} is reachable from the network: serve HTTPS (--tls-cert and "
+            "--tls-key), or pass --insecure-http to serve plain HTTP anyway"
+        )
+    log.warning(
+        "serving plain HTTP on %s:%d (--insecure-http): bearer tokens cross the network "
+        "in clear; put TLS in front of this server",
+        host,
+        port,
+    )
 
 
 @click.command("serve")
@@ -110,6 +132,12 @@ def _server_tls(
 @click.option(
     "--etcd-user", default=None, help="etcd user (password from FEDERATION_ETCD_PASSWORD)."
 )
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="Serve plain HTTP on a --host other than loopback (tokens cross the network in "
+    "clear: only behind a TLS-terminating proxy on a trusted network).",
+)
 def serve(
     etcd: str,
     prefix: str,
@@ -125,8 +153,11 @@ def serve(
     etcd_cert: Path | None,
     etcd_key: Path | None,
     etcd_user: str | None,
+    insecure_http: bool,
 ) -> None:
     """Run a federation server: the API on every replica, the controller on the leader."""
+    ssl_context = _server_tls(tls_cert, tls_key, client_ca)
+    _refuse_plain_http(host, port, ssl_context is None, insecure_http)
     from aiohttp import web
 
     from federation.api.app import create_app
@@ -151,7 +182,6 @@ def serve(
         etcd_user=etcd_user,
         etcd_password=os.environ.get("FEDERATION_ETCD_PASSWORD") or None,
     )
-    ssl_context = _server_tls(tls_cert, tls_key, client_ca)
     scheme = "http" if ssl_context is None else "https"
     tune_gc()
     web.run_app(
