@@ -130,6 +130,12 @@ def _refuse_plain_http(host: str, port: int, plain: bool, insecure_http: bool) -
     help="Key of the etcd client certificate.",
 )
 @click.option(
+    "--etcd-server-name",
+    default=None,
+    help="Check every etcd member's certificate for this name (needed with several "
+    "--etcd endpoints over TLS: gRPC cannot tell which address a certificate is for).",
+)
+@click.option(
     "--etcd-user", default=None, help="etcd user (password from FEDERATION_ETCD_PASSWORD)."
 )
 @click.option(
@@ -152,6 +158,7 @@ def serve(
     etcd_ca: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    etcd_server_name: str | None,
     etcd_user: str | None,
     insecure_http: bool,
 ) -> None:
@@ -179,6 +186,7 @@ def serve(
         etcd_ca=etcd_ca,
         etcd_cert=etcd_cert,
         etcd_key=etcd_key,
+        etcd_server_name=etcd_server_name,
         etcd_user=etcd_user,
         etcd_password=os.environ.get("FEDERATION_ETCD_PASSWORD") or None,
     )

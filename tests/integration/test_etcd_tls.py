@@ -68,6 +68,29 @@ async def test_store_with_a_client_certificate_reads_and_writes(
         etcd.stop()
 
 
+async def test_several_endpoints_over_tls_are_checked_for_one_server_name(
+    tls_etcd: tuple[LocalEtcd, EtcdTLS],
+) -> None:
+    """Several endpoints are one gRPC target, so no address names the certificate:
+    `serve --etcd-server-name` (here `localhost`, a SAN of the member's certificate)."""
+    etcd, tls = tls_etcd
+    etcd.start()
+    try:
+        creds = {
+            "ca_cert": tls.ca.read_bytes(),
+            "cert_chain": tls.client_cert.read_bytes(),
+            "cert_key": tls.client_key.read_bytes(),
+        }
+        both = [etcd.endpoint, etcd.endpoint]
+        async with Store(both, prefix="/tls/", tls_server_name="localhost", **creds) as named:
+            await named.put("x", {"v": 2})
+        async with Store(both, prefix="/tls/", timeout=1.0, **creds) as unnamed:
+            with pytest.raises(StoreUnavailable):
+                await unnamed.get("x")
+    finally:
+        etcd.stop()
+
+
 def _auth_commands(files: dict[str, Path], endpoint: str) -> list[list[str]]:
     """The etcdctl steps of deploy/systemd/federation-etcd-auth.service, pointed at a
     local etcd and its certificates instead of the production hosts and paths."""
