@@ -10,16 +10,25 @@ all, is an `ApiError` carrying the API's error code and message.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import aiohttp
 
 Json: TypeAlias = dict[str, Any]
+
+log = logging.getLogger(__name__)
+
+# Plain-HTTP URLs a token was sent to already (once per process is enough to be seen;
+# every call would drown an agent's log).
+_warned_plain_http: set[str] = set()
 
 
 class ApiError(Exception):
@@ -47,6 +56,35 @@ def tls_context(
     return context
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine's loopback: `localhost` or an address in
+    127.0.0.0/8 or ::1. Other names are not resolved: they count as the network."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_plain_http(urls: list[str]) -> None:
+    """Log (once per process) that a bearer token goes over plain HTTP to another host:
+    anyone on the path can read it and replay it until it is revoked."""
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or is_loopback(parts.hostname or ""):
+            continue
+        if not _warned_plain_http:
+            log.warning(
+                "sending the bearer token over plain HTTP to %s, which is not this machine: "
+                "anyone on the way can read and replay it; use https:// (docs/security.md)",
+                url,
+            )
+        _warned_plain_http.add(url)
+        return
+
+
 class ApiClient:
     """One aiohttp session for the life of the client; bearer token on every call.
 
@@ -65,6 +103,8 @@ class ApiClient:
         self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
         self._current = 0
         self.token = token
+        if token:
+            warn_plain_http(self.urls)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None

@@ -189,6 +189,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
             ca_cert=config.etcd_ca.read_bytes() if config.etcd_ca else None,
             cert_chain=config.etcd_cert.read_bytes() if config.etcd_cert else None,
             cert_key=config.etcd_key.read_bytes() if config.etcd_key else None,
+            tls_server_name=config.etcd_server_name,
             username=config.etcd_user,
             password=config.etcd_password,
         )

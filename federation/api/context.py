@@ -36,6 +36,7 @@ class ServerConfig:
     etcd_ca: Path | None = None
     etcd_cert: Path | None = None
     etcd_key: Path | None = None
+    etcd_server_name: str | None = None  # the name etcd's certificates are checked for
     etcd_user: str | None = None
     etcd_password: str | None = field(default=None, repr=False)
     # The Ed25519 key that signs audit checkpoints (`--audit-key`); never in etcd.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -23,6 +24,9 @@ import click
 from federation.agent.drivers import DRIVERS
 from federation.cli.render import console
 from federation.cli.session import run
+from federation.client import is_loopback
+
+log = logging.getLogger(__name__)
 
 
 def _server_tls(
@@ -43,6 +47,24 @@ def _server_tls(
         context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _refuse_plain_http(host: str, port: int, plain: bool, insecure_http: bool) -> None:
+    """Plain HTTP only on loopback, unless asked for: a bearer token sent in clear over
+    the network is anyone's who sees it. Asked for, it is logged at every start."""
+    if not plain or is_loopback(host):
+        return
+    if not insecure_http:
+        raise click.UsageError(
+            f"--host {host} is reachable from the network: serve HTTPS (--tls-cert and "
+            "--tls-key), or pass --insecure-http to serve plain HTTP anyway"
+        )
+    log.warning(
+        "serving plain HTTP on %s:%d (--insecure-http): bearer tokens cross the network "
+        "in clear; put TLS in front of this server",
+        host,
+        port,
+    )
 
 
 @click.command("serve")
@@ -108,6 +130,12 @@ def _server_tls(
     help="Key of the etcd client certificate.",
 )
 @click.option(
+    "--etcd-server-name",
+    default=None,
+    help="Check every etcd member's certificate for this name (needed with several "
+    "--etcd endpoints over TLS: gRPC cannot tell which address a certificate is for).",
+)
+@click.option(
     "--etcd-user", default=None, help="etcd user (password from FEDERATION_ETCD_PASSWORD)."
 )
 @click.option(
@@ -116,6 +144,12 @@ def _server_tls(
     default=None,
     help="Ed25519 private key (PEM, mode 0600) that signs audit checkpoints; never put "
     "in etcd. Every replica gets the same file. Without it, checkpoints are off.",
+)
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="Serve plain HTTP on a --host other than loopback (tokens cross the network in "
+    "clear: only behind a TLS-terminating proxy on a trusted network).",
 )
 def serve(
     etcd: str,
@@ -131,10 +165,14 @@ def serve(
     etcd_ca: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    etcd_server_name: str | None,
     etcd_user: str | None,
     audit_key: Path | None,
+    insecure_http: bool,
 ) -> None:
     """Run a federation server: the API on every replica, the controller on the leader."""
+    ssl_context = _server_tls(tls_cert, tls_key, client_ca)
+    _refuse_plain_http(host, port, ssl_context is None, insecure_http)
     from aiohttp import web
 
     from federation.api.app import StartRefused, create_app
@@ -156,11 +194,11 @@ def serve(
         etcd_ca=etcd_ca,
         etcd_cert=etcd_cert,
         etcd_key=etcd_key,
+        etcd_server_name=etcd_server_name,
         etcd_user=etcd_user,
         etcd_password=os.environ.get("FEDERATION_ETCD_PASSWORD") or None,
         audit_key=audit_key,
     )
-    ssl_context = _server_tls(tls_cert, tls_key, client_ca)
     scheme = "http" if ssl_context is None else "https"
     try:
         app = create_app(config)

@@ -38,9 +38,15 @@ def serve_command(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     audit_key: Path | None = None,
+    etcd_ca: Path | None = None,
+    etcd_cert: Path | None = None,
+    etcd_key: Path | None = None,
+    etcd_server_name: str | None = None,
     log_level: str | None = None,
 ) -> list[str]:
-    """A server replica named `identity` on `port`, against the etcd endpoints `etcd`."""
+    """A server replica named `identity` on `port`, against the etcd endpoints `etcd`
+    (over TLS with `etcd_ca`, presenting `etcd_cert` and `etcd_key`, checking the
+    members' certificates for `etcd_server_name`)."""
     args = ["serve", f"--etcd={','.join(etcd)}", f"--port={port}", f"--identity={identity}"]
     if prefix is not None:
         args.append(f"--prefix={prefix}")
@@ -54,6 +60,11 @@ def serve_command(
         args.append(f"--tls-key={tls_key}")
     if audit_key is not None:
         args.append(f"--audit-key={audit_key}")
+    for option, path in (("etcd-ca", etcd_ca), ("etcd-cert", etcd_cert), ("etcd-key", etcd_key)):
+        if path is not None:
+            args.append(f"--{option}={path}")
+    if etcd_server_name is not None:
+        args.append(f"--etcd-server-name={etcd_server_name}")
     return federation_command(*args, log_level=log_level)
 
 

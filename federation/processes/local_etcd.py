@@ -66,13 +66,16 @@ def restore_snapshot(
 
 @dataclass(frozen=True)
 class EtcdTLS:
-    """Certificates for an etcd that serves clients over TLS and requires theirs."""
+    """Certificates for an etcd that serves clients over TLS and requires theirs; with
+    `peers`, members also speak TLS to each other and require each other's (`cert`,
+    which then needs the client usage too)."""
 
     cert: Path
     key: Path
     ca: Path
     client_cert: Path
     client_key: Path
+    peers: bool = False
 
 
 class LocalEtcd:
@@ -103,8 +106,12 @@ class LocalEtcd:
         return "https" if self.tls is not None else "http"
 
     @property
+    def _peer_scheme(self) -> str:
+        return "https" if self.tls is not None and self.tls.peers else "http"
+
+    @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self._peer_scheme}://127.0.0.1:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
@@ -121,7 +128,7 @@ class LocalEtcd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "etcd.log", "ab")  # noqa: SIM115 - owned by the child
         client = f"{self._scheme}://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
         tls_flags = []
         if self.tls is not None:
             tls_flags = [
@@ -129,6 +136,13 @@ class LocalEtcd:
                 f"--key-file={self.tls.key}",
                 f"--trusted-ca-file={self.tls.ca}",
                 "--client-cert-auth",
+            ]
+        if self.tls is not None and self.tls.peers:
+            tls_flags += [
+                f"--peer-cert-file={self.tls.cert}",
+                f"--peer-key-file={self.tls.key}",
+                f"--peer-trusted-ca-file={self.tls.ca}",
+                "--peer-client-cert-auth",
             ]
         self.proc = subprocess.Popen(
             with_parent_death(

@@ -25,8 +25,9 @@ def _args(argv: list[str]) -> list[str]:
 
 def test_every_serve_option_is_one_the_cli_accepts(tmp_path: Path) -> None:
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
-    cert.touch()
-    key.touch()
+    etcd_ca, etcd_cert, etcd_key = tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "c.key"
+    for path in (cert, key, etcd_ca, etcd_cert, etcd_key):
+        path.touch()
     argv = serve_command(
         etcd=["127.0.0.1:2379", "127.0.0.1:2380"],
         port=8080,
@@ -36,11 +37,21 @@ def test_every_serve_option_is_one_the_cli_accepts(tmp_path: Path) -> None:
         election_ttl=3,
         tls_cert=cert,
         tls_key=key,
+        etcd_ca=etcd_ca,
+        etcd_cert=etcd_cert,
+        etcd_key=etcd_key,
+        etcd_server_name="etcd.internal",
         log_level="warning",
     )
     assert _args(argv)[:2] == ["--log-level=warning", "serve"]
     assert "--etcd=127.0.0.1:2379,127.0.0.1:2380" in argv
-    parse(_args(argv))
+    params = parse(_args(argv))
+    assert (params["etcd_ca"], params["etcd_cert"], params["etcd_key"]) == (
+        etcd_ca,
+        etcd_cert,
+        etcd_key,
+    )
+    assert params["etcd_server_name"] == "etcd.internal"
 
 
 def test_options_left_out_are_not_passed() -> None:
