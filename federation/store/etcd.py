@@ -26,6 +26,7 @@ from etcd3aio.kv import KVService
 
 from federation.store import retry, wire
 from federation.store import txn as single  # the single-key writes, over any txn
+from federation.store.endpoints import resolve
 from federation.store.errors import Compacted, StoreUnavailable
 from federation.store.fence import check_fence, write_fence
 from federation.store.retry import ATTEMPT_TIMEOUT, reraise_cancellation
@@ -63,19 +64,10 @@ class Store:
         self.prefix = prefix
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
-        # One retry policy (federation.store.retry): the client's own are switched off.
-        self._client = Etcd3Client(
-            [e.removeprefix("http://").removeprefix("https://") for e in endpoints],
-            rpc_max_attempts=1,
-            # Every request waits for the mirror's watch (read your writes): after an
-            # etcd member dies, its streams must come back within a second, not the
-            # library's default of up to 5 s between tries.
-            watch_max_reconnect_backoff_seconds=0.5,
-            tls_server_name=tls_server_name,
-            ca_cert=ca_cert,
-            cert_key=cert_key,
-            cert_chain=cert_chain,
-        )
+        self._endpoints = [e.removeprefix("http://").removeprefix("https://") for e in endpoints]
+        self._tls = (ca_cert, cert_key, cert_chain)
+        self._tls_server_name = tls_server_name
+        self._client = self._make_client(self._endpoints, tls_server_name)
         self._connected = False
         # The highest revision this client wrote: a mirror of the store waits for it,
         # so what this process wrote, it reads (federation.store.mirror).
@@ -90,6 +82,12 @@ class Store:
     async def connect(self) -> None:
         """Open the gRPC channel. With etcd credentials, authenticate now and keep the
         etcd auth token refreshed in the background; otherwise no round trip here."""
+        resolved, name = await resolve(self._endpoints)
+        if resolved != self._endpoints:
+            # A TLS member is checked against the one name it was given by, unless the
+            # operator named the certificates' name (several names: they must).
+            tls_name = self._tls_server_name or (name if self._tls[0] else None)
+            self._client = self._make_client(resolved, tls_name)
         await self._client.connect()
         self._connected = True
         if self._credentials is not None:
@@ -99,6 +97,22 @@ class Store:
                 await self._refresher.__aenter__()
             except (EtcdConnectionError, EtcdTransientError) as exc:
                 raise StoreUnavailable(f"etcd authentication: {exc}") from exc
+
+    def _make_client(self, endpoints: list[str], tls_server_name: str | None) -> Etcd3Client:
+        ca_cert, cert_key, cert_chain = self._tls
+        # One retry policy (federation.store.retry): the client's own are switched off.
+        return Etcd3Client(
+            endpoints,
+            rpc_max_attempts=1,
+            # Every request waits for the mirror's watch (read your writes): after an
+            # etcd member dies, its streams must come back within a second, not the
+            # library's default of up to 5 s between tries.
+            watch_max_reconnect_backoff_seconds=0.5,
+            tls_server_name=tls_server_name,
+            ca_cert=ca_cert,
+            cert_key=cert_key,
+            cert_chain=cert_chain,
+        )
 
     async def close(self) -> None:
         """Close the channel; in-flight calls fail with StoreUnavailable."""

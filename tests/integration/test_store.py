@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
 
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import AlreadyExists, Compacted, Cond, Conflict, Op, Store, StoreUnavailable
+from federation.store.endpoints import resolve
 
 
 async def test_create_is_create_if_absent(store: Store) -> None:
@@ -90,3 +92,35 @@ async def test_unreachable_etcd_is_store_unavailable_within_the_deadline(tmp_pat
         with pytest.raises(StoreUnavailable):
             await store.get("anything")
         assert loop.time() - started < 3.0
+
+
+def _a_host_name() -> str:
+    """This machine's name when it resolves (it does where /etc/hosts names the host,
+    as on CI runners and containers), else `localhost`."""
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, None, family=socket.AF_INET)
+    except OSError:
+        return "localhost"
+    return name
+
+
+async def test_an_endpoint_given_by_host_name_works(etcd: LocalEtcd) -> None:
+    """Deploy files name etcd members (`etcd-1:2379`); gRPC's target takes addresses
+    only, so the store resolves names before it connects."""
+    async with Store([f"{_a_host_name()}:{etcd.client_port}"], prefix="/names/") as store:
+        await store.put("x", {"v": 1})
+        entry = await store.get("x")
+        assert entry is not None and entry.value == {"v": 1}
+
+
+async def test_host_names_resolve_and_addresses_stay_as_given() -> None:
+    resolved, name = await resolve(["localhost:2379", "10.0.0.7:2380"])
+    assert resolved == ["127.0.0.1:2379", "10.0.0.7:2380"]
+    assert name == "localhost"
+    assert await resolve(["10.0.0.7:2380"]) == (["10.0.0.7:2380"], None)
+
+
+async def test_an_endpoint_that_does_not_resolve_is_unavailable_naming_it() -> None:
+    with pytest.raises(StoreUnavailable, match=r"no-such-host\.invalid:2379"):
+        await resolve(["no-such-host.invalid:2379"])
