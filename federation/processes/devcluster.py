@@ -9,8 +9,8 @@ behind.
 
 Only Ctrl-C or SIGTERM stops it: every question `up` asks a server has a short
 bound and is asked again until answered, a server that stops answering is reported
-(and again when it is back), and a server or agent that exits is started again
-(`supervisor.py`).
+(and again when it is back), and a server that exits is started again
+(`supervisor.py`). An agent that exits is left down: that is how a region is lost.
 
 The data dir is this user's alone (0700, secrets 0600), and etcd requires a client
 certificate from a CA made for the data dir (`certs.py`), which only the servers
@@ -393,7 +393,11 @@ class LocalFederation:
             memory_mb=DEMO_MEMORY_MB,
         )
         self.agents[name] = self.supervisor.start(
-            f"agent {name}", command, {REGION_TOKEN_ENV: token}, self._log(f"agent-{name}")
+            f"agent {name}",
+            command,
+            {REGION_TOKEN_ENV: token},
+            self._log(f"agent-{name}"),
+            restart=False,
         )
         return self.agents[name]
 

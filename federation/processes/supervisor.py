@@ -1,7 +1,9 @@
-"""Keeping `federation up`'s children running, and saying what happens to them.
+"""Keeping `federation up`'s servers running, and saying what happens to its children.
 
-A child that exits is started again after a back-off (1 s, doubling up to 30 s, and
-back to 1 s once it has run for a minute), and each exit and restart is one line. A
+A server that exits is started again after a back-off (1 s, doubling up to 30 s, and
+back to 1 s once it has run for a minute), and each exit and restart is one line. An
+agent that exits is left down and said once: killing a region's agent is how `up`
+shows a region lost (README), and the federation, not `up`, must handle that. A
 server that stops answering is one line when it stops and one when it answers again:
 a slow server is waited for, never a reason to stop the others. The supervisor only
 runs processes and remembers answers; what to ask a server is `devcluster`'s.
@@ -34,6 +36,8 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     backoff: float = RESTART_FIRST_S
     restart_at: float | None = None  # set while it is dead and waiting to be started
+    restart: bool = True  # False: left down when it exits (an agent), said once
+    reported: bool = False
 
     @property
     def running(self) -> bool:
@@ -47,8 +51,11 @@ class Supervisor:
         self.say = say
         self._silent_since: dict[str, float] = {}
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> Child:
-        return Child(name, argv, env, log, launch(argv, log=log, env=env))
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], log: Path, *, restart: bool = True
+    ) -> Child:
+        """Launch a child; with `restart`, `tick` starts it again whenever it exits."""
+        return Child(name, argv, env, log, launch(argv, log=log, env=env), restart=restart)
 
     def tick(self, children: list[Child]) -> None:
         """Restart, once their back-off has passed, the children that exited."""
@@ -57,6 +64,14 @@ class Supervisor:
             if child.running:
                 if now - child.started > HEALTHY_AFTER_S:
                     child.backoff = RESTART_FIRST_S
+                continue
+            if not child.restart:
+                if not child.reported:
+                    child.reported = True
+                    self.say(
+                        f"[yellow]{child.name} exited ({child.proc.returncode}); left down: "
+                        f"its region is lost once its lease runs out (log: {child.log})[/]"
+                    )
                 continue
             if child.restart_at is None:
                 child.restart_at = now + child.backoff

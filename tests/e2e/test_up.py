@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from federation.processes.children import free_port
+from federation.processes.children import free_port, stop_processes, with_parent_death
+from federation.processes.commands import REGION_TOKEN_ENV, agent_command
 from federation.store import Store, StoreUnavailable
 
 EXPECTED = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US", "ap-in-1": "IN"}
@@ -327,3 +328,51 @@ def test_up_restarts_a_server_that_died(running_up: Up) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
     out = running_up.output()
     assert "exited" in out and "restarted" in out, out
+
+
+@pytest.mark.slow
+def test_a_killed_agent_stays_down_and_its_region_is_lost_until_started_by_hand(
+    running_up: Up,
+) -> None:
+    """The README's walk-through: kill a region's agent as a power cut would, see the
+    region lost (`up` must not start it again behind the user's back), then bring it
+    back by hand with the command the README gives."""
+    (agent,) = [pid for pid in running_up.running("agent") if "--region=eu-de-1" in cmdline(pid)]
+    os.kill(agent, signal.SIGKILL)
+    end = time.monotonic() + 30
+    while True:
+        assert running_up.proc.poll() is None, running_up.output()
+        assert time.monotonic() < end, "eu-de-1 was not lost\n" + running_up.output()
+        with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
+            if running_up.get("/v1/regions/eu-de-1")["state"] == "unreachable":
+                break
+        time.sleep(0.3)
+    assert not [p for p in running_up.running("agent") if "--region=eu-de-1" in cmdline(p)]
+    assert "agent eu-de-1 exited" in running_up.output()
+    assert "left down" in running_up.output()
+
+    data = running_up.data
+    log = open(data / "logs" / "agent-eu-de-1-by-hand.log", "wb")  # noqa: SIM115
+    by_hand = subprocess.Popen(
+        with_parent_death(
+            agent_command(
+                servers=[running_up.url],
+                region="eu-de-1",
+                state_dir=data / "agents" / "eu-de-1",
+                cpu=16,
+                memory_mb=65536,
+            )
+        ),
+        env={
+            **os.environ,
+            REGION_TOKEN_ENV: (data / "regions" / "eu-de-1.token").read_text().strip(),
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        running_up.wait_ready_regions(60)
+    finally:
+        stop_processes([by_hand])
+        log.close()
