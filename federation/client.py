@@ -261,9 +261,19 @@ class ApiClient:
 
     # -- what a region agent calls (with its region token) ----------------------------
 
-    async def heartbeat(self, region: str, *, capacity: Json, allocated: Json) -> Json:
-        """Keep `region` alive; the answer says at what pace (`interval_s`, `ttl_s`)."""
-        body = {"capacity": capacity, "allocated": allocated}
+    async def heartbeat(
+        self,
+        region: str,
+        *,
+        capacity: Json,
+        allocated: Json,
+        allow_exec: list[str] | None = None,
+    ) -> Json:
+        """Keep `region` alive; the answer says at what pace (`interval_s`, `ttl_s`).
+        `allow_exec`, the agent's allowlist, is sent only when it has one."""
+        body: Json = {"capacity": capacity, "allocated": allocated}
+        if allow_exec is not None:
+            body["allow_exec"] = allow_exec
         return await self._call("POST", f"/v1/regions/{region}/heartbeat", body=body)
 
     async def assignments(self, region: str) -> Json:

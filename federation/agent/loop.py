@@ -35,10 +35,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from federation.agent.allow import allowed, reported
 from federation.agent.drivers import DRIVERS, Desired, Driver
 from federation.agent.tracing import ApplyTracer
 from federation.client import ApiClient, ApiError, tls_context
-from federation.model.service import Assignment
+from federation.model.allowlist import refusal
+from federation.model.service import Assignment, InstanceReport
 from federation.runtime import forever
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class AgentConfig:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+    # The region owner's --allow-exec patterns (agent.allow); None: no policy.
+    allow_exec: tuple[str, ...] | None = None
 
 
 def local_capacity() -> tuple[float, int]:
@@ -111,6 +115,41 @@ class Agent:
         self._fenced = False
         self._stale = False  # set after a silence > TTL until assignments are re-listed
         self._tracing = ApplyTracer(config.region)
+        self._refused: dict[str, Desired] = {}  # assignments the allowlist keeps out
+
+    def _admitted(self, desired: dict[str, Desired]) -> dict[str, Desired]:
+        """`desired` without the assignments whose command `--allow-exec` does not
+        admit: the driver never sees those, so no driver can start them (and one
+        already running, from before the allowlist changed, is stopped)."""
+        allow = self.config.allow_exec
+        refused = {
+            name: d
+            for name, d in desired.items()
+            if not allowed(d.assignment.runtime.command, allow, d.assignment.runtime.env)
+        }
+        for name in refused.keys() - self._refused.keys():
+            command = refused[name].assignment.runtime.command
+            log.warning("agent %s: %s", self.config.region, refusal(self.config.region, command))
+        self._refused = refused
+        return {name: d for name, d in desired.items() if name not in refused}
+
+    def reports(self) -> list[InstanceReport]:
+        """What the region reports: the driver's instances, and one failed instance
+        per refused assignment, with reason `CommandNotAllowed`."""
+        refused = [
+            InstanceReport(
+                service=name,
+                instance=f"{name}-not-allowed",
+                generation=d.assignment.runtime.generation,
+                version=d.assignment.runtime.version,
+                state="failed",
+                ready=False,
+                message=refusal(self.config.region, d.assignment.runtime.command),
+                reason="CommandNotAllowed",
+            )
+            for name, d in sorted(self._refused.items())
+        ]
+        return [*self.driver.instances(), *refused]
 
     def _contact(self) -> bool:
         """Record a successful exchange with the server. True when it ends a silence
@@ -130,7 +169,7 @@ class Agent:
             self.config.server, self.config.token, timeout=10.0, ssl_context=tls
         ) as client:
             self.desired, revision = await self._list(client)
-            for sentence in await self.driver.start(self.desired):
+            for sentence in await self.driver.start(self._admitted(self.desired)):
                 log.info("agent %s: %s", self.config.region, sentence)
             loops: dict[str, Callable[[], Awaitable[None]]] = {
                 "heartbeat": lambda: self._heartbeat(client),
@@ -170,6 +209,7 @@ class Agent:
                         self.config.region,
                         capacity={"cpu": self.config.cpu, "memory_mb": self.config.memory_mb},
                         allocated={"cpu": allocated_cpu, "memory_mb": allocated_mem},
+                        allow_exec=reported(self.config.allow_exec),
                     )
             self._contact()
             self.interval = float(answer.get("interval_s", self.interval))
@@ -203,7 +243,7 @@ class Agent:
         while True:
             await self._apply_wanted.wait()
             self._apply_wanted.clear()
-            desired = dict(self.desired)
+            desired = self._admitted(dict(self.desired))
             with self._tracing.applying(desired):
                 for sentence in await self.driver.apply(desired):
                     log.info("agent %s: %s", self.config.region, sentence)
@@ -262,7 +302,7 @@ class Agent:
                 async with asyncio.timeout(0.5):
                     await self._changed.wait()
             self._changed.clear()
-            current = [i.model_dump() for i in self.driver.instances()]
+            current = [i.model_dump() for i in self.reports()]
             if current == last and time.monotonic() - last_sent < REPORT_EVERY_S:
                 continue
             async for attempt in _retrying("status report"):

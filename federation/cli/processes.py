@@ -249,6 +249,15 @@ def serve(
 @click.option("--cpu", type=float, default=None, help="CPU to offer (default: this host's).")
 @click.option("--memory-mb", type=int, default=None, help="Memory to offer (default: host's).")
 @click.option(
+    "--allow-exec",
+    "allow_exec",
+    multiple=True,
+    metavar="GLOB",
+    help="Executables instances may run, as a glob on the absolute path (repeatable, "
+    "e.g. /usr/bin/python3, '/opt/apps/*'); without it `raw` runs anything and `exec` "
+    "refuses to start. See docs/agent.md.",
+)
+@click.option(
     "--keep-instances",
     is_flag=True,
     help="On stop, leave instances running for the next agent to adopt (upgrades).",
@@ -280,12 +289,19 @@ def agent(
     cpu: float | None,
     memory_mb: int | None,
     keep_instances: bool,
+    allow_exec: tuple[str, ...],
     ca: Path | None,
     cert: Path | None,
     key: Path | None,
 ) -> None:
     """Run a region master: heartbeats for REGION and runs what is assigned to it."""
+    from federation.agent.allow import policy_problem
     from federation.agent.loop import Agent, AgentConfig, local_capacity
+
+    allowlist = allow_exec or None
+    problem = policy_problem(driver, allowlist)
+    if problem is not None:
+        raise click.UsageError(problem)
     from federation.telemetry.setup import configure_from_env
 
     configure_from_env(f"federation-agent-{region}")
@@ -300,6 +316,7 @@ def agent(
         state_dir=state_dir or Path(f".federation-agent-{region}"),
         keep_instances=keep_instances,
         driver=driver,
+        allow_exec=allowlist,
         ca=ca,
         cert=cert,
         key=key,

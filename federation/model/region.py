@@ -102,6 +102,11 @@ class Heartbeat(BaseModel):
 
     capacity: Capacity = Field(default_factory=Capacity)
     allocated: Capacity = Field(default_factory=Capacity)
+    # The agent's --allow-exec patterns (see model.allowlist); None: not reported (no
+    # policy, or an agent older than allowlists), so the scheduler admits any command.
+    allow_exec: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=256
+    )
 
 
 class HeartbeatRecord(BaseModel):
@@ -113,11 +118,14 @@ class HeartbeatRecord(BaseModel):
     capacity: Capacity  # what the scheduler plans with: the claim, within the ceiling
     allocated: Capacity
     claimed: Capacity | None = None  # what the region claimed, when above its ceiling
+    allow_exec: list[str] | None = None  # as reported (Heartbeat.allow_exec)
 
     @classmethod
     def of(cls, at: datetime, beat: Heartbeat, limit: Capacity | None) -> HeartbeatRecord:
         """A heartbeat as stored, clamped to the region's ceiling `limit`."""
-        return cls(at=at, capacity=beat.capacity, allocated=beat.allocated).limited(limit)
+        return cls(
+            at=at, capacity=beat.capacity, allocated=beat.allocated, allow_exec=beat.allow_exec
+        ).limited(limit)
 
     def limited(self, limit: Capacity | None) -> HeartbeatRecord:
         """This heartbeat under the ceiling `limit` (its original claim kept when it

@@ -262,6 +262,8 @@ class InstanceReport(BaseModel):
     state: Literal["starting", "running", "failed", "stopped"]
     ready: bool
     message: Annotated[str, Field(max_length=1024), AfterValidator(_cut)] = ""
+    # Why the instance is not running, when the agent knows (`CommandNotAllowed`).
+    reason: Annotated[str, Field(max_length=64)] = ""
 
 
 class RegionReport(BaseModel):
@@ -272,6 +274,7 @@ class RegionReport(BaseModel):
     instances: list[InstanceReport] = Field(default_factory=list, max_length=MAX_REPORT_INSTANCES)
     at: datetime | None = None
     _ready: dict[tuple[str, int], int] | None = PrivateAttr(default=None)
+    _refused: dict[str, str] | None = PrivateAttr(default=None)
 
     def ready_count(self, service: str, generation: int) -> int:
         """Ready instances of `service` at `generation`. Indexed once per report: status
@@ -287,6 +290,15 @@ class RegionReport(BaseModel):
                     index[(i.service, i.generation)] = index.get((i.service, i.generation), 0) + 1
             self._ready = index
         return self._ready
+
+    def refused(self, service: str) -> str | None:
+        """The message of an instance of `service` the agent refused to start because
+        its allowlist does not admit the command, if any (indexed once per report)."""
+        if self._refused is None:
+            self._refused = {
+                i.service: i.message for i in self.instances if i.reason == "CommandNotAllowed"
+            }
+        return self._refused.get(service)
 
 
 PlacementRecord.model_rebuild()

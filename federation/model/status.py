@@ -20,6 +20,11 @@ def _ready(report: RegionReport | None, service: str, generation: int) -> int:
 
 
 NO_COMPLIANT_FAILOVER_REGION = "NoCompliantFailoverRegion"
+COMMAND_NOT_ALLOWED = "CommandNotAllowed"
+
+
+def _refused(report: RegionReport | None, service: str) -> str | None:
+    return report.refused(service) if report is not None else None
 
 
 def survivability(allowed_regions: Sequence[str]) -> Condition | None:
@@ -146,6 +151,19 @@ def service_status(
                     type="Available",
                     reason="RegionUnreachable",
                     message=f"replicas left in unreachable region(s): {', '.join(lost)}",
+                )
+            )
+        refused = [
+            (r, m)
+            for r in sorted(active)
+            if r in alive and (m := _refused(reports.get(r), spec.name)) is not None
+        ]
+        if refused:
+            conditions.append(
+                Condition(
+                    type="Runnable",
+                    reason=COMMAND_NOT_ALLOWED,
+                    message="; ".join(m for _, m in refused),
                 )
             )
         phase = _phase(record, placement, ready_total, bool(lost))

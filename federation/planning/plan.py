@@ -91,6 +91,9 @@ def region_infos(
                 cpu_free=cap_cpu - used_cpu.get(name, 0.0),
                 memory_free=cap_mem - used_mem.get(name, 0),
                 unreachable_for=unreachable_for,
+                allow_exec=tuple(beat.allow_exec)
+                if beat is not None and beat.allow_exec is not None
+                else None,
             )
         )
     return infos

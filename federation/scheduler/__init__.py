@@ -5,6 +5,7 @@ and current placements; drills feed it a what-if view. Tested with hypothesis.
 """
 
 from federation.scheduler.decision import (
+    COMMAND_NOT_ALLOWED,
     INSUFFICIENT_CAPACITY,
     NO_COMPLIANT_REGION,
     PLACED,
@@ -18,6 +19,7 @@ from federation.scheduler.decision import (
 from federation.scheduler.place import place, place_all
 
 __all__ = [
+    "COMMAND_NOT_ALLOWED",
     "INSUFFICIENT_CAPACITY",
     "NO_COMPLIANT_REGION",
     "PLACED",

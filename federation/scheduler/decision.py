@@ -20,6 +20,7 @@ NO_COMPLIANT_REGION = "NoCompliantRegion"
 INSUFFICIENT_CAPACITY = "InsufficientCapacity"
 SPREAD_UNSATISFIED = "SpreadUnsatisfied"
 SCALED_TO_ZERO = "ScaledToZero"
+COMMAND_NOT_ALLOWED = "CommandNotAllowed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class RegionInfo:
     cpu_free: float
     memory_free: int
     unreachable_for: float | None = None
+    # The agent's --allow-exec patterns from its heartbeat; None: no policy reported.
+    allow_exec: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

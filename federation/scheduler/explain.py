@@ -31,6 +31,8 @@ def explain(
     svc = ServiceFit(spec, pool, cpu, mem, current, fresh)
     res = spec.resources
     allow_list = set(spec.placement.regions)
+    refusing = pool.refusing(spec.command) if pool.restricted else frozenset()
+    shown = " ".join(spec.command) if spec.command else "(no command)"
     lines: dict[str, RegionChoice] = {}
     rooms: dict[str, int] = {}
     for name, region in pool.info.items():
@@ -44,6 +46,8 @@ def explain(
             lines[name] = rejected("residency: " + "; ".join(why), compliant=False)
         elif allow_list and name not in allow_list:
             lines[name] = rejected("not in placement.regions")
+        elif name in refusing:
+            lines[name] = rejected(f"command not allowed in this region: {shown}")
         elif region.state == "unreachable":
             here = current.get(name, 0)
             grace = svc.grace(region) if here > 0 else None

@@ -1,7 +1,8 @@
 """Placement: filter the regions, rank them, assign replicas; explain every region.
 
 Data flow: (service spec, regions with free capacity, residency verdicts, current
-placement) -> filter (residency, explicit allow-list, state, capacity) -> rank
+placement) -> filter (residency, explicit allow-list, the region's --allow-exec,
+state, capacity) -> rank
 (prefer, current, free capacity counting the service's own replicas, name) -> assign
 -> Decision, whose explanation (one line per region) is built on first use.
 
@@ -29,6 +30,7 @@ from functools import partial
 
 from federation.model.service import ServiceSpec
 from federation.scheduler.decision import (
+    COMMAND_NOT_ALLOWED,
     INSUFFICIENT_CAPACITY,
     NO_COMPLIANT_REGION,
     PLACED,
@@ -65,6 +67,10 @@ def _decide(
     candidates = allowed & pool.ready
     if allow_list:
         candidates &= allow_list
+    # The region owner's allowlist is a filter like residency: never placed where the
+    # agent would refuse to start the command.
+    refusing = pool.refusing(spec.command) if pool.restricted else frozenset()
+    candidates -= refusing
 
     # Replicas left in lost regions within their grace (never more than max_per_region).
     kept: dict[str, int] = {}
@@ -72,6 +78,7 @@ def _decide(
         if (
             here > 0
             and name in allowed
+            and name not in refusing
             and (not allow_list or name in allow_list)
             and info[name].state == "unreachable"
             and svc.grace(info[name]) is not None
@@ -101,7 +108,9 @@ def _decide(
     stays = [] if fresh else sorted(n for n in current if n in candidates and current[n] > 0)
     target = _assign(spec, svc, kept, stays, ranking())
     placed = sum(target.values())
-    reason, message = _outcome(spec, placed, target, allowed, bool(candidates))
+    reason, message = _outcome(
+        spec, placed, target, allowed, bool(candidates), refusing & allowed & pool.ready
+    )
     cpu_now, mem_now = pool.snapshot()
     # The explanation keeps its own copies of the small inputs; `verdicts` is shared.
     lines = partial(
@@ -192,6 +201,7 @@ def _outcome(
     target: Mapping[str, int],
     allowed: Collection[str],
     any_ready: bool,
+    refusing: Collection[str] = (),
 ) -> tuple[str, str]:
     if spec.replicas == 0:
         return SCALED_TO_ZERO, "replicas is 0"
@@ -202,6 +212,12 @@ def _outcome(
             return (
                 NO_COMPLIANT_REGION,
                 f"{short}: no region is allowed for data classes [{classes}]",
+            )
+        if not any_ready and refusing:
+            shown = " ".join(spec.command) if spec.command else "(no command)"
+            return (
+                COMMAND_NOT_ALLOWED,
+                f"{short}: command not allowed in region(s) {', '.join(sorted(refusing))}: {shown}",
             )
         if not any_ready:
             return (

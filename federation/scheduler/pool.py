@@ -12,6 +12,7 @@ import bisect
 import math
 from collections.abc import Collection, Mapping, Sequence
 
+from federation.model.allowlist import admits_command
 from federation.model.service import ServiceSpec
 from federation.scheduler.decision import RegionInfo
 
@@ -40,6 +41,10 @@ class Pool:
         self.names = frozenset(self.info)
         self.ready = frozenset(n for n, r in self.info.items() if r.state == "ready")
         self.ranked = sorted((-self.cpu[n], n) for n in self.ready)
+        # Regions with an allowlist: only these need the service's command judged.
+        self.restricted = {
+            n: r.allow_exec for n, r in self.info.items() if r.allow_exec is not None
+        }
         self._labelled: dict[tuple[tuple[str, str], ...], frozenset[str]] = {}
         self._snapshot: tuple[tuple[float, ...], tuple[int, ...]] | None = None
         self._interned: dict[frozenset[str], frozenset[str]] = {}
@@ -54,6 +59,12 @@ class Pool:
             )
             self._labelled[key] = found
         return found
+
+    def refusing(self, command: Sequence[str] | None) -> frozenset[str]:
+        """Regions whose allowlist does not admit `command`."""
+        return frozenset(
+            n for n, allow in self.restricted.items() if not admits_command(command, allow)
+        )
 
     def intern(self, names: Collection[str]) -> frozenset[str]:
         """One shared frozenset per distinct set (services mostly share a few)."""

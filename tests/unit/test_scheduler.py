@@ -20,8 +20,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from federation.model.allowlist import admits_command
 from federation.model.service import ServiceSpec
 from federation.scheduler import (
+    COMMAND_NOT_ALLOWED,
     INSUFFICIENT_CAPACITY,
     NO_COMPLIANT_REGION,
     PLACED,
@@ -833,3 +835,57 @@ def test_scheduler_does_no_io() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+# --- properties: the region owner's allowlist (--allow-exec) ----------------------------
+
+COMMANDS = [["/usr/bin/python3", "-m", "app"], ["/opt/apps/web"], ["{python}", "x.py"], ["run"]]
+ALLOWLISTS: list[tuple[str, ...] | None] = [
+    None,
+    (),
+    ("/usr/bin/python3",),
+    ("/opt/apps/*",),
+    ("/usr/bin/*", "{python}"),
+    ("*",),
+]
+
+
+@st.composite
+def allowlist_scenarios(draw: st.DrawFn) -> Scenario:
+    sc = draw(scenarios())
+    regions = [replace(r, allow_exec=draw(st.sampled_from(ALLOWLISTS))) for r in sc.regions]
+    command = draw(st.sampled_from(COMMANDS))
+    return replace(sc, spec=sc.spec.model_copy(update={"command": command}), regions=regions)
+
+
+@PROPERTY
+@given(allowlist_scenarios())
+def test_never_placed_where_the_allowlist_rejects_the_command(sc: Scenario) -> None:
+    decision = sc.decide()
+    by_name = {r.name: r for r in sc.regions}
+    for name in decision.placement:
+        assert admits_command(sc.spec.command, by_name[name].allow_exec), name
+    # And the explanation says so for every such region.
+    for line in decision.regions:
+        if not admits_command(sc.spec.command, by_name[line.region].allow_exec):
+            assert line.outcome == "rejected", line
+
+
+def test_explain_rejects_a_region_whose_allowlist_excludes_the_command() -> None:
+    s = spec(command=["/usr/local/bin/miner", "--fast"], replicas=1)
+    regions = [
+        replace(region("r1"), allow_exec=("/usr/bin/python3",)),
+        replace(region("r2", cpu=1.0), allow_exec=("/usr/local/bin/*",)),
+    ]
+    decision = place(s, regions, {"r1": YES, "r2": YES}, {})
+    assert decision.placement == {"r2": 1}
+    lines = {line.region: line for line in decision.regions}
+    assert lines["r1"].outcome == "rejected"
+    assert lines["r1"].reasons == (
+        "command not allowed in this region: /usr/local/bin/miner --fast",
+    )
+    # With no region that admits it, the service is pending with a reason that says why.
+    alone = place(s, regions[:1], {"r1": YES}, {})
+    assert alone.placement == {}
+    assert alone.reason == COMMAND_NOT_ALLOWED
+    assert "command not allowed in region(s) r1: /usr/local/bin/miner --fast" in alone.message
