@@ -1,4 +1,6 @@
-"""The process driver with real processes: start, health, crash restart, stop, adopt."""
+"""The process driver with real processes: what is particular to it (its own process
+group, a crash restarted by the driver). What every driver must do (health, report,
+stop, adopt, fence) is tests/integration/test_driver_contract.py."""
 
 from __future__ import annotations
 
@@ -87,57 +89,3 @@ async def test_a_crashed_instance_is_restarted(tmp_path: Path) -> None:
         assert not alive(first)
     finally:
         await driver.close(stop_instances=True)
-
-
-async def test_failing_health_check_is_not_ready(tmp_path: Path) -> None:
-    driver = ProcessDriver(region="eu-de-1", state_dir=tmp_path)
-    want = {"web": desired(replicas=1, env={"FAIL_HEALTH": "1"})}
-    await driver.start(want)
-    try:
-        await driver.apply(want)
-        await until(lambda: driver.instances()[0].state == "running")
-        await asyncio.sleep(0.5)
-        report = driver.instances()[0]
-        assert not report.ready
-        assert "503" in report.message
-    finally:
-        await driver.close(stop_instances=True)
-
-
-async def test_new_version_replaces_instances_and_scale_down_stops_them(tmp_path: Path) -> None:
-    driver = ProcessDriver(region="eu-de-1", state_dir=tmp_path)
-    await driver.start({})
-    try:
-        await driver.apply({"web": desired(replicas=2, version="1")})
-        old = {i.id: i.pid for i in driver._instances.values()}
-        await driver.apply({"web": desired(replicas=1, version="2")})
-        await until(lambda: driver.instances()[0].ready)
-        assert [i.version for i in driver.instances()] == ["2"]
-        assert not any(alive(pid) for pid in old.values())
-        await driver.apply({})
-        assert driver.instances() == []
-    finally:
-        await driver.close(stop_instances=True)
-
-
-async def test_a_new_agent_adopts_wanted_instances_and_stops_the_rest(tmp_path: Path) -> None:
-    first = ProcessDriver(region="eu-de-1", state_dir=tmp_path)
-    await first.start({})
-    await first.apply({"web": desired(replicas=1), "old": desired("old", replicas=1)})
-    await until(lambda: all(i.ready for i in first.instances()))
-    pids = {i.id: i.pid for i in first._instances.values()}
-    await first.close(stop_instances=False)  # as if the agent died
-    assert all(alive(p) for p in pids.values())
-
-    second = ProcessDriver(region="eu-de-1", state_dir=tmp_path)
-    try:
-        sentences = await second.start({"web": desired(replicas=1)})
-        assert any("adopted web-0" in s for s in sentences)
-        assert any("stopped old-0" in s for s in sentences)
-        assert alive(pids["web-0"])
-        assert not alive(pids["old-0"])
-        await second.apply({"web": desired(replicas=1)})
-        assert second._instances["web-0"].pid == pids["web-0"]  # not restarted
-    finally:
-        await second.close(stop_instances=True)
-    assert not alive(pids["web-0"])
