@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import posixpath
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from federation.agent.allow import allowed, executable, policy_problem, reported
 from federation.model.allowlist import PYTHON, admits, admits_command, refusal
+from federation.model.region import Heartbeat, HeartbeatRecord, RegionRecord
+from federation.planning.plan import region_infos
+from federation.planning.world import World
 
 
 def test_no_policy_admits_everything_and_an_empty_one_nothing() -> None:
@@ -73,3 +77,20 @@ def test_the_refusal_names_region_and_command() -> None:
     assert refusal("eu-1", ["/bin/sh", "-c", "x"]) == (
         "command not allowed in region eu-1: /bin/sh -c x"
     )
+
+
+def test_the_heartbeat_allowlist_reaches_the_scheduler_and_old_heartbeats_stay_valid() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    beat = Heartbeat.model_validate({"capacity": {"cpu": 4}, "allow_exec": ["/opt/apps/*"]})
+    world = World()
+    for name in ("eu-de-1", "eu-de-2"):
+        world.regions[name] = RegionRecord(name=name, country="DE", created_at=now)
+        world.alive.add(name)
+    world.heartbeats["eu-de-1"] = HeartbeatRecord.of(now, beat, None)
+    # Stored before allowlists existed: no field at all, read as "not reported".
+    world.heartbeats["eu-de-2"] = HeartbeatRecord.model_validate(
+        {"at": now.isoformat(), "capacity": {"cpu": 4}, "allocated": {}}
+    )
+    infos = {i.name: i for i in region_infos(world, now, region_ttl=2)}
+    assert infos["eu-de-1"].allow_exec == ("/opt/apps/*",)
+    assert infos["eu-de-2"].allow_exec is None
