@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from federation.agent.drivers import DRIVERS
 from tests.conftest import AgentProcess, ServerProcess
 
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}
@@ -31,6 +33,14 @@ class Http:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+def driver_args(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Every registered driver goes through failover and fencing with a real server
+    and agents (the driver contract's part that needs them). The allowlist admits the
+    demo's interpreter, which `exec` requires and `raw` may have."""
+    return ("--driver", str(request.param), "--allow-exec", sys.executable)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
@@ -61,6 +71,7 @@ def placements(http: Http, name: str) -> dict[str, dict[str, Any]]:
 def test_losing_a_region_moves_its_replicas_to_a_compliant_region(
     spawn_server: Callable[..., ServerProcess],
     spawn_agent: Callable[..., AgentProcess],
+    driver_args: tuple[str, ...],
 ) -> None:
     server = spawn_server("server-a")
     http = Http(server.url, spawn_server.admin_token)  # type: ignore[attr-defined]
@@ -68,7 +79,7 @@ def test_losing_a_region_moves_its_replicas_to_a_compliant_region(
     for name, country in REGIONS.items():
         status, body = http("POST", "/v1/regions", {"name": name, "country": country})
         assert status == 201, body
-        agents[name] = spawn_agent(server.url, name, body["token"])
+        agents[name] = spawn_agent(server.url, name, body["token"], *driver_args)
     wait_regions_ready(http, REGIONS)
     status, body = http(
         "PUT",
@@ -119,7 +130,7 @@ def test_losing_a_region_moves_its_replicas_to_a_compliant_region(
     assert leftovers, "the killed agent's instances should still be running"
     status, body = http("POST", "/v1/regions/eu-de-1/token", {})
     assert status == 201
-    spawn_agent(server.url, "eu-de-1", body["token"])
+    spawn_agent(server.url, "eu-de-1", body["token"], *driver_args)
 
     def gone() -> bool:
         import os
@@ -185,13 +196,14 @@ def test_a_flapping_region_within_grace_causes_no_moves(
 def test_an_agent_cut_off_for_longer_than_the_ttl_stops_its_singletons(
     spawn_server: Callable[..., ServerProcess],
     spawn_agent: Callable[..., AgentProcess],
+    driver_args: tuple[str, ...],
 ) -> None:
     from tests.conftest import _instance_pids
 
     server = spawn_server("server-a")
     http = Http(server.url, spawn_server.admin_token)  # type: ignore[attr-defined]
     _, body = http("POST", "/v1/regions", {"name": "eu-de-1", "country": "DE"})
-    agent = spawn_agent(server.url, "eu-de-1", body["token"])
+    agent = spawn_agent(server.url, "eu-de-1", body["token"], *driver_args)
     wait_regions_ready(http, ["eu-de-1"])
     base = {
         "command": ["{python}", "-m", "federation.demo", "{port}"],
