@@ -274,11 +274,18 @@ def start_agent(
     *extra: str,
     cpu: float = 8,
     memory_mb: int = 16384,
+    driver: str = "raw",
 ) -> AgentProcess:
-    """`federation agent` for `region`, its state and log under `tmp`."""
+    """`federation agent` for `region`, its state and log under `tmp` (driver `raw`
+    unless a test is about another)."""
     state = tmp / "agents" / region
     command = agent_command(
-        servers=servers, region=region, state_dir=state, cpu=cpu, memory_mb=memory_mb
+        servers=servers,
+        region=region,
+        state_dir=state,
+        cpu=cpu,
+        memory_mb=memory_mb,
+        driver=driver,
     )
     proc = launch(
         [*command, *extra], log=tmp / f"agent-{region}.log", env={REGION_TOKEN_ENV: token}

@@ -262,6 +262,10 @@ class InstanceReport(BaseModel):
     state: Literal["starting", "running", "failed", "stopped"]
     ready: bool
     message: Annotated[str, Field(max_length=1024), AfterValidator(_cut)] = ""
+    # Optional, so reports of older agents and of drivers that measure nothing stay valid.
+    reason: Annotated[str, Field(max_length=64)] | None = None  # e.g. "OOMKilled"
+    cpu_seconds: float | None = Field(default=None, ge=0)  # CPU used since it started
+    memory_bytes: int | None = Field(default=None, ge=0)  # memory in use now
 
 
 class RegionReport(BaseModel):

@@ -38,11 +38,11 @@ def test_the_chosen_driver_reaches_the_agent(
             return None
 
     monkeypatch.setattr(loop, "Agent", Agent)
-    args = [*AGENT, "--driver", "process", "--state-dir", str(tmp_path)]
+    args = [*AGENT, "--driver", "raw", "--state-dir", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "(driver process)" in result.output
-    assert [c.driver for c in seen] == ["process"]
+    assert "(driver raw)" in result.output
+    assert [c.driver for c in seen] == ["raw"]
 
 
 def test_the_agent_builds_the_driver_it_is_configured_with(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_the_agent_builds_the_driver_it_is_configured_with(tmp_path: Path) -> No
         cpu=1.0,
         memory_mb=256,
         state_dir=tmp_path,
-        driver="process",
+        driver="raw",
     )
     driver = loop.Agent(config).driver
     assert isinstance(driver, ProcessDriver)
