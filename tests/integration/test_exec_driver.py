@@ -21,7 +21,7 @@ from federation.agent.drivers import DRIVERS, Desired
 from federation.agent.drivers.exec import DriverUnavailable, ExecDriver
 from federation.model.service import Assignment, Runtime, ServiceSpec
 from federation.processes.commands import agent_command
-from tests.integration.test_process_driver import desired, until
+from tests.integration.test_process_driver import alive, desired, until
 
 TOKEN = "region-token-that-must-stay-with-the-agent"
 MARKER = "AGENT_ONLY_MARKER"
@@ -195,3 +195,27 @@ async def test_state_files_are_the_agents_alone(tmp_path: Path, name: str) -> No
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for file in (state / "instances.json", state / "logs" / "web-0.log"):
         assert stat.S_IMODE(file.stat().st_mode) == 0o600
+
+
+async def test_a_new_agent_adopts_isolated_instances_and_stops_them(tmp_path: Path) -> None:
+    """The sandbox hangs off its own shell, not off the agent: an agent that goes away
+    leaves it running for the next one, which adopts it, measures it and stops it."""
+    first = ExecDriver(region="eu-de-1", state_dir=tmp_path, run_as=USER)
+    want = {"web": desired(replicas=1)}
+    await first.start(want)
+    try:
+        await first.apply(want)
+        await until(lambda: first.instances()[0].ready, timeout=15)
+        pid = first._instances["web-0"].pid
+    finally:
+        await first.close(stop_instances=False)  # as if the agent died
+    second = ExecDriver(region="eu-de-1", state_dir=tmp_path, run_as=USER)
+    try:
+        sentences = await second.start(want)
+        assert any("adopted web-0" in s for s in sentences)
+        await until(lambda: second.instances()[0].ready, timeout=15)
+        assert second.instances()[0].memory_bytes
+    finally:
+        await second.close(stop_instances=True)
+    assert not alive(pid)
+    assert not cgroups_left("web-0")
