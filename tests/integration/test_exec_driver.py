@@ -164,6 +164,8 @@ def test_a_root_agent_runs_no_root_instance_unless_told(tmp_path: Path) -> None:
 def test_without_bubblewrap_the_driver_and_the_agent_refuse_to_start(tmp_path: Path) -> None:
     with pytest.raises(DriverUnavailable, match="bubblewrap"):
         ExecDriver(region="eu-de-1", state_dir=tmp_path, run_as=USER, bwrap="/nowhere/bwrap")
+    with pytest.raises(DriverUnavailable, match="writable cgroup v1 controllers"):
+        ExecDriver(region="eu-de-1", state_dir=tmp_path, run_as=USER, cgroup_root=tmp_path)
     command = agent_command(
         servers=["http://127.0.0.1:1"], region="eu-de-1", state_dir=tmp_path, driver="exec"
     )

@@ -220,6 +220,8 @@ class ExecDriver(ProcessDriver):
                 self.user = pwd.getpwnam(run_as)
             except KeyError:
                 raise DriverUnavailable(f"--run-as {run_as}: no such user") from None
+        if self.user is not None and os.geteuid() not in (0, self.user.pw_uid):
+            raise DriverUnavailable(f"--run-as {run_as} needs an agent running as root")
         uid = self.user.pw_uid if self.user else os.geteuid()
         if uid == 0 and not allow_root_instances:
             given = f" (--run-as {run_as})" if run_as else ""
