@@ -80,7 +80,15 @@ try:
     found.append(open(state_dir + "/instances.json").read())
 except OSError:
     pass
-print(json.dumps({"found": found, "seen": seen, "own": "FEDERATION_SERVICE=probe" in own,
+writable = []
+for directory in ("/instance", "/tmp", "/usr", "/etc", os.path.dirname(sys.executable)):
+    try:
+        open(os.path.join(directory, "probe-was-here"), "w").close()
+        writable.append(directory)
+    except OSError:
+        pass
+print(json.dumps({"found": found, "seen": seen, "writable": writable,
+                  "own": "FEDERATION_SERVICE=probe" in own,
                   "pids": sorted(p for p in os.listdir("/proc") if p.isdigit())}), flush=True)
 """
 
@@ -111,6 +119,7 @@ async def test_an_instance_finds_nothing_of_the_agent_or_other_instances(
     result = json.loads(log.read_text().splitlines()[0])
     assert result["found"] == []
     assert result["own"] and "self" in result["seen"]  # it reads environs: not vacuous
+    assert result["writable"] == ["/instance", "/tmp"]  # the host's files are read-only
     assert len(result["pids"]) <= 3  # its own PID namespace: bwrap's init, itself (and ls)
 
 

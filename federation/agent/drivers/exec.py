@@ -289,6 +289,8 @@ class ExecDriver(ProcessDriver):
             "/proc",
             "--dev",
             "/dev",
+            "--perms",
+            "1777",  # the run-as user's /tmp too (bwrap makes it root's 0755)
             "--tmpfs",
             "/tmp",
             "--bind",
