@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from federation.agent.drivers import DRIVERS, Desired
-from federation.agent.drivers.exec import DriverUnavailable, ExecDriver
+from federation.agent.drivers.exec import PIDS_MAX, DriverUnavailable, ExecDriver
 from federation.model.service import Assignment, Runtime, ServiceSpec
 from federation.processes.commands import agent_command
 from tests.integration.test_process_driver import alive, desired, until
@@ -230,3 +230,32 @@ async def test_a_new_agent_adopts_isolated_instances_and_stops_them(tmp_path: Pa
         await second.close(stop_instances=True)
     assert not alive(pid)
     assert not cgroups_left("web-0")
+
+
+async def test_an_instance_cannot_start_more_than_its_pid_limit(tmp_path: Path) -> None:
+    forker = (
+        "import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    for _ in range(400):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30)\n"
+        "            os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as exc:\n"
+        "    print('FORKED', n, exc.errno, flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    driver = ExecDriver(region="eu-de-1", state_dir=tmp_path, run_as=USER)
+    # Memory to spare: the pid limit, not the memory limit, is what must stop it.
+    want = {"forker": service("forker", ["{python}", "-c", forker], resources={"memory_mb": 2048})}
+    log = tmp_path / "logs" / "forker-0.log"
+    await driver.start(want)
+    try:
+        await driver.apply(want)
+        await until(lambda: log.exists() and "FORKED" in log.read_text(), timeout=20)
+    finally:
+        await driver.close(stop_instances=True)
+    forked = int(log.read_text().split("FORKED ", 1)[1].split()[0])
+    assert 200 < forked < PIDS_MAX  # bwrap's init, the shell's bwrap and python count too
+    assert not cgroups_left("forker-0")  # every forked child killed with the cgroup
