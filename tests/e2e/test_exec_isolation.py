@@ -6,7 +6,6 @@ same service takes it: why `raw` is for development only."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,9 +39,10 @@ def test_a_deployed_service_takes_the_region_token_only_from_a_raw_agent(
     spawn_server: Callable[..., ServerProcess],
     spawn_agent: Callable[..., AgentProcess],
     driver: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    if shutil.which("bwrap") is None:
-        pytest.fail("bubblewrap is not installed (see README: system packages)")
+    if driver == "exec":
+        request.getfixturevalue("bubblewrap")
     server = spawn_server("server-a")
     http = Http(server.url, spawn_server.admin_token)  # type: ignore[attr-defined]
     status, body = http("POST", "/v1/regions", {"name": "eu-de-1", "country": "DE"})

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,23 +25,7 @@ MARKER = "AGENT_ONLY_MARKER"
 USER = "nobody"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def bubblewrap() -> Iterator[None]:
-    """bubblewrap is a system package: installed here when missing and we are root.
-    In CI its absence fails these tests; elsewhere it skips them."""
-    if shutil.which("bwrap") is None and os.geteuid() == 0:
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "bubblewrap"],
-            check=False,
-            capture_output=True,
-            timeout=300,
-        )
-    if shutil.which("bwrap") is None or os.geteuid() != 0:
-        message = "the exec driver tests need bubblewrap and root (cgroups)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    yield
+pytestmark = pytest.mark.usefixtures("bubblewrap")
 
 
 def service(name: str, command: list[str], **extra: object) -> Desired:
