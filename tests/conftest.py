@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -274,11 +275,18 @@ def start_agent(
     *extra: str,
     cpu: float = 8,
     memory_mb: int = 16384,
+    driver: str = "raw",
 ) -> AgentProcess:
-    """`federation agent` for `region`, its state and log under `tmp`."""
+    """`federation agent` for `region`, its state and log under `tmp` (driver `raw`
+    unless a test is about another)."""
     state = tmp / "agents" / region
     command = agent_command(
-        servers=servers, region=region, state_dir=state, cpu=cpu, memory_mb=memory_mb
+        servers=servers,
+        region=region,
+        state_dir=state,
+        cpu=cpu,
+        memory_mb=memory_mb,
+        driver=driver,
     )
     proc = launch(
         [*command, *extra], log=tmp / f"agent-{region}.log", env={REGION_TOKEN_ENV: token}
@@ -312,3 +320,22 @@ def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
         yield spawn
     finally:
         stop_agents(started)
+
+
+@pytest.fixture(scope="session")
+def bubblewrap() -> Iterator[None]:
+    """bubblewrap is a system package: installed here when missing and we are root.
+    In CI its absence fails these tests; elsewhere it skips them."""
+    if shutil.which("bwrap") is None and os.geteuid() == 0:
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "bubblewrap"]
+        # A fresh machine may have no package lists yet: update once, then try again.
+        for argv in (install, ["apt-get", "update"], install):
+            subprocess.run(argv, check=False, capture_output=True, timeout=300)
+            if argv is install and shutil.which("bwrap") is not None:
+                break
+    if shutil.which("bwrap") is None or os.geteuid() != 0:
+        message = "the exec driver tests need bubblewrap and root (cgroups)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield

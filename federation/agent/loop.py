@@ -58,7 +58,9 @@ class AgentConfig:
     memory_mb: int
     state_dir: Path
     keep_instances: bool = False
-    driver: str = "process"  # a name in DRIVERS
+    driver: str = "raw"  # a name in DRIVERS
+    run_as: str | None = None  # the user instances run as (exec)
+    allow_root_instances: bool = False
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
@@ -104,7 +106,10 @@ class Agent:
     def __init__(self, config: AgentConfig, *, driver: Driver | None = None) -> None:
         self.config = config
         self.driver: Driver = driver or DRIVERS[config.driver](
-            region=config.region, state_dir=config.state_dir
+            region=config.region,
+            state_dir=config.state_dir,
+            run_as=config.run_as,
+            allow_root_instances=config.allow_root_instances,
         )
         self.desired: dict[str, Desired] = {}
         self.interval = 1.0

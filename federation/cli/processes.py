@@ -236,9 +236,20 @@ def serve(
 @click.option(
     "--driver",
     type=click.Choice(sorted(DRIVERS)),
-    default="process",
+    default="exec",
     show_default=True,
-    help="What runs the region's instances.",
+    help="What runs the region's instances: exec (isolated by bubblewrap and cgroups) "
+    "or raw (plain processes as the agent's user, for development).",
+)
+@click.option(
+    "--run-as",
+    default=None,
+    help="User the exec driver runs instances as (required when the agent is root).",
+)
+@click.option(
+    "--allow-root-instances",
+    is_flag=True,
+    help="Let the exec driver run instances as root (when the agent is root, no --run-as).",
 )
 @click.option(
     "--state-dir",
@@ -285,6 +296,8 @@ def agent(
     region: str,
     region_token: str,
     driver: str,
+    run_as: str | None,
+    allow_root_instances: bool,
     state_dir: Path | None,
     cpu: float | None,
     memory_mb: int | None,
@@ -317,13 +330,24 @@ def agent(
         keep_instances=keep_instances,
         driver=driver,
         allow_exec=allowlist,
+        run_as=run_as,
+        allow_root_instances=allow_root_instances,
         ca=ca,
         cert=cert,
         key=key,
     )
 
+    from federation.agent.drivers.exec import DriverUnavailable
+
+    try:
+        # Built here, before any connection: a host that cannot isolate instances
+        # refuses to start at once, with what it lacks.
+        region_agent = Agent(config)
+    except (DriverUnavailable, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
     async def until_stopped() -> None:
-        task = asyncio.create_task(Agent(config).run())
+        task = asyncio.create_task(region_agent.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)

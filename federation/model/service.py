@@ -262,8 +262,12 @@ class InstanceReport(BaseModel):
     state: Literal["starting", "running", "failed", "stopped"]
     ready: bool
     message: Annotated[str, Field(max_length=1024), AfterValidator(_cut)] = ""
-    # Why the instance is not running, when the agent knows (`CommandNotAllowed`).
-    reason: Annotated[str, Field(max_length=64)] = ""
+    # Optional, so reports of older agents and of drivers that measure nothing stay valid.
+    # Why the instance is not running, when the agent knows (`OOMKilled`,
+    # `CommandNotAllowed`).
+    reason: Annotated[str, Field(max_length=64)] | None = None
+    cpu_seconds: float | None = Field(default=None, ge=0)  # CPU used since it started
+    memory_bytes: int | None = Field(default=None, ge=0)  # memory in use now
 
 
 class RegionReport(BaseModel):

@@ -78,14 +78,18 @@ def agent_command(
     keep_instances: bool = False,
     ca: Path | None = None,
     log_level: str | None = None,
+    driver: str = "raw",
 ) -> list[str]:
     """The agent of `region`, failing over between `servers`, recording its instances
-    in `state_dir`; `cpu` and `memory_mb` are what it offers (default: the host's)."""
+    in `state_dir`; `cpu` and `memory_mb` are what it offers (default: the host's).
+    `driver` is `raw` unless told: `up`'s demo and the tests run plain processes on a
+    developer's machine, where bubblewrap and cgroups may be absent."""
     args = [
         "agent",
         f"--server={','.join(servers)}",
         f"--region={region}",
         f"--state-dir={state_dir}",
+        f"--driver={driver}",
     ]
     if cpu is not None:
         args.append(f"--cpu={cpu}")

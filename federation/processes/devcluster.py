@@ -391,6 +391,7 @@ class LocalFederation:
             state_dir=self.data_dir / "agents" / name,
             cpu=DEMO_CPU,
             memory_mb=DEMO_MEMORY_MB,
+            driver="raw",  # the demo runs where bubblewrap and cgroups may not be
         )
         self.agents[name] = self.supervisor.start(
             f"agent {name}",

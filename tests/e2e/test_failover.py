@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -39,8 +40,14 @@ class Http:
 def driver_args(request: pytest.FixtureRequest) -> tuple[str, ...]:
     """Every registered driver goes through failover and fencing with a real server
     and agents (the driver contract's part that needs them). The allowlist admits the
-    demo's interpreter, which `exec` requires and `raw` may have."""
-    return ("--driver", str(request.param), "--allow-exec", sys.executable)
+    demo's interpreter, which `exec` requires and `raw` may have; `exec` run by root
+    runs its instances as `nobody`."""
+    args: tuple[str, ...] = ("--driver", str(request.param), "--allow-exec", sys.executable)
+    if request.param == "exec":
+        request.getfixturevalue("bubblewrap")
+        if os.geteuid() == 0:
+            args += ("--run-as", "nobody")
+    return args
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,19 +70,31 @@ def driver_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def driver_options(driver_name: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """What a driver needs here: `exec` needs bubblewrap (installed, or the test fails in
+    CI) and, as root, a user to run instances as."""
+    if driver_name != "exec":
+        return {}
+    request.getfixturevalue("bubblewrap")
+    return {"run_as": "nobody"} if os.geteuid() == 0 else {}
+
+
 @pytest.fixture
-async def make_driver(driver_name: str, tmp_path: Path) -> AsyncIterator[Callable[[], Driver]]:
+async def make_driver(
+    driver_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[[], Driver]]:
     """Drivers of one region on one state directory (a new one per agent life)."""
     made: list[Driver] = []
+    options = driver_options(driver_name, request)
 
     def make() -> Driver:
-        made.append(DRIVERS[driver_name](region=REGION, state_dir=tmp_path / "state"))
+        made.append(DRIVERS[driver_name](region=REGION, state_dir=tmp_path / "state", **options))
         return made[-1]
 
     try:
         yield make
     finally:
-        sweeper = DRIVERS[driver_name](region=REGION, state_dir=tmp_path / "state")
+        sweeper = DRIVERS[driver_name](region=REGION, state_dir=tmp_path / "state", **options)
         await sweeper.start({})
         await sweeper.close(stop_instances=True)
 

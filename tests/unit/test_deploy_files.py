@@ -202,6 +202,12 @@ def test_every_agent_speaks_https_and_verifies_the_server(
             assert url.startswith("https://"), f"{where}: agent --server={url}"
         # The servers' certificates come from the installation's own CA.
         assert params["ca"] is not None, f"{where}: agent without --ca"
+        # Every region runs only what its owner allows; a host (systemd) isolates each
+        # instance with the exec driver (in compose, the container is the sandbox).
+        assert params["allow_exec"], f"{where}: agent without --allow-exec"
+        if where.startswith("systemd"):
+            assert params["driver"] == "exec", f"{where}: agent --driver={params['driver']}"
+            assert params["run_as"], f"{where}: agent without --run-as"
 
 
 def test_agents_and_servers_of_one_file_agree() -> None:

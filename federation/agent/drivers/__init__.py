@@ -12,7 +12,9 @@ follow the process driver:
 - `close(stop_instances)`: stop monitoring; with `stop_instances`, stop them too.
 
 `DRIVERS` names every driver an agent can run (`federation agent --driver NAME`);
-a new driver is one more entry there.
+a new driver is one more entry there. `exec` (isolated: bubblewrap and cgroups) is
+what production runs; `raw` (plain processes with the agent's user and no limits) is
+for development and `federation up`'s demo.
 """
 
 from __future__ import annotations
@@ -54,16 +56,49 @@ class Driver(Protocol):
 
 class DriverFactory(Protocol):
     """Builds the driver of an agent speaking for `region`, which keeps what it must
-    remember across restarts (which instances it started) in `state_dir`."""
+    remember across restarts (which instances it started) in `state_dir`; instances
+    run as `run_as` where the driver can switch users."""
 
-    def __call__(self, *, region: str, state_dir: Path) -> Driver: ...
+    def __call__(
+        self,
+        *,
+        region: str,
+        state_dir: Path,
+        run_as: str | None = None,
+        allow_root_instances: bool = False,
+    ) -> Driver: ...
 
 
-def _process(*, region: str, state_dir: Path) -> Driver:
+def _raw(
+    *,
+    region: str,
+    state_dir: Path,
+    run_as: str | None = None,
+    allow_root_instances: bool = False,
+) -> Driver:
     from federation.agent.drivers.process import ProcessDriver
 
+    if run_as is not None:
+        raise ValueError("--run-as needs the exec driver; raw runs as the agent's user")
     return ProcessDriver(region=region, state_dir=state_dir)
 
 
+def _exec(
+    *,
+    region: str,
+    state_dir: Path,
+    run_as: str | None = None,
+    allow_root_instances: bool = False,
+) -> Driver:
+    from federation.agent.drivers.exec import ExecDriver
+
+    return ExecDriver(
+        region=region,
+        state_dir=state_dir,
+        run_as=run_as,
+        allow_root_instances=allow_root_instances,
+    )
+
+
 # Factories import their driver when called, so listing the names loads none of them.
-DRIVERS: Mapping[str, DriverFactory] = {"process": _process}
+DRIVERS: Mapping[str, DriverFactory] = {"raw": _raw, "exec": _exec}

@@ -7,9 +7,10 @@ own interpreter; instances get
 `health.http`, else "the process is alive". A crashed instance restarts with
 exponential backoff. Stop is SIGTERM to the group, then SIGKILL after a timeout.
 
-Every instance is recorded in `<state-dir>/instances.json`, so an agent that died
-and restarts finds its previous life's processes: it adopts those still wanted with
-the same runtime and stops the rest. No orphans either way.
+Every instance is recorded in `<state-dir>/instances.json` (0600, in a 0700
+directory, like the logs: an instance's command line and env are nobody else's), so
+an agent that died and restarts finds its previous life's processes: it adopts those
+still wanted with the same runtime and stops the rest. No orphans either way.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Instance:
     port: int
     pid: int = 0
     start_time: str | None = None
+    reason: str | None = None  # why it last failed, as the report says it: "OOMKilled"
     proc: asyncio.subprocess.Process | None = None
     state: str = "starting"
     ready: bool = False
@@ -121,8 +123,9 @@ class ProcessDriver:
 
     async def start(self, desired: Mapping[str, Desired]) -> list[str]:
         """Adopt what a previous life left that is still wanted as-is; stop the rest."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "logs").mkdir(exist_ok=True)
+        for directory in (self.state_dir, self.state_dir / "logs"):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)  # also when an older agent made it 0755
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self._health = asyncio.create_task(self._health_loop(), name="driver-health")
         sentences = []
@@ -155,6 +158,7 @@ class ProcessDriver:
                 sentences.append(f"adopted {inst.id} (pid {pid}) from a previous agent")
             else:
                 await self._kill_group(pid, start_time)
+                self._released(rec["id"])
                 sentences.append(f"stopped {rec['id']} (pid {pid}) left by a previous agent")
         self._save()
         return sentences
@@ -245,37 +249,62 @@ class ProcessDriver:
                 state=i.state,
                 ready=i.ready,
                 message=i.message[:1024],
+                **self._measure(i),
             )
             for i in sorted(self._instances.values(), key=lambda i: i.id)
         ]
 
     # -- processes --------------------------------------------------------------------
 
-    async def _launch(self, inst: Instance) -> None:
-        rt = inst.runtime
-        if not rt.command:
-            inst.state, inst.message = "failed", "the process driver needs a command"
-            return
+    def _measure(self, inst: Instance) -> dict[str, Any]:
+        """Optional report fields (reason, measured usage); a driver that measures more
+        adds to them."""
+        return {"reason": inst.reason} if inst.reason else {}
+
+    def _command(self, inst: Instance) -> tuple[list[str], dict[str, str]]:
+        """The instance's argv and environment: the agent's environment without its
+        credentials, then the service's env and the instance variables."""
+        env = {**os.environ, **self._instance_env(inst)}
+        for secret in ("FEDERATION_REGION_TOKEN", "FEDERATION_TOKEN", "FEDERATION_ADMIN_TOKEN"):
+            env.pop(secret, None)  # the agent's credentials are not the instance's
+        return self._argv(inst), env
+
+    def _argv(self, inst: Instance) -> list[str]:
         # {python} is this agent's interpreter, so demos run wherever the agent does.
-        argv = [
+        return [
             part.replace("{port}", str(inst.port)).replace("{python}", sys.executable)
-            for part in rt.command
+            for part in inst.runtime.command or []
         ]
-        env = {
-            **os.environ,
-            **rt.env,
+
+    def _instance_env(self, inst: Instance) -> dict[str, str]:
+        return {
+            **inst.runtime.env,
             "PORT": str(inst.port),
             "FEDERATION_SERVICE": inst.service,
             "FEDERATION_REGION": self.region,
             "FEDERATION_INSTANCE": inst.id,
             "FEDERATION_EPOCH": str(inst.epoch),
         }
-        for secret in ("FEDERATION_REGION_TOKEN", "FEDERATION_TOKEN", "FEDERATION_ADMIN_TOKEN"):
-            env.pop(secret, None)  # the agent's credentials are not the instance's
+
+    def _exit_reason(self, inst: Instance) -> str | None:
+        """Why the instance exited, when the driver knows more than its exit code."""
+        return None
+
+    def _released(self, instance_id: str) -> None:
+        """The instance's processes are gone for good: free what the driver held for it."""
+
+    async def _launch(self, inst: Instance) -> None:
+        rt = inst.runtime
+        if not rt.command:
+            inst.state, inst.message = "failed", "the process driver needs a command"
+            return
         log_path = self.state_dir / "logs" / f"{inst.id}.log"
         try:
+            argv, env = self._command(inst)
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             # A local append-only log file: opening it does not block the loop noticeably.
-            with open(log_path, "ab") as out:  # noqa: ASYNC230
+            with open(fd, "ab") as out:  # noqa: ASYNC230
+                os.fchmod(fd, 0o600)  # a log an older agent made 0644
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
                     stdout=out,
@@ -290,7 +319,7 @@ class ProcessDriver:
             return
         inst.proc, inst.pid = proc, proc.pid
         inst.start_time = _proc_start_time(proc.pid)
-        inst.state, inst.ready, inst.message = "starting", False, ""
+        inst.state, inst.ready, inst.message, inst.reason = "starting", False, "", None
         inst.last_health = 0.0
         inst.monitor = asyncio.create_task(self._watch_child(inst, proc))
 
@@ -304,8 +333,10 @@ class ProcessDriver:
         if inst.stopping or inst.proc is not proc:
             return
         inst.state, inst.ready = "failed", False
-        inst.message = f"exited with {code}; restart #{inst.restarts + 1} pending"
-        log.warning("instance %s exited with %s", inst.id, code)
+        inst.reason = self._exit_reason(inst)
+        because = f" ({inst.reason})" if inst.reason else ""
+        inst.message = f"exited with {code}{because}; restart #{inst.restarts + 1} pending"
+        log.warning("instance %s exited with %s%s", inst.id, code, because)
         self._schedule_restart(inst)
 
     async def _watch_adopted(self, inst: Instance) -> None:
@@ -313,7 +344,10 @@ class ProcessDriver:
         while _alive(inst.pid, inst.start_time):  # noqa: ASYNC110
             await asyncio.sleep(0.5)
         if not inst.stopping:
-            inst.state, inst.ready, inst.message = "failed", False, "adopted process exited"
+            inst.reason = self._exit_reason(inst)
+            because = f" ({inst.reason})" if inst.reason else ""
+            inst.state, inst.ready = "failed", False
+            inst.message = f"adopted process exited{because}"
             self._schedule_restart(inst)
 
     async def _stop(self, inst: Instance) -> None:
@@ -326,6 +360,7 @@ class ProcessDriver:
         if inst.monitor is not None:
             inst.monitor.cancel()
         inst.state, inst.ready = "stopped", False
+        self._released(inst.id)
 
     async def _kill_group(self, pid: int, start_time: str | None) -> None:
         """SIGTERM the instance's process group, SIGKILL it after the timeout."""
@@ -395,7 +430,9 @@ class ProcessDriver:
     def _save(self) -> None:
         path = self.state_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"instances": [i.record() for i in self._instances.values()]}, indent=1)
-        )
+        data = json.dumps({"instances": [i.record() for i in self._instances.values()]}, indent=1)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as out:
+            os.fchmod(fd, 0o600)
+            out.write(data)
         os.replace(tmp, path)  # atomic: a crash never leaves half a state file
