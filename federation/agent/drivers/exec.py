@@ -242,7 +242,7 @@ class ExecDriver(ProcessDriver):
         paths = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"]
         paths += [sys.prefix, sys.base_prefix, str(Path(federation.__file__).parent)]
         args: list[str] = []
-        seen: set[str] = set()
+        seen: set[str] = {"/tmp"}  # already there: the private tmpfs
         for p in paths:
             if p in seen or not os.path.exists(p):
                 continue
@@ -284,15 +284,17 @@ class ExecDriver(ProcessDriver):
             "--unshare-ipc",
             "--die-with-parent",
             "--new-session",  # no TIOCSTI into a terminal the agent may have
+            # The private /tmp first: a Python install under /tmp (a checkout there)
+            # is bound on top of it, where a later tmpfs would hide it.
+            "--perms",
+            "1777",  # the run-as user's /tmp too (bwrap makes it root's 0755)
+            "--tmpfs",
+            "/tmp",
             *self._sandbox_binds(),
             "--proc",
             "/proc",
             "--dev",
             "/dev",
-            "--perms",
-            "1777",  # the run-as user's /tmp too (bwrap makes it root's 0755)
-            "--tmpfs",
-            "/tmp",
             "--bind",
             str(home),
             INSTANCE_DIR,
