@@ -1,5 +1,6 @@
-"""The certificates of `federation up`'s etcd: a CA of its own, one certificate for the
-etcd members (server and peer) and one client certificate for the servers `up` starts.
+"""The key material `federation up` makes for its data dir: the certificates of its etcd
+(a CA of its own, one certificate for the etcd members, server and peer, and one client
+certificate for the servers `up` starts), and the key that signs audit checkpoints.
 
 etcd then requires a client certificate signed by that CA, so another user of the
 machine, who can reach the loopback port but not read the data dir (0700), cannot
@@ -19,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from federation.processes.local_etcd import EtcdTLS
@@ -170,3 +172,16 @@ def local_etcd_tls(directory: Path) -> EtcdTLS:
         client_key=directory / "client.key",
         peers=True,
     )
+
+
+def make_audit_key(path: Path) -> Path:
+    """The Ed25519 key that signs audit checkpoints (`serve --audit-key`): made once per
+    data dir, mode 0600, and kept, so checkpoints taken earlier still verify."""
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_private(path, pem)
+    return path

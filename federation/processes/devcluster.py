@@ -33,13 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.table import Table
 
 from federation.model.token import admin_token_weakness, new_secret
-from federation.processes.certs import local_etcd_tls, write_private
+from federation.processes.certs import local_etcd_tls, make_audit_key, write_private
 from federation.processes.children import free_port, stop_processes
 from federation.processes.commands import (
     ADMIN_TOKEN_ENV,
@@ -89,19 +87,6 @@ class Unanswered(Exception):
     def __init__(self, message: str, *, timed_out: bool) -> None:
         super().__init__(message)
         self.timed_out = timed_out
-
-
-def make_audit_key(path: Path) -> Path:
-    """The Ed25519 key that signs audit checkpoints (`serve --audit-key`): made once per
-    data dir, mode 0600, and kept, so checkpoints taken earlier still verify."""
-    if not path.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        write_private(path, pem)
-    return path
 
 
 def _http(

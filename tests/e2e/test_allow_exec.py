@@ -10,33 +10,15 @@ real server, real agents, real instance processes.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import AgentProcess, ServerProcess
-
-
-class Http:
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.token = url, token
-
-    def __call__(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
-        req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+from tests.e2e.test_failover import Http
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -339,7 +339,7 @@ def test_a_killed_agent_stays_down_and_its_region_is_lost_until_started_by_hand(
     back by hand with the command the README gives."""
     (agent,) = [pid for pid in running_up.running("agent") if "--region=eu-de-1" in cmdline(pid)]
     os.kill(agent, signal.SIGKILL)
-    end = time.monotonic() + 30
+    end = time.monotonic() + 60  # TTL 3 s; the rest is room for a loaded machine
     while True:
         assert running_up.proc.poll() is None, running_up.output()
         assert time.monotonic() < end, "eu-de-1 was not lost\n" + running_up.output()

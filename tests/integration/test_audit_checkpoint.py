@@ -323,7 +323,7 @@ async def test_a_server_that_sees_the_head_go_back_reports_it(
 
 
 def test_the_key_file_up_makes_is_private_and_loads(tmp_path: Path) -> None:
-    from federation.processes.devcluster import make_audit_key
+    from federation.processes.certs import make_audit_key
 
     path = make_audit_key(tmp_path / "data" / "audit.key")
     assert path.stat().st_mode & 0o777 == 0o600
