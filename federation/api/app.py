@@ -57,6 +57,7 @@ from federation.api.context import (
 )
 from federation.api.errors import error_middleware
 from federation.api.failures import Failures
+from federation.api.query import query_middleware
 from federation.api.watches import Watches
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
@@ -154,7 +155,8 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     does not load."""
     check_config(config)
     app = web.Application(
-        middlewares=[error_middleware, confirm_middleware], client_max_size=config.max_body_bytes
+        middlewares=[error_middleware, query_middleware, confirm_middleware],
+        client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
     if config.audit_key is not None:

@@ -150,6 +150,17 @@ def query_count(request: web.Request, name: str, *, maximum: int = MAX_REVISION)
     return None if raw is None else parse_count(name, raw, maximum=maximum)
 
 
+def query_flag(request: web.Request, name: str) -> bool:
+    """The query parameter `name` as a boolean (false when not sent); a 422 naming it
+    when it is neither true nor false, so `?dry_run=ture` never writes for real."""
+    value = request.query.get(name, "false").strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise invalid(name, "must be true or false")
+
+
 def if_match(request: web.Request) -> int | None:
     """The revision in `If-Match`, if one was sent."""
     header = request.headers.get("If-Match")

@@ -126,9 +126,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/v1/services"): Operation("List services", "viewer", list_result=True),
     ("GET", "/v1/services/{service}"): Operation("One service with status", "viewer"),
     ("PUT", "/v1/services/{service}"): Operation(
-        "Deploy (create or update) a service (YAML accepted)",
+        "Deploy (create or update) a service (YAML accepted); dry_run=true answers what "
+        "would change and writes nothing",
         "operator",
         ServiceSpec,
+        query={"dry_run": _BOOL},
         success=(200, 201),
         if_match=True,
     ),

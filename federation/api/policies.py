@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from federation.api import views
 from federation.api.auth import require
-from federation.api.body import if_match, json_response, path_name, read_named
+from federation.api.body import if_match, json_response, path_name, query_flag, read_named
 from federation.api.context import CONFIG, STORE
 from federation.api.errors import ApiError, from_validation, invalid, not_found, unresolved
 from federation.model.jurisdictions import BUILTIN_GROUPS, BuiltinGroup
@@ -138,15 +138,6 @@ GROUP: Kind[Group, StoredGroup] = Kind(
 )
 
 
-def _dry_run(request: web.Request) -> bool:
-    value = request.query.get("dry_run", "false").strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no", ""):
-        return False
-    raise invalid("dry_run", "must be true or false")
-
-
 def _refuse_builtin(kind: Kind[D, S], name: str) -> None:
     if name in kind.builtins:
         raise invalid(
@@ -199,7 +190,7 @@ async def put(request: web.Request, kind: Kind[D, S]) -> web.Response:
     name = path_name(request, kind.name)
     await require(request, Role.ADMIN)
     _refuse_builtin(kind, name)
-    dry_run = _dry_run(request)
+    dry_run = query_flag(request, "dry_run")
     expected = if_match(request)
     data = await read_named(request, name, kind=kind.name)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -17,20 +16,28 @@ from federation.api.body import (
     if_match,
     json_response,
     path_name,
+    query_flag,
     read_named,
     read_object,
 )
 from federation.api.context import CONFIG, CONTROLLER, STORE, synced
 from federation.api.errors import ApiError, from_validation, no_policy_names, not_found
 from federation.model.errors import UnknownDataClassError
-from federation.model.service import MAX_REPORT_INSTANCES, RegionReport, ServiceSpec
+from federation.model.service import (
+    MAX_REPORT_INSTANCES,
+    RegionReport,
+    ServiceRecord,
+    ServiceSpec,
+)
 from federation.model.status import survivability
 from federation.model.token import Role
 from federation.planning.plan import plan
+from federation.planning.preview import preview, region_rows
 from federation.residency.evaluate import check_data_classes, unknown_data_classes
-from federation.store import keys
+from federation.store import Conflict, keys
 from federation.store import policies as store_policies
 from federation.store import services as store_services
+from federation.store.mirror import Mirror
 from federation.store.world import capacity_used, world_of
 
 routes = web.RouteTableDef()
@@ -60,6 +67,8 @@ async def put_service(request: web.Request) -> web.Response:
             check_data_classes(spec.data_classes, await store_policies.policies(store))
         except UnknownDataClassError as exc:
             raise no_policy_names(spec.data_classes, exc) from None
+    if query_flag(request, "dry_run"):
+        return await _dry_run(request, spec, mirror)
     record, revision, created, changed = await store_services.apply(
         store, spec, if_match=if_match(request), mirror=mirror
     )
@@ -69,6 +78,30 @@ async def put_service(request: web.Request) -> web.Response:
     # Answered from the write itself: no need to wait for the mirror to see it.
     found = views.service_in(mirror, name, record, revision)
     return json_response(found, status=201 if created else 200, revision=found["revision"])
+
+
+async def _dry_run(request: web.Request, spec: ServiceSpec, mirror: Mirror) -> web.Response:
+    """What the PUT would change, decided from the mirror as the controller would now;
+    nothing is written, not even to the audit log. An `If-Match` that the stored
+    revision has moved past is the 409 the real write would get."""
+    name = spec.name
+    stored = mirror.get(keys.SERVICES, name, ServiceRecord)
+    expected = if_match(request)
+    if expected is not None and expected != (stored[1] if stored else 0):
+        raise Conflict(keys.service(name), expected, stored[1] if stored else None)
+    residency = store_policies.snapshot_of(mirror)
+    world = await asyncio.to_thread(world_of, mirror, [name], residency)
+    used = await asyncio.to_thread(capacity_used, mirror)
+    answer = await asyncio.to_thread(
+        preview,
+        world,
+        spec,
+        datetime.now(UTC),
+        region_ttl=request.app[CONFIG].region_ttl,
+        used=used,
+    )
+    answer["dry_run"] = True
+    return json_response(answer, revision=stored[1] if stored else None)
 
 
 # Above this many services, the list is sent in pieces of this many, each parsed and
@@ -158,22 +191,7 @@ async def explain(request: web.Request) -> web.Response:
     plans = plan(world, now, region_ttl=request.app[CONFIG].region_ttl, used=used)
     p = plans[name]
     assert p.decision is not None and p.evaluation is not None
-    verdicts = {v.region: v for v in p.evaluation.verdicts}
     current, _ = world.placements.get(name, (None, 0))
-    regions: list[dict[str, Any]] = []
-    for choice in p.decision.regions:
-        verdict = verdicts.get(choice.region)
-        regions.append(
-            {
-                "region": choice.region,
-                "country": choice.country,
-                "outcome": choice.outcome,
-                "allowed": bool(verdict and verdict.allowed),
-                "replicas": choice.replicas,
-                "reasons": list(choice.reasons),
-                "residency": list(verdict.reasons) if verdict else [],
-            }
-        )
     single = survivability(p.evaluation.allowed_regions)
     conditions = [single] if single is not None and p.decision.desired else []
     return json_response(
@@ -189,7 +207,7 @@ async def explain(request: web.Request) -> web.Response:
             },
             "conditions": [c.model_dump() for c in conditions],
             "current": current.model_dump(mode="json") if current else None,
-            "regions": regions,
+            "regions": region_rows(p),
             "audit_findings": [f.model_dump(mode="json") for f in p.evaluation.audit_findings],
         }
     )
