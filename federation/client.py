@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 Json: TypeAlias = dict[str, Any]
+_PLURAL = {"group": "groups", "policy": "policies", "service": "services"}
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,30 @@ class ApiClient:
         if not isinstance(answer, dict):
             raise ApiError(0, "bad_response", f"{self.url}{path}: not a JSON object")
         return answer
+
+    async def _call_if_match(
+        self, method: str, path: str, if_match: int, body: Json | None = None
+    ) -> Json:
+        headers = {"If-Match": f'"{if_match}"'}
+        answer = await self.request(method, path, body=body, headers=headers)
+        if not isinstance(answer, dict):
+            raise ApiError(0, "bad_response", f"{self.url}{path}: not a JSON object")
+        return answer
+
+    # -- a set of documents: plan, then apply resource by resource (cli/gitops.py) ------
+
+    async def plan(self, documents: list[Json], *, prune: dict[str, str] | None = None) -> Json:
+        """`POST /v1/plan`: what applying `documents` ({"kind", "spec"}) would do."""
+        return await self._call("POST", "/v1/plan", body={"documents": documents, "prune": prune})
+
+    async def put_resource(self, kind: str, name: str, spec: Json, *, if_match: int) -> Json:
+        """Write a group, policy or service, only if its revision is still `if_match`
+        (0: only if it does not exist yet); a 409 otherwise."""
+        return await self._call_if_match("PUT", f"/v1/{_PLURAL[kind]}/{name}", if_match, spec)
+
+    async def delete_resource(self, kind: str, name: str, *, if_match: int) -> Json:
+        """Delete a group, policy or service, only if its revision is still `if_match`."""
+        return await self._call_if_match("DELETE", f"/v1/{_PLURAL[kind]}/{name}", if_match)
 
     # -- regions ----------------------------------------------------------------------
 

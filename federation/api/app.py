@@ -34,6 +34,7 @@ from federation.api import (
     drills,
     metrics,
     openapi,
+    plan,
     regions,
     residency,
     services,
@@ -176,6 +177,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(metrics.routes)
     app.add_routes(audit.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(plan.routes)
     app.on_shutdown.append(assignments.close_streams)
 
     async def tasks(app: web.Application) -> AsyncIterator[None]:

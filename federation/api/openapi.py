@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from federation.api.body import MAX_REVISION, json_response
 from federation.api.drills import AbortRequest
+from federation.api.plan import PlanRequest
 from federation.api.regions import CordonRequest
 from federation.api.residency import EvaluateRequest
 from federation.api.tokens import TokenCreate
@@ -122,6 +123,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/v1/groups/{group}"): Operation("Delete a group", "admin", if_match=True),
     ("POST", "/v1/residency/evaluate"): Operation(
         "Where may data of these classes be?", "viewer", EvaluateRequest
+    ),
+    ("POST", "/v1/plan"): Operation(
+        "Plan a set of groups, policies and services as one; writes nothing",
+        "operator",
+        PlanRequest,
     ),
     ("GET", "/v1/services"): Operation("List services", "viewer", list_result=True),
     ("GET", "/v1/services/{service}"): Operation("One service with status", "viewer"),

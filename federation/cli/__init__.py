@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from federation.cli import admin, drills, processes, regions, residency, services
+from federation.cli import admin, drills, gitops, processes, regions, residency, services
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
@@ -76,6 +76,9 @@ for _command in (
     services.deploy,
     services.status,
     services.explain,
+    gitops.plan,
+    gitops.diff,
+    gitops.apply,
     drills.drill,
     admin.token,
     admin.audit,

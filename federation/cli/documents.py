@@ -5,7 +5,8 @@
 past a bad one, collecting its error; `apply_order` sends groups before the
 policies that may name them, and a group after the groups of the same batch it
 includes, so one apply of a consistent set never trips on its own references.
-`deploy` takes files of services: `load_services`. Nothing here talks to the API.
+`deploy` takes files of services: `load_services`. `plan`, `diff` and `apply` take
+files and directories of all three kinds: `load_set`. Nothing here talks to the API.
 
 Files are read by `model.safe_yaml`, the server's own YAML reader, so a file means the
 same whether `deploy` sends it or it is PUT as YAML (YAML 1.2 scalars: `1:30` is a
@@ -21,10 +22,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Document:
-    """One YAML document of `policy apply`: a policy or a group, and where it came from."""
+    """One YAML document: what it is, its name and body, and where it came from."""
 
     source: str
-    kind: str  # "policy" or "group"
+    kind: str  # "policy" or "group"; for `load_set` also "service"
     name: str
     body: dict[str, Any]
 
@@ -96,6 +97,73 @@ def apply_order(docs: list[Document]) -> list[Document]:
     for name in groups:
         visit(name, ())
     return ordered + [d for d in docs if d.kind == "policy"]
+
+
+# What `plan`, `diff` and `apply` take, in the order `apply` writes them.
+SET_KINDS = ("group", "policy", "service")
+
+
+def classify_any(source: str, doc: Any) -> Document:
+    """A group, policy or service: `kind:` if given, else by its fields (`countries`: a
+    group; `command` or `image`: a service; `data_classes`: a policy)."""
+    if not isinstance(doc, dict):
+        raise ValueError("a document must be a mapping (a group, policy or service)")
+    body = dict(doc)
+    kind = body.pop("kind", None)
+    if kind is not None:
+        kind = str(kind).lower()
+        if kind not in SET_KINDS:
+            raise ValueError(f"kind: must be one of {', '.join(SET_KINDS)}, not {kind!r}")
+    elif "countries" in body:
+        kind = "group"
+    elif "command" in body or "image" in body:
+        kind = "service"
+    elif "data_classes" in body:
+        kind = "policy"
+    else:
+        raise ValueError("cannot tell what this is; add kind: group|policy|service")
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("name: required")
+    return Document(source, kind, name, body)
+
+
+def yaml_files(paths: tuple[Path, ...]) -> list[Path]:
+    """The files named, and every `*.yaml`/`*.yml` under the directories named, sorted
+    within each directory (so a plan of a directory is the same on every machine)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(
+                p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def load_set(paths: tuple[Path, ...]) -> tuple[list[Document], list[str]]:
+    """Every document of every file and directory, and the errors that kept some from
+    loading (a plan with any is not sent)."""
+    from federation.model import safe_yaml
+
+    docs: list[Document] = []
+    errors: list[str] = []
+    for path in yaml_files(paths):
+        try:
+            loaded = safe_yaml.load_all(path.read_text())
+        except (OSError, UnicodeDecodeError, safe_yaml.YamlRefused) as exc:
+            errors.append(f"{path}: {exc}")
+            continue
+        for i, doc in enumerate(loaded, start=1):
+            if doc is None:
+                continue
+            source = f"{path}#{i}" if len(loaded) > 1 else str(path)
+            try:
+                docs.append(classify_any(source, doc))
+            except ValueError as exc:
+                errors.append(f"{source}: {exc}")
+    return docs, errors
 
 
 def load_services(paths: tuple[Path, ...]) -> list[dict[str, Any]]:

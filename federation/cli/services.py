@@ -51,36 +51,43 @@ def deploy(ctx: click.Context, files: tuple[Path, ...], wait: bool, timeout: flo
             )
         if not wait or not generations:
             return failed
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        with progress("ready") as bars:
-            tasks = {name: bars.add_task(name, total=1, phase="Pending") for name in generations}
-            pending = set(generations)
-            while pending and loop.time() < end:
-                for name in sorted(pending):
-                    st = (await client.service(name))["status"]
-                    bars.update(
-                        tasks[name],
-                        total=max(1, st["replicas"]["desired"]),
-                        completed=st["replicas"]["ready"],
-                        phase=phase(st["phase"]),
-                    )
-                    caught_up = st["observed_generation"] >= generations[name]
-                    if caught_up and st["phase"] in ("Running", "Failed"):
-                        pending.discard(name)
-                        if st["phase"] == "Failed":
-                            failed += 1
-                await asyncio.sleep(0.5)
-        for name in sorted(pending):
-            st = (await client.service(name))["status"]
-            reasons = "; ".join(c["message"] for c in st["conditions"])
-            err_console.print(
-                f"[yellow]{name}[/]: still {st['phase']} after {timeout:g} s: {escape(reasons)}"
-            )
-        return failed + len(pending)
+        return failed + await wait_running(client, generations, timeout)
 
     if call(ctx, run):
         raise SystemExit(1)
+
+
+async def wait_running(client: ApiClient, generations: dict[str, int], seconds: float) -> int:
+    """Show a progress bar per service until each runs `generations[name]` (or later)
+    or fails; returns how many failed or were still not running after `seconds`."""
+    failed = 0
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    with progress("ready") as bars:
+        tasks = {name: bars.add_task(name, total=1, phase="Pending") for name in generations}
+        pending = set(generations)
+        while pending and loop.time() < end:
+            for name in sorted(pending):
+                st = (await client.service(name))["status"]
+                bars.update(
+                    tasks[name],
+                    total=max(1, st["replicas"]["desired"]),
+                    completed=st["replicas"]["ready"],
+                    phase=phase(st["phase"]),
+                )
+                caught_up = st["observed_generation"] >= generations[name]
+                if caught_up and st["phase"] in ("Running", "Failed"):
+                    pending.discard(name)
+                    if st["phase"] == "Failed":
+                        failed += 1
+            await asyncio.sleep(0.5)
+    for name in sorted(pending):
+        st = (await client.service(name))["status"]
+        reasons = "; ".join(c["message"] for c in st["conditions"])
+        err_console.print(
+            f"[yellow]{name}[/]: still {st['phase']} after {seconds:g} s: {escape(reasons)}"
+        )
+    return failed + len(pending)
 
 
 @click.command("status")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -27,3 +27,8 @@ def check_name(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(check_name)]
+
+LabelValue = Annotated[str, Field(max_length=253)]
+# Labels on a resource (e.g. `managed-by: platform-repo`, which `federation apply
+# --prune` selects by): names are DNS-1123 labels, at most 64 of them.
+Labels = Annotated[dict[Name, LabelValue], Field(max_length=64)]

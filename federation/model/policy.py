@@ -14,7 +14,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from federation.model.errors import BuiltinGroupConflictError
 from federation.model.jurisdictions import BUILTIN_GROUPS, check_entry
-from federation.model.names import Name
+from federation.model.names import Labels, Name
 
 # A country code (`DE`) or a group reference (`group:eea`).
 Jurisdiction = Annotated[str, AfterValidator(check_entry)]
@@ -48,6 +48,7 @@ class Policy(BaseModel):
     deny: list[Jurisdiction] = Field(default_factory=list)
     mode: Mode = Mode.ENFORCE
     exemptions: list[Exemption] = Field(default_factory=list)
+    labels: Labels = Field(default_factory=dict)
 
 
 def _not_builtin(name: str) -> str:
@@ -64,3 +65,4 @@ class Group(BaseModel):
     name: Annotated[Name, AfterValidator(_not_builtin)]
     countries: list[Jurisdiction] = Field(default_factory=list)
     description: str = Field(default="", max_length=1024)
+    labels: Labels = Field(default_factory=dict)

@@ -10,10 +10,9 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from federation.model.jurisdictions import check_country
-from federation.model.names import Name
+from federation.model.names import LabelValue, Name
 
 Country = Annotated[str, AfterValidator(check_country)]
-LabelValue = Annotated[str, Field(max_length=253)]
 
 
 class RegionState(StrEnum):

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from federation.model.names import Name
+from federation.model.names import Labels, Name
 
 Text = Annotated[str, Field(max_length=4096)]
 
@@ -90,6 +90,7 @@ class ServiceSpec(BaseModel):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     failover: FailoverSpec = Field(default_factory=FailoverSpec)
     singleton: bool = False
+    labels: Labels = Field(default_factory=dict)
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)], Text] = (
         Field(default_factory=dict, max_length=256)
     )

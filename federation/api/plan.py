@@ -1,0 +1,103 @@
+"""`POST /v1/plan`: a set of documents (groups, policies, services) planned as one,
+written nowhere. `federation plan`, `diff` and `apply` ask it; `apply` then writes each
+resource with the revision the plan saw as `If-Match` (docs/gitops.md).
+
+The documents are validated one by one as their own PUT would (a 422 naming
+`documents.N.spec.FIELD`); what only the set as a whole can say (a group one of its
+policies names, a data class only one of its policies binds) is decided in
+`planning.changeset` against the store with every document in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from federation.api.auth import require
+from federation.api.body import json_response, read_model
+from federation.api.context import CONFIG, STORE
+from federation.api.errors import invalid
+from federation.model.names import Labels
+from federation.model.policy import Group, Policy
+from federation.model.service import ServiceSpec
+from federation.model.token import Role
+from federation.planning.changeset import ChangeSet, plan_changes
+from federation.store.world import read_world
+
+routes = web.RouteTableDef()
+
+MAX_DOCUMENTS = 1000
+
+
+class ServiceDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["service"]
+    spec: ServiceSpec
+
+
+class PolicyDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["policy"]
+    spec: Policy
+
+
+class GroupDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["group"]
+    spec: Group
+
+
+Document = Annotated[ServiceDocument | PolicyDocument | GroupDocument, Field(discriminator="kind")]
+
+
+class PlanRequest(BaseModel):
+    """Body of `POST /v1/plan`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[Document] = Field(max_length=MAX_DOCUMENTS)
+    # Delete every stored resource carrying all these labels that the set does not hold
+    # (`apply --prune`); at least one label, so an empty selector cannot select all.
+    prune: Annotated[Labels, Field(min_length=1)] | None = None
+
+
+def change_set(request: PlanRequest) -> ChangeSet:
+    """The documents by kind and name; a 422 naming the second of any pair that share
+    both (which one should win is not for the server to guess)."""
+    changes = ChangeSet(prune=request.prune)
+    for i, doc in enumerate(request.documents):
+        into: dict[str, ServiceSpec] | dict[str, Policy] | dict[str, Group]
+        if isinstance(doc, ServiceDocument):
+            into = changes.services
+        elif isinstance(doc, PolicyDocument):
+            into = changes.policies
+        else:
+            into = changes.groups
+        if doc.spec.name in into:
+            raise invalid(
+                f"documents.{i}.spec.name", f"a second {doc.kind} named {doc.spec.name!r}"
+            )
+        into[doc.spec.name] = doc.spec  # type: ignore[assignment]
+    return changes
+
+
+@routes.post("/v1/plan")
+async def post_plan(request: web.Request) -> web.Response:
+    """What applying the documents would do: resources, moves, rejections, warnings."""
+    await require(request, Role.OPERATOR)
+    body = await read_model(request, PlanRequest)
+    changes = change_set(body)
+    world = await read_world(request.app[STORE])
+    answer = await asyncio.to_thread(
+        plan_changes,
+        world,
+        changes,
+        datetime.now(UTC),
+        region_ttl=request.app[CONFIG].region_ttl,
+    )
+    answer["revision"] = world.revision
+    return json_response(answer)
