@@ -18,6 +18,7 @@ once), the mirror's watch ends and the store closes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sys
@@ -178,6 +179,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(audit.routes)
     app.add_routes(openapi.routes)
     app.add_routes(plan.routes)
+    app[plan.PLANNING] = asyncio.Lock()
     app.on_shutdown.append(assignments.close_streams)
 
     async def tasks(app: web.Application) -> AsyncIterator[None]:

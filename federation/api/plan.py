@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from federation.api.auth import require
 from federation.api.body import json_response, read_model
 from federation.api.context import CONFIG, STORE
-from federation.api.errors import invalid
+from federation.api.errors import ApiError, invalid
 from federation.model.names import Labels
 from federation.model.policy import Group, Policy
 from federation.model.service import ServiceSpec
@@ -31,6 +31,9 @@ from federation.store.world import read_world
 routes = web.RouteTableDef()
 
 MAX_DOCUMENTS = 1000
+# A plan reads and plans the whole world (seconds of CPU at 100,000 services): one at a
+# time per server, so a burst of plans cannot starve deploys and failovers.
+PLANNING = web.AppKey("planning", asyncio.Lock)  # made by create_app
 
 
 class ServiceDocument(BaseModel):
@@ -91,13 +94,21 @@ async def post_plan(request: web.Request) -> web.Response:
     await require(request, Role.OPERATOR)
     body = await read_model(request, PlanRequest)
     changes = change_set(body)
-    world = await read_world(request.app[STORE])
-    answer = await asyncio.to_thread(
-        plan_changes,
-        world,
-        changes,
-        datetime.now(UTC),
-        region_ttl=request.app[CONFIG].region_ttl,
-    )
+    lock = request.app[PLANNING]
+    if lock.locked():
+        raise ApiError(
+            429,
+            "another plan is running on this server; try again in a moment",
+            headers={"Retry-After": "1"},
+        )
+    async with lock:
+        world = await read_world(request.app[STORE])
+        answer = await asyncio.to_thread(
+            plan_changes,
+            world,
+            changes,
+            datetime.now(UTC),
+            region_ttl=request.app[CONFIG].region_ttl,
+        )
     answer["revision"] = world.revision
     return json_response(answer)

@@ -19,6 +19,9 @@ from federation.planning.world import World
 JSON = dict[str, Any]
 
 
+_ABSENT: Any = object()  # a key one side lacks: unlike a key that is there with null
+
+
 def field_changes(before: Any, after: Any, path: str = "") -> list[JSON]:
     """Every leaf that differs between two JSON values, as `{"field", "from", "to"}`
     with a dotted path (`resources.cpu`, `command[1]`). A key only one side has is
@@ -27,7 +30,7 @@ def field_changes(before: Any, after: Any, path: str = "") -> list[JSON]:
         changes: list[JSON] = []
         for key in sorted(set(before) | set(after), key=str):
             sub = f"{path}.{key}" if path else str(key)
-            changes += field_changes(before.get(key), after.get(key), sub)
+            changes += field_changes(before.get(key, _ABSENT), after.get(key, _ABSENT), sub)
         return changes
     if (
         isinstance(before, list)
@@ -39,7 +42,15 @@ def field_changes(before: Any, after: Any, path: str = "") -> list[JSON]:
         for i, (was, will) in enumerate(zip(before, after, strict=True)):
             changes += field_changes(was, will, f"{path}[{i}]")
         return changes
-    return [] if before == after else [{"field": path, "from": before, "to": after}]
+    if before is not _ABSENT and after is not _ABSENT and before == after:
+        return []
+    return [
+        {
+            "field": path,
+            "from": None if before is _ABSENT else before,
+            "to": None if after is _ABSENT else after,
+        }
+    ]
 
 
 def region_rows(p: ServicePlan) -> list[JSON]:
