@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federation.client import ApiClient, ApiError
+from federation.processes.certs import make_audit_key
 from federation.processes.children import free_port, stop_processes, with_parent_death
 from federation.processes.commands import ADMIN_TOKEN_ENV, serve_command
 from federation.processes.local_etcd import LocalEtcd
@@ -94,6 +95,8 @@ def _spawn(
         identity=name,
         region_ttl=region_ttl,
         log_level="warning",
+        # Signed audit checkpoints and evidence reports (bench/evidence.py) need it.
+        audit_key=make_audit_key(workdir / "audit.key"),
     )
     proc = subprocess.Popen(
         with_parent_death(command),

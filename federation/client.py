@@ -230,6 +230,10 @@ class ApiClient:
             raise ApiError(0, "bad_response", f"{self.url}{path}: not a JSON object")
         return answer
 
+    async def evidence(self, body: Json) -> Json:
+        """`POST /v1/residency/evidence`: the signed report ({"report", "signature"})."""
+        return await self._call("POST", "/v1/residency/evidence", body=body)
+
     # -- a set of documents: plan, then apply resource by resource (cli/gitops.py) ------
 
     async def plan(self, documents: list[Json], *, prune: dict[str, str] | None = None) -> Json:

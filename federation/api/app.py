@@ -33,6 +33,7 @@ from federation.api import (
     assignments,
     audit,
     drills,
+    evidence,
     metrics,
     openapi,
     plan,
@@ -55,6 +56,7 @@ from federation.api.context import (
     OPEN_WATCHES,
     STORE,
     TASKS,
+    WHOLE_READ,
     ServerConfig,
 )
 from federation.api.errors import error_middleware
@@ -179,7 +181,8 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(audit.routes)
     app.add_routes(openapi.routes)
     app.add_routes(plan.routes)
-    app[plan.PLANNING] = asyncio.Lock()
+    app.add_routes(evidence.routes)
+    app[WHOLE_READ] = asyncio.Lock()
     app.on_shutdown.append(assignments.close_streams)
 
     async def tasks(app: web.Application) -> AsyncIterator[None]:

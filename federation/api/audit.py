@@ -54,19 +54,25 @@ async def verify_against_checkpoint(request: web.Request) -> web.Response:
     (the body) signed: not cut before it, not rewritten, every entry after it whole."""
     await require(request, Role.ADMIN)
     signed = await read_model(request, Checkpoint)
-    key = _key(request)
+    check_checkpoint(request, signed)
+    result = await store_audit.verify(request.app[STORE], anchor=signed.head)
+    return json_response(result.as_json())
+
+
+def check_checkpoint(request: web.Request, signed: Checkpoint, field: str = "") -> None:
+    """A 422 unless `signed` is a checkpoint this server's key signed, as it reads
+    (`field`: where in the body the checkpoint sits, for the error's field names)."""
+    key = audit_key(request)
     if signed.public_key != public_key_text(key):
         raise invalid(
-            "public_key",
+            f"{field}public_key",
             "not this server's audit key: the checkpoint was signed with another key",
         )
     if not signature_holds(signed, key.public_key()):
         raise invalid(
-            "signature",
+            f"{field}signature",
             "does not hold for this seq, hash and at: the checkpoint was altered or forged",
         )
-    result = await store_audit.verify(request.app[STORE], anchor=signed.head)
-    return json_response(result.as_json())
 
 
 @routes.get("/v1/audit/checkpoint")
@@ -74,7 +80,7 @@ async def checkpoint(request: web.Request) -> web.Response:
     """The head of a log that verifies, signed with this server's key: keep it where
     the etcd operator cannot write, and verify against it later."""
     await require(request, Role.ADMIN)
-    key = _key(request)
+    key = audit_key(request)
     result = await store_audit.verify(request.app[STORE])
     if not result.ok:
         raise ApiError(
@@ -92,7 +98,8 @@ async def checkpoint(request: web.Request) -> web.Response:
     return json_response(sign(key, head, datetime.now(UTC)).model_dump())
 
 
-def _key(request: web.Request) -> Ed25519PrivateKey:
+def audit_key(request: web.Request) -> Ed25519PrivateKey:
+    """This server's audit key; a 409 (no_audit_key) when it was started without one."""
     key = request.app.get(AUDIT_KEY)
     if key is None:
         raise ApiError(

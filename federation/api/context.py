@@ -3,12 +3,16 @@ configuration. The values are set by the `cleanup_ctx` steps of federation.api.a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from federation.api.errors import ApiError
 from federation.api.failures import Failures
 from federation.api.watches import Watches
 from federation.controller import Controller
@@ -61,6 +65,10 @@ AUDIT_KEY = web.AppKey("audit_key", Ed25519PrivateKey)
 AUDIT_MONITOR = web.AppKey("audit_monitor", HeadMonitor)
 FAILURES = web.AppKey("failures", Failures)
 OPEN_WATCHES = web.AppKey("open watches", Watches)
+# A plan (`POST /v1/plan`) or a residency evidence report reads everything there is
+# (seconds of CPU with 100,000 services or a million audit entries): one at a time per
+# server, so a burst of them cannot starve deploys and failovers.
+WHOLE_READ = web.AppKey("whole read", asyncio.Lock)
 
 
 async def synced(request: web.Request) -> Mirror:
@@ -69,3 +77,17 @@ async def synced(request: web.Request) -> Mirror:
     mirror = request.app[MIRROR]
     await mirror.sync()
     return mirror
+
+
+@contextlib.asynccontextmanager
+async def whole_read(request: web.Request) -> AsyncIterator[None]:
+    """Hold the server's WHOLE_READ lock; a 429 (Retry-After: 1) when another holds it."""
+    lock = request.app[WHOLE_READ]
+    if lock.locked():
+        raise ApiError(
+            429,
+            "another plan or evidence report is running on this server; try again shortly",
+            headers={"Retry-After": "1"},
+        )
+    async with lock:
+        yield

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from federation.api.body import MAX_REVISION, json_response
 from federation.api.drills import AbortRequest
+from federation.api.evidence import EvidenceRequest
 from federation.api.plan import PlanRequest
 from federation.api.regions import CordonRequest
 from federation.api.residency import EvaluateRequest
@@ -128,6 +129,18 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Plan a set of groups, policies and services as one; writes nothing",
         "operator",
         PlanRequest,
+    ),
+    ("GET", "/v1/residency/evidence"): Operation(
+        "Where data of a class went over a period, from the verified audit log; signed",
+        "admin",
+        query={
+            "data_class": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63},
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"},
+        },
+    ),
+    ("POST", "/v1/residency/evidence"): Operation(
+        "As the GET, the chain also checked against a signed checkpoint", "admin", EvidenceRequest
     ),
     ("GET", "/v1/services"): Operation("List services", "viewer", list_result=True),
     ("GET", "/v1/services/{service}"): Operation("One service with status", "viewer"),

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from federation.api.auth import require
 from federation.api.body import json_response, read_model
-from federation.api.context import CONFIG, STORE
-from federation.api.errors import ApiError, invalid
+from federation.api.context import CONFIG, STORE, whole_read
+from federation.api.errors import invalid
 from federation.model.names import Labels
 from federation.model.policy import Group, Policy
 from federation.model.service import ServiceSpec
@@ -31,9 +31,6 @@ from federation.store.world import read_world
 routes = web.RouteTableDef()
 
 MAX_DOCUMENTS = 1000
-# A plan reads and plans the whole world (seconds of CPU at 100,000 services): one at a
-# time per server, so a burst of plans cannot starve deploys and failovers.
-PLANNING = web.AppKey("planning", asyncio.Lock)  # made by create_app
 
 
 class ServiceDocument(BaseModel):
@@ -94,14 +91,7 @@ async def post_plan(request: web.Request) -> web.Response:
     await require(request, Role.OPERATOR)
     body = await read_model(request, PlanRequest)
     changes = change_set(body)
-    lock = request.app[PLANNING]
-    if lock.locked():
-        raise ApiError(
-            429,
-            "another plan is running on this server; try again in a moment",
-            headers={"Retry-After": "1"},
-        )
-    async with lock:
+    async with whole_read(request):
         world = await read_world(request.app[STORE])
         answer = await asyncio.to_thread(
             plan_changes,

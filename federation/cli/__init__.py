@@ -15,7 +15,16 @@ from pathlib import Path
 
 import click
 
-from federation.cli import admin, drills, gitops, processes, regions, residency, services
+from federation.cli import (
+    admin,
+    drills,
+    evidence,
+    gitops,
+    processes,
+    regions,
+    residency,
+    services,
+)
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
@@ -73,6 +82,7 @@ for _command in (
     regions.region,
     residency.policy,
     residency.group,
+    evidence.residency,
     services.deploy,
     services.status,
     services.explain,

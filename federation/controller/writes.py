@@ -145,6 +145,11 @@ class Writer:
             p.service: {
                 "regions": p.record.regions,
                 "draining": sorted(p.record.draining),
+                # Residency evidence reads these back from the log alone.
+                "draining_replicas": {r: d.replicas for r, d in p.record.draining.items()},
+                "data_classes": p.evaluation.data_classes if p.evaluation else None,
+                "countries": p.record.evidence.countries,
+                "policies": p.record.evidence.policies,
                 "reason": p.record.reason,
                 "generation": p.record.generation,
                 "placement_before": p.placement_revision,

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from federation.model.drill import (
     DrillRecord,
@@ -328,6 +329,17 @@ class DrillRunner:
         if not force and time.monotonic() - last < self.write_every_s:
             return sentence
         fence: list[Cond] = [self.election.fence()]
+        # The cordon and the end are audited: residency evidence names the drills that
+        # moved a data class, and their windows, from the log alone.
+        audit = None
+        actor = f"controller:{self.election.identity}"
+        details: dict[str, Any]
+        if cordon is not None:
+            details = {"regions": record.regions}
+            audit = Change("drill.cordon", keys.drill(record.id), actor=actor, details=details)
+        elif record.state.terminal:
+            details = {"regions": record.regions, "state": str(record.state)}
+            audit = Change("drill.end", keys.drill(record.id), actor=actor, details=details)
         try:
             await store_drills.transition(
                 self.store,
@@ -337,6 +349,7 @@ class DrillRunner:
                 uncordon=uncordon,
                 release=release,
                 conditions=fence,
+                audit=audit,
             )
         except Conflict:
             return f"{record.id}: write lost a race (aborted, or no longer leader); rereading"

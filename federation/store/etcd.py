@@ -224,6 +224,16 @@ class Store:
             revision = at
         return entries, revision
 
+    async def scan_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, bytes, int, int]]]:
+        """A prefix too big to hold at once (a long audit log), a page at a time, all at
+        the first page's revision, undecoded: (key, raw value, mod_revision,
+        create_revision) per key."""
+        async for kvs, _ in self._pages(prefix):
+            yield [
+                (self._rel(kv.key), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision))
+                for kv in kvs
+            ]
+
     async def scan_raw(self, prefix: str) -> tuple[list[tuple[str, bytes, int]], int]:
         """`scan` without decoding: (key, raw value, mod_revision) per key, and the
         revision of the read. For the mirror, which keeps values as bytes."""

@@ -67,7 +67,7 @@ async def _apply(
             store,
             keys.service(spec.name),
             record.model_dump_json(),
-            change=Change("service.put", keys.service(spec.name), details={"generation": 1}),
+            change=Change("service.put", keys.service(spec.name), details=_details(record)),
         )
         return record, revision, True, True
     existing, revision = current
@@ -87,11 +87,16 @@ async def _apply(
         keys.service(spec.name),
         record.model_dump_json(),
         revision=revision,
-        change=Change(
-            "service.put", keys.service(spec.name), details={"generation": record.generation}
-        ),
+        change=Change("service.put", keys.service(spec.name), details=_details(record)),
     )
     return record, new_revision, False, True
+
+
+def _details(record: ServiceRecord) -> JSON:
+    """What the audit entry of a service's write keeps: its data classes, so residency
+    evidence (federation.residency.evidence) knows, from the log alone, which services
+    carried a class when."""
+    return {"generation": record.generation, "data_classes": sorted(record.spec.data_classes)}
 
 
 async def delete(store: Store, name: str, *, if_match: int | None) -> None:

@@ -47,6 +47,8 @@ async def federation(api: Api, store: Store) -> AsyncIterator[Federation]:
         yield fed
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
 RECORDS: dict[str, Any] = {
     "name": "records",
     "command": ["true"],
@@ -247,7 +249,7 @@ async def test_a_viewer_cannot_plan(federation: Federation, api: Api) -> None:
 async def test_the_readme_plans_and_applies_the_examples_directory(
     federation: Federation, api: Api
 ) -> None:
-    examples = str(Path(__file__).resolve().parents[2] / "examples")
+    examples = str(EXAMPLES)
     cli = Cli(api)
     result = await cli("plan", "-f", examples)
     assert result.exit_code == 2, result.output

@@ -105,3 +105,29 @@ def test_a_checkpoint_whose_entry_changed_fails() -> None:
     entries, head = chain(3)
     result = check(entries, head, anchor=Head(2, "f" * 64))
     assert not result.ok and result.first_bad == 2 and "checkpoint seq 2" in str(result.reason)
+
+
+def test_the_raw_check_of_an_entry_agrees_with_the_digest_of_its_value() -> None:
+    """`check_raw` hashes the stored bytes when they are in the committer's form and
+    falls back to the digest of the parsed value otherwise: the same verdict."""
+    import json as _json
+    from datetime import UTC, datetime
+
+    from federation.store.audit import Change, Head, make_entry
+    from federation.store.audit.chain import GENESIS, check_raw, entry_key
+
+    text, _ = make_entry(
+        Head(), Change("policy.put", "policies/p", details={"é": 1}), datetime.now(UTC)
+    )
+    key = entry_key(1)
+    assert check_raw(key, text.encode(), 5, 5, 1, GENESIS)[1] is None
+    # The same value written another way (spaces, other key order): still whole.
+    other = _json.dumps(_json.loads(text), indent=1).encode()
+    assert check_raw(key, other, 5, 5, 1, GENESIS)[1] is None
+    # A changed value, in either form: not whole.
+    forged = text.replace('"policy.put"', '"policy.del"').encode()
+    assert "does not match its hash" in str(check_raw(key, forged, 5, 5, 1, GENESIS)[1])
+    # A key that once told the check to skip the hash is only data.
+    tricked = _json.dumps({**_json.loads(forged), "__hash_checked": True}).encode()
+    assert "does not match its hash" in str(check_raw(key, tricked, 5, 5, 1, GENESIS)[1])
+    assert check_raw(key, text.encode(), 6, 5, 1, GENESIS)[1] is not None  # rewritten

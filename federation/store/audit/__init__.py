@@ -14,7 +14,8 @@ The package, bottom up:
 - `chain`: the entry format, its digest, the head, checking a run of entries (pure);
 - `actor`: who acts in the current task (`acting_as`, set by the API per request);
 - `checkpoint`: signed checkpoints of the head, the anchor outside etcd (pure);
-- `reads`: the head, entries since a sequence number, `verify` (against a checkpoint);
+- `reads`: the head, entries since a sequence number, `verify` (against a checkpoint),
+  `walk` (the whole log a page at a time, verified as it is read);
 - `monitor`: the highest head a server saw, and its alarm when the head goes back;
 - `committer`: group commit of one Store's audited writes, and its task's lifecycle;
 - `writes`: what callers use, `txn`, `create`, `replace`, `delete`, typed like the
@@ -39,13 +40,14 @@ from federation.store.audit.chain import (
 from federation.store.audit.checkpoint import Checkpoint
 from federation.store.audit.committer import WRITE_ATTEMPTS, Committer, committer
 from federation.store.audit.monitor import HeadMonitor, follow
-from federation.store.audit.reads import read_head, since, verify, view
+from federation.store.audit.reads import ChainBroken, read_head, since, verify, view, walk
 from federation.store.audit.writes import create, delete, replace, txn
 
 __all__ = [
     "GENESIS",
     "WRITE_ATTEMPTS",
     "AuditEntry",
+    "ChainBroken",
     "Change",
     "Checkpoint",
     "Committer",
@@ -68,4 +70,5 @@ __all__ = [
     "txn",
     "verify",
     "view",
+    "walk",
 ]

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import from_json
 
 from federation.store import keys
 from federation.store.txn import JSON, Entry
@@ -146,13 +147,46 @@ class Verification:
         }
 
 
-def _problem(entry: Entry, expected: int, prev: str) -> str | None:
+_HASH_FIELD = b'"hash":"'
+
+
+def check_raw(
+    key: str, raw: bytes, revision: int, created: int, expected: int, prev: str
+) -> tuple[JSON, str | None]:
+    """An entry as etcd holds it (undecoded), and why it is not entry `expected`
+    chained to the hash `prev` (None: it is); for a walk of a long log a page at a time
+    (store.audit.reads.walk).
+
+    The committer stores the canonical text with the hash put in, so the hash is first
+    checked on the bytes with the `"hash":"...",` cut out (no re-encoding); only text
+    that is not in that form is checked the long way, by `digest` of the parsed value:
+    the verdict is the same, the fast way is several times quicker."""
+    try:
+        value = from_json(raw)
+    except ValueError:
+        return {}, f"entry {expected} is not JSON"
+    if not isinstance(value, dict):
+        return {}, f"entry {expected} is not a JSON object"
+    claimed = value.get("hash")
+    hashed = False
+    at = raw.find(_HASH_FIELD)
+    if isinstance(claimed, str) and at >= 0:
+        start, end = at + len(_HASH_FIELD), at + len(_HASH_FIELD) + len(claimed)
+        if raw[start:end] == claimed.encode() and raw[end : end + 2] == b'",':
+            digest_ = hashlib.sha256(raw[:at])
+            digest_.update(raw[end + 2 :])
+            hashed = digest_.hexdigest() == claimed
+    entry = Entry(key, value, revision, created, 0)
+    return value, _problem(entry, expected, prev, hash_checked=hashed)
+
+
+def _problem(entry: Entry, expected: int, prev: str, *, hash_checked: bool = False) -> str | None:
     value = entry.value
     if entry.key != entry_key(expected):
         return f"entry {expected} is missing (the next key is {entry.key})"
     if value.get("seq") != expected:
         return f"entry {expected} says it is entry {value.get('seq')}"
-    if value.get("hash") != digest(value):
+    if not hash_checked and value.get("hash") != digest(value):
         return f"entry {expected}: its content does not match its hash"
     if value.get("prev") != prev:
         return f"entry {expected}: does not chain to the entry before it"

@@ -22,7 +22,7 @@ import base64
 import binascii
 import json
 from datetime import datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -104,3 +104,33 @@ def private_key_from_pem(pem: bytes) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"an Ed25519 private key is needed, not {type(key).__name__}")
     return key
+
+
+def canonical(value: Any) -> bytes:
+    """The bytes a signed document's signature covers: its canonical JSON (sorted keys,
+    compact, non-ASCII kept), so any change of a value or a key breaks it."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_document(key: Ed25519PrivateKey, document: Any) -> dict[str, str]:
+    """A signature of `document` (e.g. a residency evidence report) with the audit key:
+    `{"algorithm", "public_key", "signature"}`, checked by `document_signature_holds`."""
+    return {
+        "algorithm": "ed25519",
+        "public_key": public_key_text(key),
+        "signature": base64.b64encode(key.sign(canonical(document))).decode(),
+    }
+
+
+def document_signature_holds(document: Any, signature: Any) -> bool:
+    """True when `signature` (as `sign_document` made it) covers `document` exactly, by
+    the public key it names; the caller decides whether that key is one it trusts."""
+    if not isinstance(signature, dict) or signature.get("algorithm") != "ed25519":
+        return False
+    try:
+        raw_key = base64.b64decode(str(signature.get("public_key", "")), validate=True)
+        raw_sig = base64.b64decode(str(signature.get("signature", "")), validate=True)
+        Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, canonical(document))
+    except (InvalidSignature, binascii.Error, ValueError, UnsupportedAlgorithm):
+        return False
+    return True

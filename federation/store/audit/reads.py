@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+from pydantic_core import from_json
+
 from federation.store import keys
-from federation.store.audit.chain import Head, Verification, check, head_of
+from federation.store.audit.chain import GENESIS, Head, Verification, check, check_raw, head_of
 from federation.store.etcd import JSON, Entry, Store
+
+
+class ChainBroken(Exception):
+    """The audit log does not verify: from entry `seq` on, nothing it says can be
+    trusted (a report built on it must not be printed)."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"the audit log does not verify at entry {seq}: {reason}")
+        self.seq = seq
+        self.reason = reason
 
 
 async def read_head(store: Store) -> Head:
@@ -22,6 +36,41 @@ async def since(store: Store, seq: int, *, limit: int = 1000) -> tuple[list[JSON
     entries, revision = await store.scan(keys.AUDIT)
     found = [view(e) for e in entries if int(e.value.get("seq", 0)) > seq]
     return found[:limit], revision
+
+
+async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[list[JSON]]:
+    """Every entry as `view` shows it, a page at a time, each verified as it is read
+    (as `verify` does, without holding the whole log): ChainBroken at the first entry
+    that fails, or at the end if the head does not name the last entry or the log no
+    longer holds the checkpointed entry `anchor`. Yields only verified pages, so a
+    consumer that sees ChainBroken has seen nothing past the break."""
+    head: JSON | None = None
+    expected, prev = 1, GENESIS
+    async for page in store.scan_pages(_AUDIT_KEYS):
+        views = []
+        for key, raw, revision, created in page:
+            if key == keys.AUDIT_HEAD:
+                head = from_json(raw)
+                continue
+            if not key.startswith(keys.AUDIT):
+                continue
+            value, problem = check_raw(key, raw, revision, created, expected, prev)
+            if problem is not None:
+                raise ChainBroken(expected, problem)
+            if anchor is not None and expected == anchor.seq and value["hash"] != anchor.hash:
+                raise ChainBroken(expected, "not the entry the checkpoint signed: rewritten")
+            prev = str(value["hash"])
+            value["after_revision"] = revision
+            views.append(value)
+            expected += 1
+        if views:
+            yield views
+    last = expected - 1
+    if anchor is not None and anchor.seq > last:
+        raise ChainBroken(last + 1, f"the log ends at entry {last}, before the checkpoint's")
+    named = head_of(Entry(keys.AUDIT_HEAD, head, 0, 0, 0) if isinstance(head, dict) else None)
+    if (named.seq, named.hash) != (last, prev if last else GENESIS):
+        raise ChainBroken(last + 1, f"the head names entry {named.seq}; the log ends at {last}")
 
 
 async def verify(store: Store, *, anchor: Head | None = None) -> Verification:

@@ -1,0 +1,120 @@
+"""`GET /v1/residency/evidence`: where data of one class went over a period, proven from
+the audit log and signed with the server's audit key (docs/residency.md).
+
+The log is walked from its first entry a page at a time, each entry verified as it is
+read (`store.audit.walk`), and replayed by `residency.evidence`. A log that does not
+verify is a 409 and no report: evidence built on a broken chain proves nothing. `POST`
+the same route with a signed checkpoint in the body to have the chain checked against
+it as well. Admin only, as the audit log is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from federation.api.audit import audit_key, check_checkpoint
+from federation.api.auth import require
+from federation.api.body import json_response, read_model
+from federation.api.context import STORE, whole_read
+from federation.api.errors import ApiError, bad_parameter, invalid
+from federation.model.names import Name, is_valid_name
+from federation.model.token import Role
+from federation.residency.evidence import Evidence
+from federation.store import audit as store_audit
+from federation.store.audit.checkpoint import Checkpoint, public_key_text, sign_document
+
+routes = web.RouteTableDef()
+
+
+class EvidenceRequest(BaseModel):
+    """Body of `POST /v1/residency/evidence` (the GET takes the same as its query)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_class: Name
+    # `from` is a Python keyword: the body says `from` and `to`.
+    start: AwareDatetime = Field(alias="from")
+    end: AwareDatetime = Field(alias="to")
+    checkpoint: Checkpoint | None = None
+
+
+def _moment(request: web.Request, name: str) -> datetime:
+    raw = request.query.get(name)
+    if raw is None:
+        raise bad_parameter(
+            name, "required: an ISO 8601 time with a zone, e.g. 2026-10-01T00:00:00Z"
+        )
+    try:
+        # An unencoded `+01:00` arrives as ` 01:00` (a `+` in a query is a space).
+        moment = datetime.fromisoformat(raw.replace(" ", "+"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise bad_parameter(name, "must be an ISO 8601 time with a zone, e.g. 2026-10-01T00:00:00Z")
+    return moment
+
+
+@routes.get("/v1/residency/evidence")
+async def get_evidence(request: web.Request) -> web.Response:
+    """The signed report for `data_class` over [`from`, `to`]."""
+    await require(request, Role.ADMIN)
+    data_class = request.query.get("data_class", "")
+    if not is_valid_name(data_class):
+        raise bad_parameter("data_class", "required: a data class name (DNS-1123 label)")
+    return await _report(request, data_class, _moment(request, "from"), _moment(request, "to"))
+
+
+@routes.post("/v1/residency/evidence")
+async def post_evidence(request: web.Request) -> web.Response:
+    """As the GET, with the chain also checked against a signed checkpoint."""
+    await require(request, Role.ADMIN)
+    body = await read_model(request, EvidenceRequest)
+    if body.checkpoint is not None:
+        check_checkpoint(request, body.checkpoint, "checkpoint.")
+    return await _report(request, body.data_class, body.start, body.end, body.checkpoint)
+
+
+async def _report(
+    request: web.Request,
+    data_class: str,
+    start: datetime,
+    end: datetime,
+    checkpoint: Checkpoint | None = None,
+) -> web.Response:
+    if end <= start:
+        raise invalid("to", "must be after from")
+    key = audit_key(request)
+    evidence = Evidence(data_class, start.astimezone(UTC), end.astimezone(UTC))
+    anchor = checkpoint.head if checkpoint is not None else None
+    async with whole_read(request):
+        try:
+            async for page in store_audit.walk(request.app[STORE], anchor=anchor):
+                # Replaying is CPU work: off the loop, a page at a time.
+                await asyncio.to_thread(_feed, evidence, page)
+        except store_audit.ChainBroken as exc:
+            raise ApiError(
+                409,
+                f"{exc}; no evidence is given from a log that does not verify",
+                code="audit_log_broken",
+                details={"first_bad": exc.seq, "reason": exc.reason},
+            ) from None
+        report = await asyncio.to_thread(evidence.report)
+    report["generated_at"] = datetime.now(UTC).isoformat()
+    report["chain"] = {
+        "verified": True,
+        "entries": evidence.entries,
+        "first_in_period": evidence.first,
+        "last_in_period": evidence.last,
+        "checkpoint": checkpoint.model_dump() if checkpoint is not None else None,
+        "signed_by": public_key_text(key),
+    }
+    return json_response({"report": report, "signature": sign_document(key, report)})
+
+
+def _feed(evidence: Evidence, page: list[dict[str, object]]) -> None:
+    for entry in page:
+        evidence.feed(entry)
