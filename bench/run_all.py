@@ -22,6 +22,7 @@ BENCHES = [
     "memory.py",
     "failover.py",
     "hostile_input.py",
+    "evidence.py",
 ]
 
 
