@@ -7,7 +7,9 @@ call is checked, bounded and logged by the server (docs/operations.md says why).
 - `GET /v1/etcd/status`: every member (endpoint, database size and in-use size,
   revision, leader, alarms), the raised alarms, and how far the history is compacted.
 - `POST /v1/etcd/defrag?member=ID`: defragment one member (it answers nothing while
-  it runs); the CLI goes member by member, so the cluster keeps its quorum.
+  it runs); the CLI goes member by member, so the cluster keeps its quorum. Under
+  etcd auth only etcd's root may defragment: then a 403 says to run the CLI with
+  `--etcd` and root's certificate, which talks to etcd directly.
 - `POST /v1/etcd/disarm`: deactivate every raised alarm; after a NOSPACE alarm, only
   once the history is compacted and the members defragmented.
 """
@@ -24,6 +26,7 @@ from federation.api.context import COMPACTOR, STORE
 from federation.api.errors import ApiError, bad_parameter
 from federation.model.token import Role
 from federation.store import maintenance
+from federation.store.errors import NotPermitted
 
 routes = web.RouteTableDef()
 
@@ -62,7 +65,17 @@ async def defrag(request: web.Request) -> web.Response:
     member = request.query.get("member", "")
     if not _MEMBER_ID.match(member):
         raise bad_parameter("member", "the id (hexadecimal) of one member, from the status")
-    done = await maintenance.defragment(request.app[STORE], member)
+    try:
+        done = await maintenance.defragment(request.app[STORE], member)
+    except NotPermitted:
+        raise ApiError(
+            403,
+            "etcd lets only its root role defragment, and this server's etcd user is not "
+            "root (as deploy/ sets it up). Run `federation etcd defrag --etcd ENDPOINTS "
+            "--etcd-ca CA --etcd-cert ROOT_CERT --etcd-key ROOT_KEY` with etcd's root "
+            "certificate instead",
+            code="etcd_forbidden",
+        ) from None
     if done is None:
         raise ApiError(404, f"etcd member {member!r} not found")
     return json_response(done.as_json())

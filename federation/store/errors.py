@@ -22,6 +22,11 @@ class NoSpace(StoreUnavailable):
         super().__init__(f"etcd {what}: database space exceeded (NOSPACE alarm)")
 
 
+class NotPermitted(StoreError):
+    """etcd refused the call to this client's etcd user (defragmentation and
+    snapshots are for etcd's root role alone once etcd auth is on)."""
+
+
 class Conflict(StoreError):
     """A compare-and-swap lost: the key changed (or vanished) since `expected` was read."""
 

@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from etcd3aio import AlarmType
+from etcd3aio import AlarmType, EtcdPermissionDeniedError
 
 from federation.store import retry
-from federation.store.errors import StoreUnavailable
+from federation.store.errors import NotPermitted, StoreUnavailable
 from federation.store.etcd import Store
 
 T = TypeVar("T")
@@ -87,12 +87,20 @@ async def _maintenance_call(
     client = store._client
     if client.maintenance is None or client.cluster is None:
         raise StoreUnavailable("store is not connected")
-    return await retry.call(
-        what,
-        lambda t: fn(client, t),
-        deadline=deadline,
-        attempt_timeout=max(store.attempt_timeout, deadline),
-    )
+    try:
+        return await retry.call(
+            what,
+            lambda t: fn(client, t),
+            deadline=deadline,
+            attempt_timeout=max(store.attempt_timeout, deadline),
+        )
+    except EtcdPermissionDeniedError as exc:
+        raise NotPermitted(f"etcd refuses {what} to this etcd user: {exc}") from exc
+    except grpc.aio.AioRpcError as exc:
+        # etcd 3.5 answers a maintenance call its auth refuses with UNKNOWN.
+        if "permission denied" not in (exc.details() or ""):
+            raise
+        raise NotPermitted(f"etcd refuses {what} to this etcd user") from exc
 
 
 async def alarms(store: Store) -> list[tuple[str, str]]:
