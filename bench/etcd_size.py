@@ -35,7 +35,7 @@ COUNTRIES = ["DE", "FR", "NL", "SE", "IE", "ES", "IT", "PL", "AT", "BE"]
 async def live_bytes(store: Store) -> tuple[int, int]:
     """(in-use bytes after compacting everything and defragmenting, the revision)."""
     revision = await store.revision()
-    await maintenance.compact(store, revision)
+    await maintenance.compact(store, revision, physical=True)
     (member,) = await maintenance.status(store)
     await maintenance.defragment(store, member.id)
     (member,) = await maintenance.status(store)

@@ -127,7 +127,8 @@ class Compactor:
         steps = 0
         while self.compacted < target and self.election.is_leader:
             upto = min(target, self.compacted + self.step_revisions)
-            if await maintenance.compact(self.store, upto):
+            # On NOSPACE, wait until the space is free: a defragmentation comes next.
+            if await maintenance.compact(self.store, upto, physical=nospace):
                 self.compacted = upto
             else:  # compacted further already, by etcd itself or another leader
                 self.compacted, _ = await maintenance.compacted_revision(

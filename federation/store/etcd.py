@@ -489,6 +489,9 @@ class Store:
         tmp.replace(path)
         return size
 
-    async def compact(self, revision: int) -> None:
-        """Compact etcd history up to `revision` (tests and maintenance)."""
-        await self._call("compact", lambda t: self._kv.compact(revision, timeout=t))
+    async def compact(self, revision: int, *, physical: bool = False) -> None:
+        """Compact etcd history up to `revision`; `physical`: answer only once the old
+        revisions are gone from the backend (so a defragmentation after frees them)."""
+        await self._call(
+            "compact", lambda t: self._kv.compact(revision, physical=physical, timeout=t)
+        )

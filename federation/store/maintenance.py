@@ -15,13 +15,19 @@ with ranges at old revisions (a binary search the first time, two ranges after).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from etcd3aio import AlarmType, EtcdPermissionDeniedError
+from etcd3aio import (
+    AlarmType,
+    EtcdConnectionError,
+    EtcdPermissionDeniedError,
+    EtcdTransientError,
+)
 
 from federation.store import retry
 from federation.store.errors import NotPermitted, StoreUnavailable
@@ -209,16 +215,18 @@ def _out_of_range(exc: grpc.aio.AioRpcError) -> bool:
 
 
 async def _readable(store: Store, revision: int) -> bool:
+    # Straight to etcd, not through the retry policy: a probe of a compacted revision
+    # is an expected answer, not an etcd error to count.
     kv = store._kv
     try:
-        await store._call(
-            "history probe",
-            lambda t: kv.get(store.prefix, revision=revision, count_only=True, timeout=t),
-        )
+        async with asyncio.timeout(store.timeout):
+            await kv.get(store.prefix, revision=revision, count_only=True, timeout=store.timeout)
     except grpc.aio.AioRpcError as exc:
         if _out_of_range(exc):  # compacted away (or, racing a restore, in the future)
             return False
-        raise
+        raise StoreUnavailable(f"etcd history probe: {exc.code().name}") from exc
+    except (EtcdConnectionError, EtcdTransientError, TimeoutError) as exc:
+        raise StoreUnavailable(f"etcd history probe: {exc or 'no answer'}") from exc
     return True
 
 
@@ -241,11 +249,12 @@ async def compacted_revision(store: Store, *, at_least: int = 0) -> tuple[int, i
     return high, current
 
 
-async def compact(store: Store, revision: int) -> bool:
-    """Compact the history up to `revision` (kept: it and everything after). False
-    when it was compacted that far already (by etcd itself, or another leader)."""
+async def compact(store: Store, revision: int, *, physical: bool = False) -> bool:
+    """Compact the history up to `revision` (kept: it and everything after); with
+    `physical`, answer once the old revisions are gone from the backend. False when
+    it was compacted that far already (by etcd itself, or another leader)."""
     try:
-        await store.compact(revision)
+        await store.compact(revision, physical=physical)
     except grpc.aio.AioRpcError as exc:
         if _out_of_range(exc):
             return False
