@@ -38,15 +38,18 @@ async def status(request: web.Request) -> web.Response:
     """Every member's status, the alarms, the revision and the compacted revision."""
     await require(request, Role.ADMIN)
     store = request.app[STORE]
-    members = await maintenance.status(store)
     compactor = request.app.get(COMPACTOR)
     known = compactor.compacted if compactor is not None else 0
-    compacted, revision = await maintenance.compacted_revision(store, at_least=known)
+    try:
+        members = await maintenance.status(store)
+        compacted, revision = await maintenance.compacted_revision(store, at_least=known)
+    except NotPermitted as exc:
+        raise _forbidden(f"{exc}; see docs/operations.md") from None
     window = compactor.window_s if compactor is not None else None
     return json_response(
         {
             "members": [m.as_json() for m in members],
-            "alarms": [{"member": who, "alarm": name} for who, name in store_alarms(members)],
+            "alarms": [{"member": m.id, "alarm": a} for m in members for a in m.alarms],
             "revision": revision,
             "compacted_revision": compacted,
             "history_window_s": window,
@@ -54,8 +57,9 @@ async def status(request: web.Request) -> web.Response:
     )
 
 
-def store_alarms(members: list[maintenance.MemberStatus]) -> list[tuple[str, str]]:
-    return [(m.id, alarm) for m in members for alarm in m.alarms]
+def _forbidden(message: str) -> ApiError:
+    """etcd refused the server's etcd user (not the caller: the caller is an admin)."""
+    return ApiError(403, message, code="etcd_forbidden")
 
 
 @routes.post("/v1/etcd/defrag")
@@ -68,13 +72,11 @@ async def defrag(request: web.Request) -> web.Response:
     try:
         done = await maintenance.defragment(request.app[STORE], member)
     except NotPermitted:
-        raise ApiError(
-            403,
+        raise _forbidden(
             "etcd lets only its root role defragment, and this server's etcd user is not "
             "root (as deploy/ sets it up). Run `federation etcd defrag --etcd ENDPOINTS "
             "--etcd-ca CA --etcd-cert ROOT_CERT --etcd-key ROOT_KEY` with etcd's root "
-            "certificate instead",
-            code="etcd_forbidden",
+            "certificate instead"
         ) from None
     if done is None:
         raise ApiError(404, f"etcd member {member!r} not found")
@@ -85,5 +87,8 @@ async def defrag(request: web.Request) -> web.Response:
 async def disarm(request: web.Request) -> web.Response:
     """Deactivate every raised alarm; answers the ones that were raised."""
     await require(request, Role.ADMIN)
-    raised = await maintenance.disarm(request.app[STORE])
+    try:
+        raised = await maintenance.disarm(request.app[STORE])
+    except NotPermitted as exc:
+        raise _forbidden(f"{exc}; see docs/operations.md") from None
     return json_response({"disarmed": [{"member": who, "alarm": name} for who, name in raised]})

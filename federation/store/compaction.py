@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from federation.store import maintenance
 from federation.store.election import LeaderElection
-from federation.store.errors import StoreError
+from federation.store.errors import NotPermitted, StoreError
 from federation.store.etcd import Store
 from federation.telemetry import metrics as _metrics
 
@@ -143,12 +143,21 @@ class Compactor:
         return f"{why}compacted to revision {self.compacted} in {steps} step(s), {kept} kept"
 
     async def run(self) -> None:
-        """Step every `interval_s` for ever."""
+        """Step every `interval_s` for ever. NOSPACE and a refusal by etcd are logged
+        as warnings (a refusal once); the rest at DEBUG."""
+        refused = False
         while True:
+            level = logging.DEBUG
             try:
                 sentence = await self.step()
+                refused = False
+            except NotPermitted as exc:
+                sentence = f"etcd refuses to compact: {exc}"
+                level = logging.DEBUG if refused else logging.WARNING
+                refused = True
             except StoreError as exc:
                 sentence = f"compaction step failed: {exc}"
-            level = logging.WARNING if "NOSPACE" in sentence else logging.DEBUG
+            if "NOSPACE" in sentence:
+                level = logging.WARNING
             log.log(level, "compaction: %s", sentence)
             await asyncio.sleep(self.interval_s)

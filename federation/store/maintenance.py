@@ -259,4 +259,6 @@ async def compact(store: Store, revision: int, *, physical: bool = False) -> boo
         if _out_of_range(exc):
             return False
         raise
+    except EtcdPermissionDeniedError as exc:
+        raise NotPermitted(f"etcd refuses compaction to this etcd user: {exc}") from exc
     return True
