@@ -21,6 +21,7 @@ from federation.api.app import create_app
 from federation.client import ApiClient
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import NoSpace, Store, keys, maintenance
+from federation.store.compaction import Compactor
 from tests.conftest import Api, server_config
 from tests.integration.agents import wait_until
 from tests.integration.test_assignment_watch import assignment, register
@@ -103,6 +104,37 @@ async def test_the_leader_compacts_to_its_window_in_steps(
         assert body["compacted_revision"] >= seen[-1]
         assert body["history_window_s"] == window
         assert body["revision"] - body["compacted_revision"] >= 1
+
+
+class Leading:
+    """An election this replica always wins (the compactor only asks `is_leader`)."""
+
+    is_leader = True
+
+
+async def test_compaction_goes_in_steps_and_stops_at_the_mirrors_resume_point(
+    store: Store,
+) -> None:
+    await store.compact(await store.revision())
+    start = await store.revision()
+    for i in range(23):
+        await store.put("filler/steps", {"i": i})
+    end = await store.revision()
+    floor = start + 12
+    window = 0.3
+    compactor = Compactor(store, cast(Any, Leading()), window_s=window, step=5, floor=lambda: floor)
+    said = await compactor.step()
+    assert said.startswith("keeping "), said  # not a whole window sampled yet
+    await asyncio.sleep(window)
+    said = await compactor.step()
+    kept = end - floor
+    assert said == f"compacted to revision {floor} in 3 step(s), {kept} revisions of history kept"
+    assert (await maintenance.compacted_revision(store))[0] == floor
+    floor = end + 1  # the mirror caught up: the window is the limit again
+    said = await compactor.step()
+    assert said.startswith(f"compacted to revision {end} in 3 step(s)"), said
+    assert (await maintenance.compacted_revision(store))[0] == end
+    assert await compactor.step() == "nothing to compact: 0 revisions of history"
 
 
 async def test_a_watch_left_behind_by_compaction_relists_and_misses_nothing(
