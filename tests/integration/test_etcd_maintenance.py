@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -17,8 +18,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from bench.failover import InstantDriver
+from federation.agent.loop import Agent, AgentConfig
 from federation.api.app import create_app
 from federation.client import ApiClient
+from federation.processes.children import free_port
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import NoSpace, Store, keys, maintenance
 from federation.store.compaction import Compactor
@@ -183,6 +187,79 @@ async def test_a_watch_left_behind_by_compaction_relists_and_misses_nothing(
             await stream.aclose()
             now = await agent.assignments("eu-de-1")
             assert held == {i["service"]: i["replicas"] for i in now["items"]} == {"c": 1}
+
+
+async def test_an_agent_back_after_a_compaction_lists_again_and_misses_nothing(
+    etcd: LocalEtcd, prefix: str, store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real agent whose server goes away while its services change (one deployed,
+    one deleted) and the leader compacts past them: when the server is back, the
+    agent's watch resumes from a compacted revision, gets `relist`, and ends up running
+    exactly what is assigned. The region TTL (30 s) outlasts the outage, so the agent
+    is never stale: the relist line is its only cue."""
+    fast = {"history_window_s": 0.5, "compaction_interval_s": 0.1, "region_ttl": 30}
+    async with serving(etcd, prefix, **fast) as leader:
+        token = await register(leader, "eu-de-1", "DE")
+        config = server_config(etcd, prefix, region_ttl=30, admin_token=leader.admin_token)
+        port = free_port()
+
+        async def start_replica() -> TestServer:
+            replica = TestServer(create_app(config, announce=False), host="127.0.0.1", port=port)
+            await replica.start_server()
+            return replica
+
+        replica = await start_replica()
+        agent = Agent(
+            AgentConfig(
+                server=f"http://127.0.0.1:{port}",
+                region="eu-de-1",
+                token=token,
+                cpu=8,
+                memory_mb=16384,
+                state_dir=tmp_path / "agent",
+            ),
+            driver=InstantDriver(),
+        )
+        running = asyncio.create_task(agent.run())
+        try:
+            await deploy(leader, "a")
+            await wait_until(lambda: _holds(agent, {"a"}), timeout=15, what="the agent runs a")
+            await replica.close()  # the agent's server goes away
+            await deploy(leader, "b")
+            status, body = await leader.call("DELETE", "/v1/services/a")
+            assert status == 200, body
+
+            async def assigned() -> int | None:
+                _, revision = await store.scan(keys.assignments("eu-de-1"))
+                held = [e.key for e in (await store.scan(keys.assignments("eu-de-1")))[0]]
+                return revision if held == [keys.assignment("eu-de-1", "b")] else None
+
+            changed = await wait_until(assigned, timeout=15, what="b assigned, a not")
+
+            async def compacted_past() -> bool:
+                await store.put("filler/x", {"t": time.time()})
+                return int((await etcd_status(leader))["compacted_revision"]) > changed
+
+            await wait_until(compacted_past, timeout=20, what="compaction past the changes")
+            caplog.set_level(logging.INFO, "federation.agent.loop")
+            caplog.clear()
+            replica = await start_replica()
+            await wait_until(lambda: _holds(agent, {"b"}), timeout=15, what="the agent runs b")
+            assert "eu-de-1: listing assignments again" in caplog.text
+        finally:
+            running.cancel()
+            await asyncio.wait([running], timeout=10)
+            await replica.close()
+
+
+async def deploy(api: Api, name: str) -> None:
+    spec = {"command": ["true"], "replicas": 1, "resources": {"cpu": 0.1, "memory_mb": 16}}
+    status, body = await api.call("PUT", f"/v1/services/{name}", json=spec)
+    assert status in (200, 201), body
+
+
+async def _holds(agent: Agent, services: set[str]) -> bool:
+    return set(agent.desired) == services
 
 
 def watch(agent: ApiClient, since: int) -> AsyncGenerator[dict[str, Any], None]:
