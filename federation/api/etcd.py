@@ -16,6 +16,7 @@ call is checked, bounded and logged by the server (docs/operations.md says why).
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from aiohttp import web
@@ -30,7 +31,10 @@ from federation.store.errors import NotPermitted
 
 routes = web.RouteTableDef()
 
-_MEMBER_ID = re.compile(r"^[0-9a-f]{1,16}$")  # etcd member ids: uint64, in hex
+_MEMBER_ID = re.compile(r"[0-9a-f]{1,16}")  # etcd member ids: uint64, in hex
+# One defragmentation at a time through this server: two members busy at once in a
+# cluster of three would leave it without a quorum.
+_ONE_AT_A_TIME = asyncio.Lock()
 
 
 @routes.get("/v1/etcd/status")
@@ -67,10 +71,13 @@ async def defrag(request: web.Request) -> web.Response:
     """Defragment the member `member` (its id in hex, from the status)."""
     await require(request, Role.ADMIN)
     member = request.query.get("member", "")
-    if not _MEMBER_ID.match(member):
+    if not _MEMBER_ID.fullmatch(member):
         raise bad_parameter("member", "the id (hexadecimal) of one member, from the status")
+    if _ONE_AT_A_TIME.locked():
+        raise ApiError(409, "a defragmentation is running already; wait for it to finish")
     try:
-        done = await maintenance.defragment(request.app[STORE], member)
+        async with _ONE_AT_A_TIME:
+            done = await maintenance.defragment(request.app[STORE], member)
     except NotPermitted:
         raise _forbidden(
             "etcd lets only its root role defragment, and this server's etcd user is not "

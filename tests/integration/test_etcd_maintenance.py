@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from bench.failover import InstantDriver
 from federation.agent.loop import Agent, AgentConfig
+from federation.api import etcd as etcd_routes
 from federation.api.app import create_app
 from federation.client import ApiClient
 from federation.processes.children import free_port
@@ -283,12 +284,17 @@ async def test_etcd_maintenance_is_for_admins_only(api: Api) -> None:
 
 
 async def test_defrag_names_the_member_it_needs(api: Api) -> None:
-    for member, status_expected in (("", 400), ("XYZ", 400), ("1" * 17, 400), ("abc", 404)):
+    cases = (("", 400), ("XYZ", 400), ("1" * 17, 400), ("abc%0A", 400), ("abc", 404))
+    for member, status_expected in cases:
         status, body = await api.call("POST", f"/v1/etcd/defrag?member={member}")
         assert status == status_expected, (member, body)
         if status == 400:
             assert body["error"]["details"][0]["field"] == "member"
     body = await etcd_status(api)
+    member = body["members"][0]["id"]
+    async with etcd_routes._ONE_AT_A_TIME:  # as while another defragmentation runs
+        status, answer = await api.call("POST", f"/v1/etcd/defrag?member={member}")
+    assert status == 409, answer
     assert len(body["members"]) == 1
     only = body["members"][0]
     assert only["leader"] and only["db_size"] >= only["db_size_in_use"] > 0
