@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -150,8 +150,10 @@ class ApiClient:
         raw: bytes | None = None,
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        slow_s: float | None = None,
     ) -> Any:
-        """Send one request; returns the decoded JSON body or raises ApiError."""
+        """Send one request (`slow_s`: a time limit longer than the client's);
+        returns the decoded JSON body or raises ApiError."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         data: bytes | None = raw
@@ -162,7 +164,12 @@ class ApiClient:
             hdrs["Content-Type"] = content_type
         try:
             async with self._session.request(
-                method, self.url + path, data=data, headers=hdrs, ssl=self._ssl or True
+                method,
+                self.url + path,
+                data=data,
+                headers=hdrs,
+                ssl=self._ssl or True,
+                timeout=aiohttp.ClientTimeout(total=slow_s) if slow_s else self._timeout,
             ) as resp:
                 text = await resp.text()
                 if resp.status in (502, 503, 504):
@@ -214,9 +221,11 @@ class ApiClient:
         except json.JSONDecodeError as exc:
             raise ApiError(0, "bad_response", f"{self.url}{path}: not JSON") from exc
 
-    async def _call(self, method: str, path: str, *, body: Json | None = None) -> Json:
+    async def _call(
+        self, method: str, path: str, *, body: Json | None = None, slow_s: float | None = None
+    ) -> Json:
         """`request` for an endpoint of the API, every one of which answers an object."""
-        answer = await self.request(method, path, body=body)
+        answer = await self.request(method, path, body=body, slow_s=slow_s)
         if not isinstance(answer, dict):
             raise ApiError(0, "bad_response", f"{self.url}{path}: not a JSON object")
         return answer
@@ -445,3 +454,18 @@ class ApiClient:
     async def audit_checkpoint(self) -> Json:
         """The audit log's head, signed with the server's audit key."""
         return await self._call("GET", "/v1/audit/checkpoint")
+
+    # -- etcd -------------------------------------------------------------------------
+
+    async def etcd_status(self) -> Json:
+        """etcd's members (sizes, revision, leader, alarms) and its compacted revision."""
+        return await self._call("GET", "/v1/etcd/status")
+
+    async def etcd_defrag(self, member: str) -> Json:
+        """Defragment one etcd member (minutes for a large one); its status after."""
+        path = f"/v1/etcd/defrag?member={quote(member, safe='')}"
+        return await self._call("POST", path, slow_s=660)
+
+    async def etcd_disarm(self) -> Json:
+        """Deactivate etcd's raised alarms; answers those that were raised."""
+        return await self._call("POST", "/v1/etcd/disarm")

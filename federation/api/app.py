@@ -10,6 +10,7 @@ in the reverse order (aiohttp runs each step's teardown only if its start finish
     election    the campaign for the leader key (task `election`)
     controller  the reconcile loop (task `controller`)
     drill_runner  live drills (task `drill runner`)
+    compaction  etcd's history kept to a window, by the leader (task `compaction`)
 
 So on SIGTERM: open assignment watches close first (on_shutdown), then the drill
 runner and the controller stop, the leader key is given up (a standby takes over at
@@ -33,6 +34,7 @@ from federation.api import (
     assignments,
     audit,
     drills,
+    etcd,
     evidence,
     metrics,
     openapi,
@@ -47,6 +49,7 @@ from federation.api.auth import confirm_middleware
 from federation.api.context import (
     AUDIT_KEY,
     AUDIT_MONITOR,
+    COMPACTOR,
     CONFIG,
     CONTROLLER,
     DRILLS,
@@ -76,6 +79,7 @@ from federation.processes.commands import ADMIN_TOKEN_ENV
 from federation.runtime import Tasks
 from federation.store import Store
 from federation.store import audit as audit_log
+from federation.store import compaction as store_compaction
 from federation.store import tokens as store_tokens
 from federation.store.audit.checkpoint import private_key_from_pem
 from federation.store.election import LeaderElection
@@ -183,6 +187,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(plan.routes)
     app.add_routes(evidence.routes)
     app[WHOLE_READ] = asyncio.Lock()
+    app.add_routes(etcd.routes)
     app.on_shutdown.append(assignments.close_streams)
 
     async def tasks(app: web.Application) -> AsyncIterator[None]:
@@ -269,5 +274,22 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         yield
         await app[TASKS].stop("drill runner")
 
-    app.cleanup_ctx.extend([tasks, store, mirror, election, controller, drill_runner])
+    async def compaction(app: web.Application) -> AsyncIterator[None]:
+        """etcd's history kept to `history_window_s` (compacted while this replica
+        leads; sampled on every replica, so a new leader knows the window at once)."""
+        mirror = app[MIRROR]
+        compactor = store_compaction.Compactor(
+            app[STORE],
+            app[ELECTION],
+            window_s=config.history_window_s,
+            interval_s=config.compaction_interval_s,
+            step=config.compaction_step,
+            floor=mirror.needs,
+        )
+        app[COMPACTOR] = compactor
+        app[TASKS].start(store_compaction.TASK, compactor.run)
+        yield
+        await app[TASKS].stop(store_compaction.TASK)
+
+    app.cleanup_ctx.extend([tasks, store, mirror, election, controller, drill_runner, compaction])
     return app

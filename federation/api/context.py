@@ -20,6 +20,7 @@ from federation.drills.runner import DrillRunner
 from federation.runtime import Tasks
 from federation.store import Store
 from federation.store.audit import HeadMonitor
+from federation.store.compaction import Compactor
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
 
@@ -51,6 +52,12 @@ class ServerConfig:
     # (federation.api.failures); beyond, 429 with Retry-After.
     auth_failures_burst: int = 20
     auth_failures_per_s: float = 2.0
+    # etcd history the leader keeps, in seconds' worth of revisions (`--etcd-history`),
+    # how often it samples and compacts (None: a tenth of that), and its step
+    # (federation.store.compaction).
+    history_window_s: float = 300.0
+    compaction_interval_s: float | None = None
+    compaction_step: int = 10_000
 
 
 CONFIG = web.AppKey("config", ServerConfig)
@@ -69,6 +76,7 @@ OPEN_WATCHES = web.AppKey("open watches", Watches)
 # (seconds of CPU with 100,000 services or a million audit entries): one at a time per
 # server, so a burst of them cannot starve deploys and failovers.
 WHOLE_READ = web.AppKey("whole read", asyncio.Lock)
+COMPACTOR = web.AppKey("compactor", Compactor)
 
 
 async def synced(request: web.Request) -> Mirror:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from federation.model.errors import UnknownDataClassError
 from federation.residency.groups import ReferenceProblem
-from federation.store import Conflict, CredentialRevoked, StoreUnavailable
+from federation.store import Conflict, CredentialRevoked, NoSpace, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,15 @@ def no_policy_names(requested: Sequence[str], exc: UnknownDataClassError) -> Api
     return unprocessable(details)
 
 
+# What a client is told while etcd's NOSPACE alarm is raised: what a person must do.
+NOSPACE_MESSAGE = (
+    "the federation store (etcd) is out of space (NOSPACE alarm) and refuses writes. "
+    "An admin must compact its history (the leader does so at once on this alarm), "
+    "defragment every member (`federation etcd defrag`), then disarm the alarm "
+    "(`federation etcd disarm`); see docs/operations.md"
+)
+
+
 def error_response(
     status: int,
     code: str,
@@ -174,6 +183,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except CredentialRevoked:
         # The token was revoked while this request ran: its write did not land.
         return error_response(401, "unauthorized", "invalid or expired token")
+    except NoSpace:
+        log.warning("etcd NOSPACE alarm: %s %s refused", request.method, request.path)
+        return error_response(503, "etcd_nospace", NOSPACE_MESSAGE, {"alarm": "NOSPACE"})
     except StoreUnavailable:
         log.warning("store unavailable during %s %s", request.method, request.path)
         return error_response(503, "unavailable", "the federation store (etcd) is unavailable")

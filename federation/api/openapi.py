@@ -173,6 +173,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Audit entries after since", "admin", query={"since": _SEQ}, list_result=True
     ),
     ("GET", "/v1/audit/verify"): Operation("Verify the audit hash chain", "admin"),
+    ("GET", "/v1/etcd/status"): Operation(
+        "etcd members (sizes, revision, leader, alarms) and the compacted revision", "admin"
+    ),
+    ("POST", "/v1/etcd/defrag"): Operation(
+        "Defragment one etcd member",
+        "admin",
+        query={"member": {"type": "string", "pattern": "^[0-9a-f]{1,16}$"}},
+    ),
+    ("POST", "/v1/etcd/disarm"): Operation("Deactivate etcd's raised alarms", "admin"),
     ("POST", "/v1/audit/verify"): Operation(
         "Verify the audit hash chain against a signed checkpoint", "admin", Checkpoint
     ),

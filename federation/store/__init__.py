@@ -25,11 +25,15 @@ Contract (what callers may rely on; each method's docstring names its etcd primi
   (no quorum, network, process down); the operation may or may not have applied.
   Every call retries transient errors with backoff (``federation.store.retry``) until
   that deadline. The API answers 503 for it; loops log it and try again.
+- ``NoSpace`` (a ``StoreUnavailable``) means etcd refused a write because its NOSPACE
+  alarm is raised: nothing was written, nothing is retried. ``Store.alarms`` holds the
+  alarms last seen; ``maintenance`` reads, defragments and disarms them, and the
+  leader's ``compaction`` keeps etcd's history to a window.
 
 Modules: ``etcd`` (the ``Store`` driver), ``txn`` (its vocabulary: ``Cond``, ``Op``,
 ``Entry``), ``wire`` (the one adapter to etcd3aio's private API), ``retry``,
 ``fence``, ``audit``, then one module per resource (``regions``, ``services``...),
-the ``mirror`` and the ``election``.
+the ``mirror``, the ``election``, ``maintenance`` and ``compaction``.
 """
 
 from federation.store.errors import (
@@ -37,6 +41,7 @@ from federation.store.errors import (
     Compacted,
     Conflict,
     CredentialRevoked,
+    NoSpace,
     StoreError,
     StoreUnavailable,
 )
@@ -59,6 +64,7 @@ __all__ = [
     "CredentialRevoked",
     "Entry",
     "Event",
+    "NoSpace",
     "Op",
     "Store",
     "StoreError",

@@ -11,6 +11,22 @@ class StoreUnavailable(StoreError):
     """etcd did not answer within the deadline; the write may or may not have applied."""
 
 
+class NoSpace(StoreUnavailable):
+    """etcd refused a write: its database reached its quota and it raised the NOSPACE
+    alarm. Nothing was written, and no write will be until the history is compacted,
+    the members defragmented and the alarm disarmed (docs/operations.md). Reads,
+    watches and lease refreshes still work. A `StoreUnavailable`, so every loop that
+    waits out an etcd outage waits this out too."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"etcd {what}: database space exceeded (NOSPACE alarm)")
+
+
+class NotPermitted(StoreError):
+    """etcd refused the call to this client's etcd user (defragmentation and
+    snapshots are for etcd's root role alone once etcd auth is on)."""
+
+
 class Conflict(StoreError):
     """A compare-and-swap lost: the key changed (or vanished) since `expected` was read."""
 

@@ -27,10 +27,11 @@ from etcd3aio.kv import KVService
 from federation.store import retry, wire
 from federation.store import txn as single  # the single-key writes, over any txn
 from federation.store.endpoints import resolve
-from federation.store.errors import Compacted, StoreUnavailable
+from federation.store.errors import Compacted, NoSpace, StoreUnavailable
 from federation.store.fence import check_fence, write_fence
 from federation.store.retry import ATTEMPT_TIMEOUT, reraise_cancellation
 from federation.store.txn import JSON, Cond, Entry, Event, Op, Result, decode, encode
+from federation.telemetry import metrics as _metrics
 
 # Re-exported: the store modules import the vocabulary from here.
 __all__ = ["ATTEMPT_TIMEOUT", "JSON", "Cond", "Entry", "Event", "Op", "Result", "Store"]
@@ -78,6 +79,9 @@ class Store:
         self._inflight: set[asyncio.Task[None]] = set()
         self._credentials = (username, password) if username else None
         self._refresher: Any = None
+        # etcd's raised alarms as this process last saw them (NOSPACE, CORRUPT): from
+        # a refused write at once, and from the alarm list (federation.store.compaction).
+        self.alarms: frozenset[str] = frozenset()
 
     async def connect(self) -> None:
         """Open the gRPC channel. With etcd credentials, authenticate now and keep the
@@ -149,12 +153,27 @@ class Store:
         self, what: str, fn: Callable[[float], Awaitable[T]], *, deadline: float | None = None
     ) -> T:
         """Every unary etcd call goes through here: one retry policy (federation.store.retry)."""
-        return await retry.call(
-            what,
-            fn,
-            deadline=self.timeout if deadline is None else deadline,
-            attempt_timeout=self.attempt_timeout,
-        )
+        try:
+            return await retry.call(
+                what,
+                fn,
+                deadline=self.timeout if deadline is None else deadline,
+                attempt_timeout=self.attempt_timeout,
+            )
+        except NoSpace:
+            self.saw_alarms(self.alarms | {"NOSPACE"})
+            raise
+
+    def saw_alarms(self, alarms: frozenset[str]) -> None:
+        """Note etcd's raised alarms (for health and metrics)."""
+        if alarms != self.alarms:
+            self.alarms = alarms
+            _metrics.observe_etcd_alarms(alarms)
+
+    def _wrote(self, revision: int) -> None:
+        self.last_write = max(self.last_write, revision)
+        if "NOSPACE" in self.alarms:  # a write landed: the alarm is disarmed
+            self.saw_alarms(self.alarms - {"NOSPACE"})
 
     def _entry(self, kv: Any) -> Entry:
         return Entry(
@@ -305,7 +324,7 @@ class Store:
         resp = await self._call("txn", lambda t: wire.send_txn(kv, request, rpc_timeout=t))
         entries: list[Entry | None] = []
         if resp.succeeded and ops:
-            self.last_write = max(self.last_write, int(resp.header.revision))
+            self._wrote(int(resp.header.revision))
         if resp.succeeded and fence is not None:
             fence.held = True
         if not resp.succeeded:
@@ -333,7 +352,7 @@ class Store:
         resp = await self._call(
             "put", lambda t: self._kv.put(self._abs(key), data, lease=lease, timeout=t)
         )
-        self.last_write = max(self.last_write, int(resp.header.revision))
+        self._wrote(int(resp.header.revision))
         return int(resp.header.revision)
 
     async def create(
@@ -480,6 +499,9 @@ class Store:
         tmp.replace(path)
         return size
 
-    async def compact(self, revision: int) -> None:
-        """Compact etcd history up to `revision` (tests and maintenance)."""
-        await self._call("compact", lambda t: self._kv.compact(revision, timeout=t))
+    async def compact(self, revision: int, *, physical: bool = False) -> None:
+        """Compact etcd history up to `revision`; `physical`: answer only once the old
+        revisions are gone from the backend (so a defragmentation after frees them)."""
+        await self._call(
+            "compact", lambda t: self._kv.compact(revision, physical=physical, timeout=t)
+        )

@@ -269,6 +269,11 @@ class Mirror:
             await self.wait_for(self.store.last_write)
         return self.revision
 
+    def needs(self) -> int | None:
+        """The oldest revision this mirror's watch would resume from (its revision + 1),
+        or None before its first load (which lists, needing no history)."""
+        return self.revision + 1 if self._loaded.is_set() else None
+
     # -- reads --------------------------------------------------------------------------
 
     def raw(self, prefix: str, tail: str) -> tuple[bytes, int] | None:

@@ -26,7 +26,7 @@ import grpc.aio
 from etcd3aio import EtcdConnectionError, EtcdTransientError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from federation.store.errors import StoreUnavailable
+from federation.store.errors import NoSpace, StoreUnavailable
 from federation.telemetry import metrics as _metrics
 from federation.telemetry.setup import child_span
 
@@ -54,6 +54,14 @@ def reraise_cancellation(exc: grpc.aio.AioRpcError) -> None:
         raise asyncio.CancelledError from exc
 
 
+def is_nospace(exc: grpc.aio.AioRpcError) -> bool:
+    """etcd's answer to a write while its NOSPACE alarm is raised (RESOURCE_EXHAUSTED
+    is also gRPC's own "message too large", which this is not)."""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "database space exceeded" in (
+        exc.details() or ""
+    )
+
+
 async def call(
     what: str,
     fn: Callable[[float], Awaitable[T]],
@@ -69,6 +77,8 @@ async def call(
             return await _attempts(what, fn, deadline, attempt_timeout)
     except Exception as exc:
         kind = "unavailable" if isinstance(exc, StoreUnavailable) else type(exc).__name__
+        if isinstance(exc, NoSpace):
+            kind = "nospace"
         if isinstance(exc, grpc.aio.AioRpcError):
             kind = exc.code().name.lower()
         _metrics.etcd_errors.add(1, {"operation": what, "kind": kind})
@@ -96,6 +106,10 @@ async def _attempts(
             reraise_cancellation(exc)
             if exc.code() in _RETRIED_CODES:
                 raise _Transient(exc.code().name) from exc
+            if is_nospace(exc):
+                # Not retried: nothing changes until a person acts.
+                _metrics.etcd_nospace_refusals.add(1, {"operation": what})
+                raise NoSpace(what) from exc
             raise
 
     try:

@@ -34,6 +34,27 @@ class PassSnapshot:
 _last: PassSnapshot | None = None
 
 
+@dataclass
+class EtcdSnapshot:
+    """etcd's history and alarms as this process last saw them."""
+
+    revision: int = 0
+    compacted: int = 0
+    alarms: frozenset[str] = frozenset()
+
+
+_etcd = EtcdSnapshot()
+
+
+def observe_history(*, revision: int, compacted: int) -> None:
+    """The store's revision and the revision its history is compacted to."""
+    _etcd.revision, _etcd.compacted = revision, compacted
+
+
+def observe_etcd_alarms(alarms: frozenset[str]) -> None:
+    _etcd.alarms = alarms
+
+
 def observe_pass(snapshot: PassSnapshot) -> None:
     global _last
     _last = snapshot
@@ -62,6 +83,20 @@ def _rejections(options: CallbackOptions) -> Iterable[Observation]:
 
 def _queue(options: CallbackOptions) -> Iterable[Observation]:
     return [Observation(_last.queue_depth)] if _last else []
+
+
+def _compacted(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(_etcd.compacted)] if _etcd.revision else []
+
+
+def _history(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(_etcd.revision - _etcd.compacted)] if _etcd.revision else []
+
+
+def _alarms(options: CallbackOptions) -> Iterable[Observation]:
+    # Always NOSPACE (0 or 1), so an alert rule has a series to compare.
+    raised = _etcd.alarms | {"NOSPACE"}
+    return [Observation(int(name in _etcd.alarms), {"alarm": name}) for name in sorted(raised)]
 
 
 def reason_kind(reason: str) -> str:
@@ -162,6 +197,26 @@ watches_closed = _meter.create_counter(
     "federation_assignment_watches_closed",
     description="Assignment watches the server ended, by reason: token (revoked, rotated "
     "away, expired or no longer allowed), region (deleted).",
+)
+etcd_compacted_revision = _meter.create_observable_gauge(
+    "federation_etcd_compacted_revision",
+    [_compacted],
+    description="The revision etcd's history is compacted to (older revisions are gone).",
+)
+etcd_history = _meter.create_observable_gauge(
+    "federation_etcd_history_revisions",
+    [_history],
+    description="Revisions of history etcd keeps: its revision minus the compacted one.",
+)
+etcd_alarms = _meter.create_observable_gauge(
+    "federation_etcd_alarm",
+    [_alarms],
+    description="1 while etcd has raised the alarm (NOSPACE: writes are refused until the "
+    "history is compacted, the members defragmented and the alarm disarmed).",
+)
+etcd_nospace_refusals = _meter.create_counter(
+    "federation_etcd_nospace_refusals",
+    description="etcd writes refused because etcd's NOSPACE alarm is raised, by operation.",
 )
 residency_violations.add(0)  # shown as 0 from the start, not only after the first
 audit_head_regressions.add(0)

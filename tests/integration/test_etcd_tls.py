@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -194,8 +195,26 @@ async def test_a_server_works_under_the_etcd_auth_the_deploy_files_enable(
                         break
                     assert asyncio.get_running_loop().time() < end, (ready, region)
                     await asyncio.sleep(0.2)
+                # etcd maintenance: status and compaction work as the federation user;
+                # defragmenting is etcd root's alone, and the 403 says how to do it.
+                status, etcd_status = await api.call("GET", "/v1/etcd/status")
+                assert status == 200, etcd_status
+                member = etcd_status["members"][0]
+                assert member["db_size"] > 0 and member["errors"] == []
+                status, body = await api.call("POST", f"/v1/etcd/defrag?member={member['id']}")
+                assert status == 403, body
+                assert body["error"]["code"] == "etcd_forbidden"
+                assert "--etcd-cert" in body["error"]["message"]
         finally:
             await app.close()
+        cli = [sys.executable, "-m", "federation", "etcd", "defrag", "--etcd", etcd.endpoint]
+        cli += ["--etcd-ca", str(files["ca.pem"]), "--etcd-cert", str(files["root.pem"])]
+        cli += ["--etcd-key", str(files["root.key"])]
+        done = await asyncio.to_thread(
+            subprocess.run, cli, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert "defragmented" in done.stdout and member["id"] in done.stdout
         for name, prefix in (("intruder", "/federation/"), ("federation", "/elsewhere/")):
             async with store(name, prefix) as other:
                 with pytest.raises(EtcdPermissionDeniedError):

@@ -298,3 +298,13 @@ def test_etcd_auth_is_enabled_and_the_server_may_write_only_its_prefix() -> None
             assert flags["--cacert"] and flags["--cert"] and flags["--key"], f"{kind}: {args}"
             for url in flags["--endpoints"].split(","):
                 assert url.startswith("https://"), f"{kind}: etcdctl --endpoints={url}"
+
+
+def test_every_etcd_has_a_quota_and_compacts_on_its_own() -> None:
+    # The leader compacts (federation.store.compaction); etcd's own revision-mode
+    # auto-compaction is the second line of defence, and the quota is said out loud.
+    for where, args in ETCD:
+        flags = _flags(args)
+        assert int(flags.get("--quota-backend-bytes", "0")) >= 2 * 1024**3, where
+        assert flags.get("--auto-compaction-mode") == "revision", where
+        assert int(flags.get("--auto-compaction-retention", "0")) >= 100_000, where
