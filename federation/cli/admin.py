@@ -182,11 +182,11 @@ def audit_list(ctx: click.Context, since: int) -> None:
 def backup(file: Path, etcd: str) -> None:
     """Write an etcd snapshot of the whole federation to FILE (see docs/operations.md
     for the restore)."""
-    from federation.store import Store, StoreUnavailable
+    from federation.store import Store, StoreUnavailable, maintenance
 
     async def snapshot() -> int:
         async with Store([e.strip() for e in etcd.split(",") if e.strip()]) as store:
-            return await store.snapshot(file)
+            return await maintenance.snapshot(store, file)
 
     try:
         size = run(snapshot())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -479,25 +478,6 @@ class Store:
         raise StoreUnavailable("watch stream ended")
 
     # -- maintenance ------------------------------------------------------------------
-
-    async def snapshot(self, path: Path) -> int:
-        """Write an etcd snapshot (the whole database, every prefix) to `path`; returns
-        its size. Written to a temporary file and renamed, so `path` is never partial."""
-        maintenance = self._client.maintenance
-        if maintenance is None:
-            raise StoreUnavailable("store is not connected")
-        tmp = path.with_name(path.name + ".partial")
-        size = 0
-        try:
-            with tmp.open("wb") as out:
-                async for chunk in maintenance.snapshot(timeout=300):
-                    out.write(chunk)
-                    size += len(chunk)
-        except (EtcdConnectionError, EtcdTransientError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise StoreUnavailable(f"etcd snapshot: {exc}") from exc
-        tmp.replace(path)
-        return size
 
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         """Compact etcd history up to `revision`; `physical`: answer only once the old

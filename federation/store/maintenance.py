@@ -9,6 +9,8 @@ Status and defragmentation are per member, so each is asked through a store of t
 same credentials connected to that member alone (`member_store`). Alarms and
 compaction are cluster-wide and go through any member.
 
+`snapshot` writes the whole database to a file (`federation backup`).
+
 etcd does not say how far its history is compacted; `compacted_revision` finds it
 with ranges at old revisions (a binary search the first time, two ranges after).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -262,3 +265,23 @@ async def compact(store: Store, revision: int, *, physical: bool = False) -> boo
     except EtcdPermissionDeniedError as exc:
         raise NotPermitted(f"etcd refuses compaction to this etcd user: {exc}") from exc
     return True
+
+
+async def snapshot(store: Store, path: Path) -> int:
+    """Write an etcd snapshot (the whole database, every prefix) to `path`; returns
+    its size. Written to a temporary file and renamed, so `path` is never partial."""
+    maintenance = store._client.maintenance
+    if maintenance is None:
+        raise StoreUnavailable("store is not connected")
+    tmp = path.with_name(path.name + ".partial")
+    size = 0
+    try:
+        with tmp.open("wb") as out:
+            async for chunk in maintenance.snapshot(timeout=300):
+                out.write(chunk)
+                size += len(chunk)
+    except (EtcdConnectionError, EtcdTransientError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreUnavailable(f"etcd snapshot: {exc}") from exc
+    tmp.replace(path)
+    return size
