@@ -108,16 +108,11 @@ def _live(writes: list[Op], before: float, began_by: float) -> list[Op]:
     ]
 
 
-def violations(ops: Iterable[Op], final: dict[str, str | None]) -> list[str]:
-    """What in the history breaks the two rules (module docstring); [] if nothing.
-    `final` is each key's value read after the fault healed and writes stopped."""
-    ops = list(ops)
-    by_key: dict[str, list[Op]] = {}
-    for op in ops:
-        if op.kind == "write":
-            by_key.setdefault(op.key, [_INITIAL]).append(op)
+def lost_writes(ops: Iterable[Op], final: dict[str, str | None]) -> list[str]:
+    """Rule 1: the keys whose `final` value (read after the fault healed and writes
+    stopped) is not one a surviving write put."""
     problems = []
-    for key, writes in sorted(by_key.items()):
+    for key, writes in sorted(_writes(ops).items()):
         allowed = {w.value for w in _live(writes, float("inf"), float("inf"))}
         if final.get(key) not in allowed:
             acked = [w for w in writes if w.outcome == "ok" and w is not _INITIAL]
@@ -126,15 +121,36 @@ def violations(ops: Iterable[Op], final: dict[str, str | None]) -> list[str]:
                 f"lost write: {key} is {final.get(key)!r} at the end, expected one of "
                 f"{sorted(map(repr, allowed))} (last acknowledged: {last})"
             )
-    for read in ops:
-        if read.kind != "read" or read.outcome != "ok":
-            continue
-        writes = by_key.get(read.key, [_INITIAL])
-        allowed = {w.value for w in _live(writes, read.start, read.end)}
-        if read.value not in allowed:
-            problems.append(
-                f"stale read: {read.key} read {read.value!r} via {read.via} "
-                f"[{read.start:.3f}, {read.end:.3f}], expected one of "
-                f"{sorted(map(repr, allowed))}"
-            )
     return problems
+
+
+def stale_reads(ops: Iterable[Op]) -> list[Op]:
+    """Rule 2: the reads that returned a value an acknowledged write which finished
+    before the read began had already replaced (or a value never written)."""
+    ops = list(ops)
+    by_key = _writes(ops)
+    return [
+        read
+        for read in ops
+        if read.kind == "read"
+        and read.outcome == "ok"
+        and read.value
+        not in {w.value for w in _live(by_key.get(read.key, [_INITIAL]), read.start, read.end)}
+    ]
+
+
+def violations(ops: Iterable[Op], final: dict[str, str | None]) -> list[str]:
+    """Everything in the history that breaks either rule, as sentences; [] if none."""
+    ops = list(ops)
+    return lost_writes(ops, final) + [
+        f"stale read: {r.key} read {r.value!r} via {r.via} [{r.start:.3f}, {r.end:.3f}]"
+        for r in stale_reads(ops)
+    ]
+
+
+def _writes(ops: Iterable[Op]) -> dict[str, list[Op]]:
+    by_key: dict[str, list[Op]] = {}
+    for op in ops:
+        if op.kind == "write":
+            by_key.setdefault(op.key, [_INITIAL]).append(op)
+    return by_key

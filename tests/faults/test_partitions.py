@@ -12,13 +12,14 @@ Durations: `FAULT_SCALE` (environment, default 1) stretches the partitions;
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
 import pytest
 
 from tests.conftest import TTL
-from tests.faults.history import violations
+from tests.faults.history import lost_writes, stale_reads, violations
 from tests.faults.topology import (
     REGIONS,
     NetCluster,
@@ -36,7 +37,9 @@ FENCE_SLACK_S = 1.0  # a loaded 2-core machine: the fence loop and SIGTERM's del
 MOVE_S = TTL + 10  # the singleton runs elsewhere within this of the cut
 DRAIN_S = 20  # after healing, extra replicas are gone within this
 DEADLINE_S = 5 + 3  # a server cut from etcd answers within its 5 s etcd deadline
-HANDOVER_S = TTL + 8  # another server leads within this of the cut
+HANDOVER_S = TTL + 3  # another server leads within this of the cut
+LOST_LOGGED_S = TTL + 5 + 3  # the cut leader logs its loss when its refresh times out
+STALE_AFTER_HEAL_S = 3  # a healed server's copy of the state lags at most this
 
 
 @dataclass(frozen=True)
@@ -142,37 +145,55 @@ def test_a_server_cut_from_etcd_answers_503_and_hands_over(netcluster: NetCluste
         c.net.cut(c.hosts[leader.identity], member)
     answers: list[tuple[int, float]] = []
     new_leader_after = lost_after = None
-    try:
-        while time.monotonic() - cut < max(12.0, 12 * SCALE):
+    hold = max(12.0, 12 * SCALE)
+
+    def probe() -> None:  # a client of the cut server, all through the cut
+        while time.monotonic() - cut < hold:
             t0 = time.monotonic()
             status, _ = c.call_one(leader, "GET", "/v1/services")
             answers.append((status, time.monotonic() - t0))
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    try:
+        while time.monotonic() - cut < hold:
             if new_leader_after is None and c.is_leader(other):
                 new_leader_after = time.monotonic() - cut
-            if (
-                lost_after is None
-                and "lost leadership" in leader.log.read_text()[len(log_before) :]
-            ):
+            said = leader.log.read_text()[len(log_before) :]
+            if lost_after is None and "lost leadership" in said:
                 lost_after = time.monotonic() - cut
+            time.sleep(0.1)
+        prober.join(DEADLINE_S + 5)
     finally:
         for member in members:
             c.net.heal(c.hosts[leader.identity], member)
-    back = time.monotonic()
+    healed = time.monotonic()
     while c.call_one(leader, "GET", "/v1/services")[0] != 200:
-        assert time.monotonic() - back < 30, "the server never recovered"
+        assert time.monotonic() - healed < 30, "the server never recovered"
         time.sleep(0.2)
     time.sleep(1)
     c.stop_workload()
     ops = c.history.snapshot()
-    problems = violations(ops, c.final_values())
+    stale = stale_reads(ops)
     print(
         f"server cut from etcd: answers {sorted({s for s, _ in answers})}, slowest "
-        f"{max(t for _, t in answers):.2f} s; lost leadership logged {lost_after} s, "
-        f"{other.identity} leads {new_leader_after} s after the cut; {len(ops)} operations"
+        f"{max(t for _, t in answers):.2f} s; lost leadership logged {_s(lost_after)} s, "
+        f"{other.identity} leads {_s(new_leader_after)} s after the cut; {len(ops)} "
+        f"operations; stale reads after the heal: "
+        f"{[(r.via, round(r.end - healed, 2)) for r in stale]}"
     )
-    assert problems == []
+    assert lost_writes(ops, c.final_values()) == []
+    # Reads through the cut server answer 503 while it is cut. Once healed, its copy
+    # of the state may lag until its etcd watch reconnects (every 0.5 s): a read in
+    # that window can miss a write made through the other replica (docs/reliability.md).
+    assert all(r.via == leader.identity for r in stale), stale
+    assert all(healed <= r.start and r.end <= healed + STALE_AFTER_HEAL_S for r in stale), stale
     assert 500 not in {op.status for op in ops}
     assert {s for s, _ in answers[1:]} <= {503}, answers
     assert max(t for _, t in answers) <= DEADLINE_S, answers
     assert new_leader_after is not None and new_leader_after <= HANDOVER_S
-    assert lost_after is not None and lost_after <= HANDOVER_S
+    assert lost_after is not None and lost_after <= LOST_LOGGED_S
+
+
+def _s(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.2f}"
