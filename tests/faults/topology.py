@@ -32,6 +32,7 @@ from tests.faults.netns import Host, Network
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}
 PORT = 8080
 INSTANCE = Path(__file__).with_name("instance.py")
+COLLECTION = {"service": "services", "policy": "policies"}  # a history key's kind
 
 
 @dataclass
@@ -60,6 +61,34 @@ class NetCluster:
             if last[0] not in (0, 502, 503, 504):
                 return last
         return last
+
+    def start_server(self, identity: str, etcd: Sequence[str]) -> ServerProcess:
+        """`federation serve` in `identity`'s namespace, on its address, against the
+        etcd endpoints `etcd`; ready to answer."""
+        host = self.hosts[identity]
+        command = serve_command(
+            etcd=etcd, port=PORT, identity=identity, election_ttl=TTL, region_ttl=TTL
+        )
+        log = self.tmp / f"{identity}.log"
+        proc = launch(
+            [*host.wrap(), *command, f"--host={host.address}", "--insecure-http"],
+            log=log,
+            env={ADMIN_TOKEN_ENV: self.admin},
+        )
+        server = ServerProcess(proc, f"http://{host.address}:{PORT}", identity, log)
+        try:
+            wait_http_ok(server.url + "/v1/ready", 30)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def attach(self, identity: str, etcd: Sequence[str]) -> ServerProcess:
+        """Restart the server `identity` against only the etcd endpoints `etcd`."""
+        index = next(i for i, s in enumerate(self.servers) if s.identity == identity)
+        self.servers[index].stop()
+        self.servers[index] = self.start_server(identity, etcd)
+        return self.servers[index]
 
     def call_one(
         self, server: ServerProcess, method: str, path: str, body: Any = None
@@ -116,11 +145,14 @@ class NetCluster:
     # -- the client workload ------------------------------------------------------------
 
     def start_workload(self, via: Sequence[ServerProcess], *, keys: int = 3) -> None:
-        """One client per server in `via`: writes its own keys (deploys of a 0-replica
-        service, deletes, changes to a policy of its own) through that server and
-        reads them back through every server, all into `history`."""
-        for server in via:
-            thread = threading.Thread(target=self._client, args=(server, keys), daemon=True)
+        """One writer per server in `via`: writes its own keys (deploys of a 0-replica
+        service, deletes, changes to a policy of its own) through that server and reads
+        each back through it; and one reader per server, reading every key written so
+        far in turn (a slow server slows only its own client). All into `history`."""
+        for target, server in [(self._client, s) for s in via] + [
+            (self._reader, s) for s in self.servers
+        ]:
+            thread = threading.Thread(target=target, args=(server, keys), daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -148,26 +180,31 @@ class NetCluster:
 
             value = None if deleting else str(n)
             self.history.write(f"service/{key}", value, send, via=server.identity)
-            for reader in self.servers:
-                self._read(reader, f"service/{key}")
+            self._read(server, f"service/{key}")
+            time.sleep(0.1)
+
+    def _reader(self, server: ServerProcess, keys: int) -> None:
+        while not self._stop.is_set():
+            written = sorted({op.key for op in self.history.snapshot() if op.kind == "write"})
+            for key in written:
+                self._read(server, key)
             time.sleep(0.1)
 
     def _write_policy(self, server: ServerProcess, n: int) -> None:
         name = f"p-{server.identity}"
-        body = {"data_classes": [f"dc-{server.identity}"], "allow": ["group:eea", f"note-{n}"]}
+        body = {"data_classes": [f"note-{n}"], "allow": ["group:eea"]}
 
         def put() -> int:
             return http(server.url, self.admin, "PUT", f"/v1/policies/{name}", body)[0]
 
         self.history.write(f"policy/{name}", f"note-{n}", put, via=server.identity)
-        for reader in self.servers:
-            self._read(reader, f"policy/{name}")
+        self._read(server, f"policy/{name}")
 
     def _read(self, server: ServerProcess, key: str) -> None:
         kind, name = key.split("/", 1)
 
         def get() -> tuple[int, str | None]:
-            status, body = http(server.url, self.admin, "GET", f"/v1/{kind}s/{name}")
+            status, body = http(server.url, self.admin, "GET", f"/v1/{COLLECTION[kind]}/{name}")
             return status, value_of(kind, body) if status == 200 else None
 
         self.history.read(key, get, via=server.identity)
@@ -178,7 +215,7 @@ class NetCluster:
         final = {}
         for key in keys:
             kind, name = key.split("/", 1)
-            status, body = self.call("GET", f"/v1/{kind}s/{name}")
+            status, body = self.call("GET", f"/v1/{COLLECTION[kind]}/{name}")
             assert status in (200, 404), (key, status, body)
             final[key] = value_of(kind, body) if status == 200 else None
         return final
@@ -188,7 +225,7 @@ def value_of(kind: str, body: Any) -> str | None:
     """The value a workload write put, as a read finds it."""
     if kind == "service":
         return str(body["env"].get("SEQ"))
-    notes = [a for a in body["allow"] if str(a).startswith("note-")]
+    notes = [c for c in body["data_classes"] if str(c).startswith("note-")]
     return notes[0] if notes else None
 
 
@@ -274,20 +311,8 @@ def build(net: Network, tmp: Path, *, members: int = 3, servers: int = 2) -> Net
     admin = new_secret()
     cluster = NetCluster(net, etcd, [], hosts, admin, tmp)
     for i in range(1, servers + 1):
-        identity = f"server-{i}"
-        host = hosts[identity] = net.add(identity)
-        command = serve_command(
-            etcd=etcd.endpoints, port=PORT, identity=identity, election_ttl=TTL, region_ttl=TTL
-        )
-        proc = launch(
-            [*host.wrap(), *command, f"--host={host.address}", "--insecure-http"],
-            log=tmp / f"{identity}.log",
-            env={ADMIN_TOKEN_ENV: admin},
-        )
-        url = f"http://{host.address}:{PORT}"
-        server = ServerProcess(proc, url, identity, tmp / f"{identity}.log")
-        cluster.servers.append(server)
-        wait_http_ok(server.url + "/v1/ready", 30)
+        hosts[f"server-{i}"] = net.add(f"server-{i}")
+        cluster.servers.append(cluster.start_server(f"server-{i}", etcd.endpoints))
     for region, country in REGIONS.items():
         hosts[region] = net.add(region)
         status, body = cluster.call("POST", "/v1/regions", {"name": region, "country": country})
