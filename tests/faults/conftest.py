@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from federation.model.token import new_secret
+from federation.processes.children import stop_processes
 from federation.processes.local_etcd import LocalEtcd, LocalEtcdCluster
 from tests.conftest import AgentProcess, ServerProcess, start_agent, start_server, stop_agents
 
@@ -202,6 +203,7 @@ def netcluster(tmp_path: Path) -> Iterator[NetCluster]:
                 cluster.stop_workload()
                 net.heal_all()
                 stop_agents(cluster.agents.values())
+                stop_processes(cluster.relays)
                 for server in cluster.servers:
                     server.stop()
                 cluster.etcd.stop()

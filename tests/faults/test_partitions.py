@@ -287,3 +287,60 @@ def test_a_flapping_region_link_causes_no_failover_storm(netcluster: NetCluster)
     assert double_runs(c.instance_log, "ledger") == []
     assert problems == []
     assert losses <= flapping / TTL
+
+
+WAN_RTT_MS = {"eu-de-1": 40, "eu-fr-1": 90, "us-east-1": 180}  # to the federation
+WAN_LOSS = 0.01
+
+
+@pytest.mark.long_faults
+def test_wan_latency_and_loss_leave_deploys_drills_and_failover_working(
+    netcluster: NetCluster,
+) -> None:
+    """Scenario 1: each region's agent reaches the servers through a relay adding its
+    round trip and 1% loss (`latency.py`); deploys, a live drill and a failover."""
+    c = netcluster
+    for region, rtt in WAN_RTT_MS.items():
+        c.start_agent(region, servers=c.start_relays(region, rtt_ms=rtt, loss=WAN_LOSS))
+    wait_regions_ready(c, list(REGIONS))
+    c.deploy_logged("ledger", singleton=True, placement={"prefer": ["eu-de-1"]})
+    c.deploy_logged("web", replicas=2, placement={"min_regions": 2})
+    c.wait_running_in("ledger", "eu-de-1", 30)
+    c.start_workload(c.servers)
+    status, drill = c.call("POST", "/v1/drills", {"mode": "live", "regions": ["eu-fr-1"]})
+    assert status in (200, 201, 202), drill
+    started = time.monotonic()
+    while (state := c.call("GET", f"/v1/drills/{drill['id']}")[1]["state"]) not in (
+        "completed",
+        "aborted",
+        "failed",
+    ):
+        assert time.monotonic() - started < 120, "the drill never ended"
+        time.sleep(0.5)
+    drill_s = time.monotonic() - started
+    time.sleep(lasting(3, 60))  # deploy traffic under WAN conditions
+    log = c.tmp / "agent-eu-de-1.log"
+    fences_before = log.read_text().count("fencing singletons")
+    cut = time.time()
+    c.net.isolate(c.hosts["eu-de-1"])
+    try:
+        c.wait_running_in("ledger", "eu-fr-1", MOVE_S)
+    finally:
+        c.net.rejoin(c.hosts["eu-de-1"])
+    time.sleep(5)
+    c.stop_workload()
+    problems = violations(c.history.snapshot(), c.final_values())
+    fr = [x for x in lives(c.instance_log) if x.service == "ledger" and x.region == "eu-fr-1"]
+    replaced = fr[0].start - cut
+    bound = TTL + 2 + WAN_RTT_MS["eu-fr-1"] / 1000
+    print(
+        f"WAN {WAN_RTT_MS} ms RTT, {WAN_LOSS:.0%} loss: live drill {state} in "
+        f"{drill_s:.1f} s; failover: singleton started in eu-fr-1 {replaced:.2f} s after "
+        f"the cut (bound {bound:.2f}); fences before the cut: {fences_before}; "
+        f"{len(c.history.snapshot())} client operations"
+    )
+    assert state == "completed"
+    assert problems == []
+    assert double_runs(c.instance_log, "ledger") == []
+    assert replaced <= bound
+    assert fences_before == 0

@@ -8,6 +8,8 @@ what the instances' own start/stop log (`instance.py`) says about who ran when.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from tests.faults.netns import Host, Network
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}
 PORT = 8080
 INSTANCE = Path(__file__).with_name("instance.py")
+RELAY = Path(__file__).with_name("latency.py")
 COLLECTION = {"service": "services", "policy": "policies"}  # a history key's kind
 
 
@@ -46,6 +49,7 @@ class NetCluster:
     agents: dict[str, AgentProcess] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     history: History = field(default_factory=History)
+    relays: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -103,11 +107,29 @@ class NetCluster:
     def leader(self) -> ServerProcess | None:
         return next((s for s in self.servers if self.is_leader(s)), None)
 
-    def start_agent(self, region: str, *extra: str) -> AgentProcess:
-        """The agent of `region` in its namespace, failing over between the servers."""
+    def start_relays(self, region: str, *, rtt_ms: float, loss: float) -> list[str]:
+        """A latency relay (`latency.py`) per server in `region`'s namespace, adding
+        `rtt_ms` to the round trip (jitter a tenth of it) and losing `loss` of the
+        chunks; the URLs its agent should use."""
+        urls = []
+        for i, server in enumerate(self.servers):
+            port = 18081 + i
+            target = server.url.removeprefix("http://")
+            argv = [sys.executable, str(RELAY), f"127.0.0.1:{port}", target]
+            argv += [str(rtt_ms / 2), str(rtt_ms / 20), str(loss)]
+            log = self.tmp / f"relay-{region}-{server.identity}.log"
+            self.relays.append(launch([*self.hosts[region].wrap(), *argv], log=log, env={}))
+            urls.append(f"http://127.0.0.1:{port}")
+        return urls
+
+    def start_agent(
+        self, region: str, *extra: str, servers: Sequence[str] | None = None
+    ) -> AgentProcess:
+        """The agent of `region` in its namespace, failing over between the servers
+        (or the URLs `servers`, e.g. its relays)."""
         state = self.tmp / "agents" / region
         command = agent_command(
-            servers=[s.url for s in self.servers],
+            servers=servers or [s.url for s in self.servers],
             region=region,
             state_dir=state,
             cpu=64,
