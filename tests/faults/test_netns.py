@@ -51,7 +51,8 @@ def test_isolate_and_cut_stop_traffic_and_heal_restores_it() -> None:
             def reaches(frm: list[str]) -> bool:
                 url = f"http://{b.address}:8000/"
                 probe = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=1)"
-                return subprocess.run([*frm, "python3", "-c", probe]).returncode == 0
+                done = subprocess.run([*frm, "python3", "-c", probe], capture_output=True)
+                return done.returncode == 0
 
             host: list[str] = []
             for _ in range(50):  # the server starts
