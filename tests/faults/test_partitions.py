@@ -118,6 +118,9 @@ def test_a_partitioned_region_fences_its_singleton_before_it_moves(
     netcluster: NetCluster,
 ) -> None:
     got = partition_a_region(netcluster, hold_s=lasting(10, 30))
+    said = (netcluster.tmp / "agent-eu-de-1.log").read_text()
+    assert f"singletons are fenced {MARGIN:.2f} s before the region's lease can expire" in said
+    assert "fencing singletons" in said
     assert got.double_runs == []
     assert got.problems == []
     assert got.fenced is not None, "the cut-off agent never fenced its singleton"
