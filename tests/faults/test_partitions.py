@@ -46,7 +46,7 @@ MOVE_S = TTL + 10  # the singleton runs elsewhere within this of the cut
 DRAIN_S = 20  # after healing, extra replicas are gone within this
 DEADLINE_S = 5 + 3  # a server cut from etcd answers within its 5 s etcd deadline
 HANDOVER_S = TTL + 3  # another server leads within this of the cut
-LOST_LOGGED_S = TTL + 5 + 3  # the cut leader logs its loss when its refresh times out
+LOST_LOGGED_S = TTL + 1.5  # the cut leader logs its loss when its local lease runs out
 STALE_AFTER_HEAL_S = 10  # a healed server's copy of the state lags at most this
 ETCD_ELECTION_S = 3  # the majority elects a leader within this, if etcd-0 led
 
