@@ -39,9 +39,17 @@ LOCK = Path("/run/federation-netfaults.lock")
 
 
 def unavailable() -> str | None:
-    """Why namespaces cannot be made here, or None."""
+    """Why namespaces cannot be made here, or None. iproute2 is a system package:
+    installed here when missing and we are root (as the bubblewrap fixture does)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
+    if shutil.which("ip") is None:
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "iproute2"]
+        # A fresh machine may have no package lists yet: update once, then try again.
+        for argv in (install, ["apt-get", "update"], install):
+            subprocess.run(argv, check=False, capture_output=True, timeout=300)
+            if argv is install and shutil.which("ip") is not None:
+                break
     if shutil.which("ip") is None:
         return "network namespaces need iproute2 (`ip`)"
     return None
