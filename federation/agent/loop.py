@@ -11,8 +11,17 @@ retried with capped exponential backoff (tenacity).
 - apply: hand the assignments to the driver whenever sync (or the end of a fence)
   asks; a burst of changes becomes a few applies, not one each.
 - report: the driver's instances, whenever they change (and every few seconds).
-- fence: after more than a TTL without reaching the server, stop the instances of
-  `singleton` services: by then the federation may have started them elsewhere.
+- fence: stop the instances of `singleton` services one heartbeat interval before the
+  region's lease can expire, and start them again only after listing the assignments
+  afresh: once the lease is gone the federation may start them elsewhere.
+
+The fencing bound. The server refreshes the lease while it answers a heartbeat, so the
+lease lasts at least until the heartbeat's *send* time plus the TTL. The agent counts
+from that send time (of the last heartbeat the server acknowledged), never from when
+an answer arrived, so a slow or delayed answer cannot carry the agent past the lease.
+It fences at `sent + ttl - interval` (the margin: one heartbeat interval, TTL/3): a
+margin of two intervals would fence on every beat, since the next acknowledgement
+arrives one interval and a round trip after the last send.
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ class AgentConfig:
     key: Path | None = None
     # The region owner's --allow-exec patterns (agent.allow); None: no policy.
     allow_exec: tuple[str, ...] | None = None
+    # False only in the fault suite, to show that its checker catches a double run.
+    fence_singletons: bool = True
 
 
 def local_capacity() -> tuple[float, int]:
@@ -115,6 +126,8 @@ class Agent:
         self.interval = 1.0
         self.ttl = 10.0
         self.last_contact = time.monotonic()
+        # Send time of the last heartbeat the server answered: the lease lasts past it.
+        self.lease_from = self.last_contact
         self._changed = asyncio.Event()
         self._apply_wanted = asyncio.Event()
         self._fenced = False
@@ -183,6 +196,9 @@ class Agent:
                 "fence": self._fence,
                 "apply": self._applier,
             }
+            if not self.config.fence_singletons:
+                log.warning("agent %s: singleton fencing is OFF (test only)", self.config.region)
+                del loops["fence"]
             tasks = [
                 asyncio.create_task(forever(f"agent loop {name}", body, log))
                 for name, body in loops.items()
@@ -210,6 +226,7 @@ class Agent:
             )
             async for attempt in _retrying("heartbeat", max_wait=1.0):
                 with attempt:
+                    sent = time.monotonic()
                     answer = await client.heartbeat(
                         self.config.region,
                         capacity={"cpu": self.config.cpu, "memory_mb": self.config.memory_mb},
@@ -217,13 +234,25 @@ class Agent:
                         allow_exec=reported(self.config.allow_exec),
                     )
             self._contact()
+            self.lease_from = max(self.lease_from, sent)
+            pace = (self.ttl, self.interval)
             self.interval = float(answer.get("interval_s", self.interval))
             self.ttl = float(answer.get("ttl_s", self.ttl))
+            if (self.ttl, self.interval) != pace or not last:
+                log.info(
+                    "agent %s: singletons are fenced %.2f s before the region's lease can "
+                    "expire (TTL %.2f s less one heartbeat interval, counted from the send "
+                    "of the last acknowledged heartbeat)",
+                    self.config.region,
+                    self.fence_margin,
+                    self.ttl,
+                )
             sentence = str(answer.get("result", ""))
             if sentence != last:
                 log.info("agent %s: %s", self.config.region, sentence)
                 last = sentence
-            await asyncio.sleep(self.interval)
+            # Paced from the send: a slow answer does not push the next beat later.
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - sent)))
 
     # -- assignments ------------------------------------------------------------------
 
@@ -318,18 +347,39 @@ class Agent:
 
     # -- fencing ----------------------------------------------------------------------
 
+    @property
+    def fence_margin(self) -> float:
+        """How long before the region's lease can expire singletons are stopped."""
+        return self.interval
+
+    def fence_at(self) -> float:
+        """The monotonic time at which singletons are fenced unless a heartbeat is
+        acknowledged before it."""
+        return self.lease_from + self.ttl - self.fence_margin
+
     async def _fence(self) -> None:
         while True:
-            await asyncio.sleep(0.25)
-            silent = time.monotonic() - self.last_contact
-            if (silent > self.ttl or self._stale) and not self._fenced:
+            wait = self.fence_at() - time.monotonic()
+            await asyncio.sleep(min(0.25, wait) if wait > 0 else 0.25)
+            lapsed = time.monotonic() >= self.fence_at()
+            if (lapsed or self._stale) and not self._fenced:
                 singletons = {
                     name for name, d in self.desired.items() if d.assignment.runtime.singleton
                 }
                 self._fenced = True
+                # The lease may have lapsed meanwhile: list the assignments afresh
+                # before a singleton may run here again.
+                self._stale = True
+                log.warning(
+                    "agent %s: fencing singletons %.2f s after the send of the last "
+                    "acknowledged heartbeat (bound %.2f s)",
+                    self.config.region,
+                    time.monotonic() - self.lease_from,
+                    self.ttl - self.fence_margin,
+                )
                 for sentence in await self.driver.fence(singletons):
                     log.warning("agent %s: %s", self.config.region, sentence)
-            elif silent <= self.ttl and self._fenced and not self._stale:
+            elif not lapsed and self._fenced and not self._stale:
                 self._fenced = False
                 self.driver.unfence()
                 log.info("agent %s: in contact again; singletons may run", self.config.region)

@@ -302,6 +302,9 @@ def serve(
     default=None,
     help="Key of the client certificate (PEM).",
 )
+# Hidden: the fault suite starts an agent with it to show its checker catches the
+# double run that fencing prevents. Never for production.
+@click.option("--unsafe-no-fencing", "no_fencing", is_flag=True, hidden=True)
 def agent(
     server: str,
     region: str,
@@ -317,6 +320,7 @@ def agent(
     ca: Path | None,
     cert: Path | None,
     key: Path | None,
+    no_fencing: bool,
 ) -> None:
     """Run a region master: heartbeats for REGION and runs what is assigned to it."""
     from federation.agent.allow import policy_problem
@@ -340,6 +344,7 @@ def agent(
         state_dir=state_dir or Path(f".federation-agent-{region}"),
         keep_instances=keep_instances,
         driver=driver,
+        fence_singletons=not no_fencing,
         allow_exec=allowlist,
         run_as=run_as,
         allow_root_instances=allow_root_instances,

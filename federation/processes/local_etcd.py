@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,8 @@ class EtcdTLS:
 
 
 class LocalEtcd:
-    """One etcd member on loopback with its data in `data_dir`."""
+    """One etcd member with its data in `data_dir`, on loopback unless given another
+    `host` address (and a `wrapper` argv it runs under, e.g. `ip netns exec NS`)."""
 
     def __init__(
         self,
@@ -103,10 +105,14 @@ class LocalEtcd:
         tls: EtcdTLS | None = None,
         quota_backend_bytes: int = QUOTA_BACKEND_BYTES,
         auto_compaction_retention: int = AUTO_COMPACTION_RETENTION,
+        host: str = "127.0.0.1",
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.quota_backend_bytes = quota_backend_bytes
         self.auto_compaction_retention = auto_compaction_retention
         self.data_dir = Path(data_dir)
+        self.host = host
+        self.wrapper = tuple(wrapper)
         self.peer_port = peer_port or free_port()
         self.client_port = client_port or free_port()
         while self.client_port == self.peer_port:  # both picked while neither was bound
@@ -126,11 +132,11 @@ class LocalEtcd:
 
     @property
     def peer_url(self) -> str:
-        return f"{self._peer_scheme}://127.0.0.1:{self.peer_port}"
+        return f"{self._peer_scheme}://{self.host}:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     def start(self, *, timeout: float = 20.0, wait: bool = True) -> None:
         """Start etcd and (with `wait`) wait until it answers its health endpoint."""
@@ -142,7 +148,7 @@ class LocalEtcd:
         """Start the process without waiting: cluster members must start together."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "etcd.log", "ab")  # noqa: SIM115 - owned by the child
-        client = f"{self._scheme}://127.0.0.1:{self.client_port}"
+        client = f"{self._scheme}://{self.host}:{self.client_port}"
         peer = self.peer_url
         tls_flags = []
         if self.tls is not None:
@@ -162,6 +168,7 @@ class LocalEtcd:
         self.proc = subprocess.Popen(
             with_parent_death(
                 [
+                    *self.wrapper,
                     find_etcd(),
                     *tls_flags,
                     f"--name={self.name}",
@@ -187,7 +194,7 @@ class LocalEtcd:
     def wait_healthy(self, timeout: float = 20.0) -> None:
         """Wait until this member reports healthy (for a cluster member: has quorum)."""
         assert self.proc is not None
-        client = f"{self._scheme}://127.0.0.1:{self.client_port}"
+        client = f"{self._scheme}://{self.host}:{self.client_port}"
         context = None
         if self.tls is not None:
             context = ssl.create_default_context(cafile=str(self.tls.ca))
@@ -213,7 +220,7 @@ class LocalEtcd:
         if self.tls is not None:
             raise NotImplementedError("is_leader reads plain-HTTP metrics")
         try:
-            url = f"http://127.0.0.1:{self.client_port}/metrics"
+            url = f"http://{self.host}:{self.client_port}/metrics"
             with urllib.request.urlopen(url, timeout=2) as resp:
                 return b"\netcd_server_is_leader 1" in resp.read()
         except (urllib.error.URLError, OSError):
@@ -235,10 +242,13 @@ class LocalEtcd:
 class LocalEtcdCluster:
     """Several etcd members on loopback forming one cluster (3 for quorum tests)."""
 
-    def __init__(self, data_dir: Path, *, members: int = 3) -> None:
-        self.members = [
-            LocalEtcd(Path(data_dir) / f"etcd-{i}", name=f"etcd-{i}") for i in range(members)
-        ]
+    def __init__(self, data_dir: Path, *, members: int | Sequence[LocalEtcd] = 3) -> None:
+        """`members` on loopback, or the members given (each named apart)."""
+        if isinstance(members, int):
+            members = [
+                LocalEtcd(Path(data_dir) / f"etcd-{i}", name=f"etcd-{i}") for i in range(members)
+            ]
+        self.members = list(members)
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial

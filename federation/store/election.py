@@ -56,12 +56,16 @@ class LeaderElection:
         if self._lease:
             started = time.monotonic()
             try:
-                ttl = await self.store.keepalive(self._lease)
-            except StoreError as exc:
+                # Unanswered when the local lease runs out, the refresh ends leadership
+                # then, not at the store's deadline (etcd cut off: seconds later).
+                async with asyncio.timeout(max(0.0, self._valid_until - started)):
+                    ttl = await self.store.keepalive(self._lease)
+            except (StoreError, TimeoutError) as exc:
+                why = str(exc) or "no answer before the local lease ran out"
                 if not self.is_leader:
                     self._drop()
-                    return f"lost leadership: cannot refresh the lease ({exc})"
-                return f"still leader until the local lease runs out; refresh failed ({exc})"
+                    return f"lost leadership: cannot refresh the lease ({why})"
+                return f"still leader until the local lease runs out; refresh failed ({why})"
             if ttl <= 0:
                 self._drop()
                 return "lost leadership: the lease expired"
@@ -70,8 +74,10 @@ class LeaderElection:
         current = await self.store.get_raw(LEADER_KEY)
         if current is not None:
             return "standing by: another replica holds the leader key"
-        lease = await self.store.grant(self.ttl)
+        # Counted from before the grant: etcd starts the lease's TTL when it grants
+        # it, and a slow answer must not make local leadership outlive the lease.
         started = time.monotonic()
+        lease = await self.store.grant(self.ttl)
         ok, _, found = await self.store.txn(
             [Cond.absent(LEADER_KEY)],
             [Op.put_raw(LEADER_KEY, self.identity, lease=lease)],

@@ -7,6 +7,7 @@ here is the etcd cluster, the two replicas sharing it, and the traffic."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -14,13 +15,17 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from federation.model.token import new_secret
+from federation.processes.children import stop_processes
 from federation.processes.local_etcd import LocalEtcd, LocalEtcdCluster
 from tests.conftest import AgentProcess, ServerProcess, start_agent, start_server, stop_agents
+
+if TYPE_CHECKING:
+    from tests.faults.topology import NetCluster
 
 REGIONS = {"eu-de-1": "DE", "eu-fr-1": "FR", "us-east-1": "US"}
 CONVERGE_S = 30  # the bound we hold after every fault: all services Running again
@@ -174,3 +179,31 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def restart_member(member: LocalEtcd) -> None:
     member.launch()
     member.wait_healthy(30)
+
+
+@pytest.fixture
+def netcluster(tmp_path: Path) -> Iterator[NetCluster]:
+    """The topology in namespaces (agents not started: a test starts them, with the
+    options it is about). Needs root: under CI=true its absence fails, else skips."""
+    from tests.faults.netns import network, unavailable
+    from tests.faults.topology import build
+
+    reason = unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with network() as net:
+        cluster: NetCluster | None = None
+        try:
+            cluster = build(net, tmp_path)
+            yield cluster
+        finally:
+            if cluster is not None:
+                cluster.stop_workload()
+                net.heal_all()
+                stop_agents(cluster.agents.values())
+                stop_processes(cluster.relays)
+                for server in cluster.servers:
+                    server.stop()
+                cluster.etcd.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -92,4 +93,44 @@ async def test_a_campaign_whose_answer_was_lost_still_leads(
     assert await election.leader() == "server-a"
     entry = await store.get(keys.LEADER)
     assert entry is not None and entry.lease
+    await election.resign()
+
+
+async def test_leadership_ends_locally_when_the_lease_does_even_if_the_grant_answered_late(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    election = LeaderElection(store, identity="server-a", ttl=2)
+    grant = store.grant
+
+    async def slow_answer(ttl: int) -> int:  # etcd granted at once; the answer took 1 s
+        lease = await grant(ttl)
+        await asyncio.sleep(1)
+        return lease
+
+    monkeypatch.setattr(store, "grant", slow_answer)
+    sent = time.monotonic()
+    assert await election.step() == "acquired the leader key"
+    # The lease runs out 2 s after etcd granted it, soon after `sent` (0.3 s for the
+    # read of the leader key before the grant, on a loaded machine), not 1 s later.
+    await asyncio.sleep(max(0.0, sent + 2.3 - time.monotonic()))
+    assert not election.is_leader
+    await election.resign()
+
+
+async def test_a_refresh_with_no_answer_ends_leadership_when_the_local_lease_runs_out(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    election = LeaderElection(store, identity="server-a", ttl=2)
+    assert await election.step() == "acquired the leader key"
+    refreshed = time.monotonic()
+
+    async def no_answer(lease: int) -> int:  # etcd cut off: the call hangs to its deadline
+        await asyncio.sleep(30)
+        return 2
+
+    monkeypatch.setattr(store, "keepalive", no_answer)
+    said = await election.step()
+    assert said.startswith("lost leadership"), said
+    assert time.monotonic() - refreshed <= 2 + 0.5
+    assert not election.is_leader
     await election.resign()
