@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from federation.cli import admin, drills, processes, regions, residency, services
+from federation.cli import admin, drills, processes, regions, residency, secrets, services
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
@@ -80,5 +80,6 @@ for _command in (
     admin.token,
     admin.audit,
     admin.backup,
+    secrets.secret,
 ):
     main.add_command(_command)
