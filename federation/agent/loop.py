@@ -80,6 +80,19 @@ def local_capacity() -> tuple[float, int]:
     return cpu, memory_mb
 
 
+def received(item: dict[str, Any], epoch: int) -> Desired:
+    """An assignment as the server sent it: the secrets' values (or why they were
+    withheld) are taken out of it, kept beside it in memory, never in the model."""
+    values = item.pop("secret_env", None)
+    withheld = item.pop("secrets_withheld", None)
+    return Desired(
+        Assignment.model_validate(item),
+        epoch,
+        secret_env={str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {},
+        secrets_withheld=str(withheld) if withheld else None,
+    )
+
+
 def _log_retry(what: str) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -234,9 +247,8 @@ class Agent:
         self._contact()
         desired = {}
         for item in answer["items"]:
-            epoch = int(item.pop("epoch", 0))
-            assignment = Assignment.model_validate(item)
-            desired[assignment.service] = Desired(assignment, epoch)
+            found = received(item, int(item.pop("epoch", 0)))
+            desired[found.assignment.service] = found
         return desired, int(answer["revision"])
 
     async def _apply(self) -> None:
@@ -275,9 +287,8 @@ class Agent:
                     revision = max(revision, int(line.get("revision", revision)))
                     if kind == "put":
                         item: dict[str, Any] = line["assignment"]
-                        epoch = int(item.pop("epoch", revision))
-                        assignment = Assignment.model_validate(item)
-                        self.desired[assignment.service] = Desired(assignment, epoch)
+                        found = received(item, int(item.pop("epoch", revision)))
+                        self.desired[found.assignment.service] = found
                         await self._apply()
                     elif kind == "delete":
                         self.desired.pop(str(line["service"]), None)

@@ -17,6 +17,9 @@ are the raw driver's (this is a subclass); what differs is how an instance is st
   directory at /instance (its cwd), and nothing of the agent's state directory or
   other instances. `--clearenv`: the instance sees only the service's env, the
   FEDERATION_* instance variables, PORT, PATH and HOME.
+- Secrets' values reach the sandbox's environment through `bwrap --args FD`: NUL-
+  separated `--setenv` arguments in an anonymous in-memory file (memfd), so they are
+  on no command line (which every user of the host can read in /proc) and on no disk.
 - As root, the agent runs instances as `run_as` (setpriv inside the sandbox, with
   no_new_privs), and refuses to run them as root unless `allow_root_instances`.
 
@@ -207,6 +210,7 @@ class ExecDriver(ProcessDriver):
             health_tick_s=health_tick_s,
         )
         self.bwrap = bwrap if bwrap is not None else shutil.which("bwrap")
+        self._fds: dict[str, int] = {}  # secrets' memfds, from _command to _launch
         self.cgroup_root = cgroup_root
         missing = preflight(self.bwrap, cgroup_root)
         if missing:
@@ -304,6 +308,8 @@ class ExecDriver(ProcessDriver):
         ]
         for key, value in sorted(env.items()):
             bwrap += ["--setenv", key, value]
+        if inst.secret_env:
+            bwrap += ["--args", str(self._secret_args(inst))]
         if self.user is not None:
             # bwrap as root drops every capability; setpriv needs these two to switch
             # user, and loses them (and any other) by switching.
@@ -320,6 +326,23 @@ class ExecDriver(ProcessDriver):
         # `exec` is not used: the shell stays bwrap's parent (see the module docstring).
         script = f"{join} || exit 125; {shlex.join(bwrap)}"
         return ["/bin/sh", "-c", script], {"PATH": SANDBOX_PATH}
+
+    def _secret_args(self, inst: Instance) -> int:
+        """A memfd holding `--setenv NAME VALUE` for each secret, NUL-separated, for
+        bwrap's `--args`; passed to the child and closed here once it started."""
+        fd = os.memfd_create(f"secrets-{inst.id}", os.MFD_CLOEXEC)
+        args = b"".join(
+            b"--setenv\0" + k.encode() + b"\0" + v.encode() + b"\0"
+            for k, v in sorted(inst.secret_env.items())
+        )
+        os.write(fd, args)
+        os.lseek(fd, 0, os.SEEK_SET)
+        self._fds[inst.id] = fd
+        return fd
+
+    def _pass_fds(self, inst: Instance) -> tuple[int, ...]:
+        fd = self._fds.pop(inst.id, None)
+        return (fd,) if fd is not None else ()
 
     def _exit_reason(self, inst: Instance) -> str | None:
         return "OOMKilled" if self._cgroups(inst.id).oom_killed() else None
