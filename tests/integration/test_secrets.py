@@ -252,3 +252,40 @@ async def test_a_referenced_secret_cannot_be_deleted(sapi: Api) -> None:
     assert status == 201, answer
     status, answer = await sapi.call("DELETE", "/v1/secrets/db")
     assert status == 409 and "records" in answer["error"]["message"], answer
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _examples(kind: str) -> list[tuple[str, str]]:
+    """(name, YAML text) of each example file of `kind`."""
+    found = []
+    for path in sorted((EXAMPLES / kind).glob("*.yaml")):
+        text = path.read_text()
+        [name] = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("name:")]
+        found.append((name, text))
+    return found
+
+
+async def test_the_example_services_deploy_once_their_secret_is_set(sapi: Api) -> None:
+    yaml = {"Content-Type": "application/yaml"}
+    for name, text in _examples("policies"):
+        status, body = await sapi.call("PUT", f"/v1/policies/{name}", data=text, headers=yaml)
+        assert status in (200, 201), body
+    services = _examples("services")
+    status, body = await sapi.call(
+        "PUT", "/v1/services/patient-records", data=dict(services)["patient-records"], headers=yaml
+    )
+    assert status == 422 and "patient-db" in body["error"]["message"], body  # no secret yet
+    value = marker("pw")
+    secret = {"data_classes": ["phi-eu"], "data": {"password": value, "username": "records"}}
+    assert (await sapi.call("PUT", "/v1/secrets/patient-db", json=secret))[0] == 201
+    for name, text in services:
+        status, body = await sapi.call("PUT", f"/v1/services/{name}", data=text, headers=yaml)
+        assert status == 201, body
+    status, body = await sapi.call("GET", "/v1/services/patient-records")
+    assert body["secrets"] == {
+        "DB_PASSWORD": "patient-db#password",
+        "DB_USER": "patient-db#username",
+    }
+    assert value not in str(body)
