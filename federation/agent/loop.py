@@ -46,6 +46,7 @@ from federation.runtime import forever
 log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 5.0
+SECRETS_RETRY_S = 5.0  # how often assignments whose secrets were withheld are asked again
 WATCH_IDLE_S = 15.0  # the server sends progress lines every 5 s
 
 
@@ -195,6 +196,7 @@ class Agent:
                 "report": lambda: self._report(client),
                 "fence": self._fence,
                 "apply": self._applier,
+                "secrets": lambda: self._redeliver(client),
             }
             tasks = [
                 asyncio.create_task(forever(f"agent loop {name}", body, log))
@@ -304,6 +306,30 @@ class Agent:
                 log.info("agent %s: listing assignments again", self.config.region)
                 self._stale = False
                 self.desired, revision = await self._list(client)
+                await self._apply()
+
+    async def _redeliver(self, client: ApiClient) -> None:
+        """Ask again for assignments whose secrets were withheld: what withheld them (a
+        KEK the server lacked, a policy) may change without the assignment changing.
+        Only the same assignment (same epoch), now with its values, is taken."""
+        while True:
+            await asyncio.sleep(SECRETS_RETRY_S)
+            waiting = {n for n, d in self.desired.items() if d.secrets_missing()}
+            if not waiting:
+                continue
+            listed, _ = await self._list(client)
+            came = [
+                name
+                for name in waiting
+                if (new := listed.get(name)) is not None
+                and (held := self.desired.get(name)) is not None
+                and new.epoch == held.epoch
+                and new.secrets_missing() is None
+            ]
+            for name in came:
+                self.desired[name] = listed[name]
+            if came:
+                log.info("agent %s: secrets delivered for %s", self.config.region, ", ".join(came))
                 await self._apply()
 
     # -- status -----------------------------------------------------------------------

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from federation.api.auth import Principal, principal
 from federation.api.body import MAX_REVISION, json_response, path_name, query_count
-from federation.api.context import MIRROR, OPEN_WATCHES, STORE, TASKS
+from federation.api.context import MIRROR, OPEN_WATCHES, STORE, TASKS, synced
 from federation.api.errors import ApiError, bad_parameter
 from federation.api.secrets import delivered_item
 from federation.api.watches import TooManyWatches, Watch, refusal
@@ -80,8 +80,10 @@ async def assignments(request: web.Request) -> web.StreamResponse:
         if await store.get(keys.region(region)) is None:
             raise ApiError(404, f"region {region!r} not found")
         entries, revision = await store.scan(keys.assignments(region))
-        # The secrets' values go to the region's own token only (api.secrets).
-        await request.app[MIRROR].wait_for(revision)
+        # The secrets' values go to the region's own token only, judged against the
+        # mirror's regions and policies (api.secrets): first bring it up to this
+        # server's writes.
+        await synced(request)
         to_region = who.record.role is Role.REGION
         items = [
             await delivered_item(

@@ -73,11 +73,10 @@ def _uncovered(secret_classes: list[str], service_classes: list[str]) -> list[st
 async def _answer(
     request: web.Request, record: SecretRecord, revision: int, outcome: str, status: int
 ) -> web.Response:
-    rolled: list[str] = []
-    if outcome != "data classes changed":
-        rolled = await store_secrets.roll(request.app[STORE], record.name, record.version)
-        if rolled:
-            request.app[CONTROLLER].poke()
+    # Also when nothing changed: it finishes a roll an earlier write left half done.
+    rolled = await store_secrets.roll(request.app[STORE], record.name, record.version)
+    if rolled:
+        request.app[CONTROLLER].poke()
     body = {**record.metadata(revision), "outcome": outcome, "rolled": rolled}
     return json_response(body, status=status, revision=revision)
 
@@ -258,7 +257,10 @@ async def _open_all(
     for env_name, ref in sorted(dict(runtime["secrets"]).items()):
         name, key = parse_reference(str(ref))
         if name not in opened:
-            found = await store_secrets.get(store, name)
+            try:
+                found = await store_secrets.get(store, name)
+            except ValidationError:
+                raise _Withheld(f"secret {name} is stored malformed") from None
             if found is None:
                 raise _Withheld(f"secret {name} no longer exists")
             record = found[0]

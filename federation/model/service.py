@@ -315,6 +315,7 @@ class RegionReport(BaseModel):
     at: datetime | None = None
     _ready: dict[tuple[str, int], int] | None = PrivateAttr(default=None)
     _refused: dict[str, str] | None = PrivateAttr(default=None)
+    _withheld: dict[str, str] | None = PrivateAttr(default=None)
 
     def ready_count(self, service: str, generation: int) -> int:
         """Ready instances of `service` at `generation`. Indexed once per report: status
@@ -339,6 +340,15 @@ class RegionReport(BaseModel):
                 i.service: i.message for i in self.instances if i.reason == "CommandNotAllowed"
             }
         return self._refused.get(service)
+
+    def withheld(self, service: str) -> str | None:
+        """The message of an instance of `service` the agent did not start because the
+        server withheld its secrets, if any (indexed once per report)."""
+        if self._withheld is None:
+            self._withheld = {
+                i.service: i.message for i in self.instances if i.reason == "SecretWithheld"
+            }
+        return self._withheld.get(service)
 
 
 PlacementRecord.model_rebuild()

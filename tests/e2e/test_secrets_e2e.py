@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.processes.certs import make_kek_file
+from federation.processes.certs import add_kek, make_kek_file
 from tests.conftest import AgentProcess, ServerProcess, _instance_pids
 from tests.e2e.test_failover import Http, wait_regions_ready, wait_until
 from tests.e2e.test_policy_cli import Cli
@@ -128,3 +128,64 @@ def test_kek_rotation_and_rewrap_keep_every_service_running(
     for agent in agents.values():
         agent.stop()
     nowhere(value, server.log, tmp_path / "agents", *tmp_path.glob("agent-*.log"))
+
+
+def condition(http: Http, service: str, type_: str) -> dict[str, str] | None:
+    _, svc = http("GET", f"/v1/services/{service}")
+    return next((c for c in svc["status"]["conditions"] if c["type"] == type_), None)
+
+
+@pytest.mark.slow
+def test_a_kek_removed_before_the_rewrap_withholds_and_the_service_says_why(
+    spawn_server: Callable[..., ServerProcess],
+    spawn_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    kek = make_kek_file(tmp_path / "kek")
+    server = spawn_server("server-b", f"--kek-file={kek}")
+    http = Http(server.url, spawn_server.admin_token)  # type: ignore[attr-defined]
+    status, body = http("POST", "/v1/regions", {"name": "eu-de-1", "country": "DE"})
+    assert status == 201, body
+    agent = spawn_agent(server.url, "eu-de-1", body["token"])
+    wait_regions_ready(http, ["eu-de-1"])
+    http("PUT", "/v1/policies/eu", {"data_classes": ["phi-eu"], "allow": ["group:eea"]})
+    value = marker("pw")
+    status, body = http(
+        "PUT", "/v1/secrets/patient-db", {"data_classes": ["phi-eu"], "data": {"password": value}}
+    )
+    assert status == 201, body
+    spec = {
+        "command": ["{python}", "-c", CHECK, "{port}", hashlib.sha256(value.encode()).hexdigest()],
+        "data_classes": ["phi-eu"],
+        "health": {"http": "/health", "interval_s": 0.5},
+        "resources": {"cpu": 0.5, "memory_mb": 128},
+        "secrets": {"DB_PASSWORD": "patient-db#password"},
+    }
+    assert http("PUT", "/v1/services/records", spec)[0] == 201
+
+    def running(generation: int) -> bool:
+        _, svc = http("GET", "/v1/services/records")
+        st = svc["status"]
+        return bool(st["phase"] == "Running" and st["observed_generation"] == generation)
+
+    wait_until(lambda: running(1), 30, "records Running")
+    # The old KEK taken out before any rewrap: nothing can open the secret now.
+    old = kek.read_text()
+    add_kek(kek)
+    kek.write_text(kek.read_text().replace(old, ""))
+    assert http("PUT", "/v1/services/records", {**spec, "version": "2"})[0] == 200
+
+    def withheld() -> bool:
+        found = condition(http, "records", "Secrets")
+        return found is not None and found["reason"] == "SecretWithheld"
+
+    wait_until(withheld, 30, "records says its secrets are withheld")
+    message = str((condition(http, "records", "Secrets") or {})["message"])
+    assert "eu-de-1" in message and "does not hold" in message, message
+    assert value not in message
+    assert not healthy(agent.state_dir)
+    # The old key back: the agent asks again and the instance starts.
+    kek.write_text(kek.read_text() + old)
+    wait_until(lambda: running(2), 30, "records Running once the KEK is back")
+    assert condition(http, "records", "Secrets") is None
+    assert healthy(agent.state_dir)
