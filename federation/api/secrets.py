@@ -258,7 +258,10 @@ async def _open_all(
         name, key = parse_reference(str(ref))
         if name not in opened:
             try:
-                found = await store_secrets.get(store, name)
+                # The mirror's copy, unless it has not seen the version wanted yet.
+                found = mirror.get(keys.SECRETS, name, SecretRecord)
+                if found is None or found[0].sealed(versions.get(name, found[0].version)) is None:
+                    found = await store_secrets.get(store, name)
             except ValidationError:
                 raise _Withheld(f"secret {name} is stored malformed") from None
             if found is None:

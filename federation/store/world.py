@@ -110,6 +110,8 @@ MIRRORED = (
     keys.GROUPS,
     keys.RESIDENCY_FENCE,
     keys.TOKENS,
+    # Sealed (no value in clear): delivery reads them without a round trip to etcd.
+    keys.SECRETS,
     # Followed for its seq: a server alarms when the head goes back (store.audit.monitor).
     keys.AUDIT_HEAD,
 )
