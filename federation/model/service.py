@@ -99,6 +99,9 @@ class ServiceSpec(BaseModel):
     # ENV_NAME -> `secret#key`: the value reaches the instance's environment, and only
     # where residency allows every data class of the secret (federation.model.secret).
     secrets: dict[EnvName, SecretReference] = Field(default_factory=dict, max_length=64)
+    # Also give each secret as a file, /run/secrets/ENV_NAME (FEDERATION_SECRETS_DIR):
+    # a tmpfs inside the exec driver's sandbox, on no disk. The raw driver refuses it.
+    secret_files: bool = False
 
     @model_validator(mode="after")
     def _runnable(self) -> ServiceSpec:
@@ -219,6 +222,7 @@ class Runtime(BaseModel):
     # added to the assignment stream of the region's own token, never stored here.
     secrets: dict[str, str] = Field(default_factory=dict)
     secret_versions: dict[str, int] = Field(default_factory=dict)
+    secret_files: bool = False
 
     @staticmethod
     def of(
@@ -234,6 +238,7 @@ class Runtime(BaseModel):
             env=spec.env,
             singleton=spec.singleton,
             secrets=spec.secrets,
+            secret_files=spec.secret_files,
             secret_versions={
                 n: v for n, v in (secret_versions or {}).items() if n in spec.secret_names()
             },

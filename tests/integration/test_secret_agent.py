@@ -109,3 +109,48 @@ async def test_withheld_secrets_start_nothing_until_they_come(tmp_path: Path) ->
         await until(lambda: [i.ready for i in driver.instances()] == [True], timeout=20)
     finally:
         await driver.close(stop_instances=True)
+
+
+# Healthy only when /run/secrets/DB_PASSWORD holds the value, and only this sandbox sees it.
+FILE_CHECK = CHECK.replace(
+    'os.environ.get("DB_PASSWORD", "")',
+    'open(os.environ["FEDERATION_SECRETS_DIR"] + "/DB_PASSWORD").read()',
+)
+
+
+def wanting_files(value: str) -> Desired:
+    d = wanting(value, delivered={"DB_PASSWORD": value})
+    command = ["{python}", "-c", FILE_CHECK, "{port}", hashlib.sha256(value.encode()).hexdigest()]
+    runtime = d.assignment.runtime.model_copy(update={"secret_files": True, "command": command})
+    assignment = d.assignment.model_copy(update={"runtime": runtime})
+    return Desired(assignment, 7, secret_env=d.secret_env)
+
+
+@pytest.mark.usefixtures("bubblewrap")
+async def test_the_exec_driver_gives_a_secret_file_on_a_tmpfs_of_the_sandbox(
+    tmp_path: Path,
+) -> None:
+    value = marker("pw")
+    driver = ExecDriver(region="eu-de-1", state_dir=tmp_path, run_as="nobody")
+    want = {"records": wanting_files(value)}
+    await driver.start(want)
+    try:
+        await driver.apply(want)
+        await until(lambda: [i.ready for i in driver.instances()] == [True], timeout=20)
+        on_no_command_line(value)
+        nowhere_on_disk(tmp_path, value)
+        nowhere_on_disk(Path("/run/secrets"), value)  # the host's: the tmpfs is the sandbox's
+    finally:
+        await driver.close(stop_instances=True)
+
+
+async def test_the_raw_driver_refuses_secret_files(tmp_path: Path) -> None:
+    driver = ProcessDriver(region="eu-de-1", state_dir=tmp_path)
+    want = {"records": wanting_files(marker("pw"))}
+    await driver.start(want)
+    try:
+        await driver.apply(want)
+        [report] = driver.instances()
+        assert report.state == "failed" and "needs the exec driver" in report.message
+    finally:
+        await driver.close(stop_instances=True)

@@ -115,6 +115,8 @@ class Instance:
 class ProcessDriver:
     """Runs instances as local processes; see the module docstring."""
 
+    secret_files = False  # whether it can give secrets as files (exec: a sandbox tmpfs)
+
     def __init__(
         self,
         *,
@@ -323,6 +325,12 @@ class ProcessDriver:
         rt = inst.runtime
         if not rt.command:
             inst.state, inst.message = "failed", "the process driver needs a command"
+            return
+        if rt.secret_files and rt.secrets and not self.secret_files:
+            inst.state, inst.ready, inst.reason = "failed", False, None
+            inst.message = (
+                "secret_files needs the exec driver: this driver writes no secret to a file"
+            )
             return
         if rt.secrets and inst.withheld is not None:
             inst.state, inst.ready, inst.reason = "failed", False, SECRET_WITHHELD
