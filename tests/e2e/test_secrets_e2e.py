@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from federation.cli import main
 from federation.processes.certs import add_kek, make_kek_file
 from tests.conftest import AgentProcess, ServerProcess, _instance_pids
 from tests.e2e.test_failover import Http, wait_regions_ready, wait_until
@@ -189,3 +190,44 @@ def test_a_kek_removed_before_the_rewrap_withholds_and_the_service_says_why(
     wait_until(lambda: running(2), 30, "records Running once the KEK is back")
     assert condition(http, "records", "Secrets") is None
     assert healthy(agent.state_dir)
+
+
+@pytest.mark.slow
+def test_the_secret_commands_show_tables_and_say_what_went_wrong(
+    spawn_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    kek = make_kek_file(tmp_path / "kek")
+    server = spawn_server("server-c", f"--kek-file={kek}")
+    admin = spawn_server.admin_token  # type: ignore[attr-defined]
+    cli = Cli(server.url, admin)
+    first, second = marker("pw"), marker("pw2")
+    made = cli("secret", "set", "db", "--data-class", "public", f"password={first}", "user=app")
+    assert made.exit_code == 0, made.output
+    assert "version 1 (created)" in made.output and "hmac-sha256:" in made.output
+    assert first not in made.output
+    rotated = cli.runner.invoke(
+        main, ["secret", "rotate", "db", "password=@-"], input=second + "\n", env=cli.env
+    )
+    assert rotated.exit_code == 0, rotated.output
+    assert "version 2 (new version)" in rotated.output and second not in rotated.output
+    listed = cli("secret", "list")
+    row = next(line for line in listed.output.splitlines() if "│ db" in line)
+    assert "│ 2 " in row and "password, user" in row and "public" in row
+    # Mistakes: said, with no traceback.
+    for args, says in (
+        (["secret", "set", "db", "--data-class", "public", "novalue"], "KEY=VALUE"),
+        (["secret", "set", "db", "--data-class", "public", "k=@/no/such/file"], "cannot read"),
+        (["secret", "set", "db", "--data-class", "phi-ue", "k=v"], "data_classes.0"),
+        (["secret", "rotate", "nope", "k=v"], "not found"),
+    ):
+        result = cli(*args)
+        assert result.exit_code != 0, (args, result.output)
+        assert says in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    status, body = Http(server.url, admin)("POST", "/v1/tokens", {"role": "viewer"})
+    assert status == 201, body
+    viewer = Cli(server.url, body["token"])
+    refused = viewer("secret", "set", "db", "--data-class", "public", "k=v")
+    assert refused.exit_code == 1 and "HTTP 403" in refused.output
+    assert cli("secret", "delete", "db").exit_code == 0
+    assert "db" not in cli("secret", "list").output.split("never shown")[1]
