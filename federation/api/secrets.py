@@ -94,11 +94,10 @@ async def rewrap(request: web.Request) -> web.Response:
     """Wrap every data key with the primary KEK; run after putting a new KEK first."""
     await require(request, Role.ADMIN)
     keyring = _keyring(request.app)
-    try:
-        done, total = await store_secrets.rewrap(request.app[STORE], keyring)
-    except KeyUnavailable as exc:
-        raise _unavailable(exc) from None
-    return json_response({"kek": keyring.primary, "rewrapped": done, "secrets": total})
+    done, unopened, total = await store_secrets.rewrap(request.app[STORE], keyring)
+    return json_response(
+        {"kek": keyring.primary, "rewrapped": done, "unopened": unopened, "secrets": total}
+    )
 
 
 @routes.get("/v1/secrets/{secret}")

@@ -171,6 +171,14 @@ def secret_rewrap(ctx: click.Context) -> None:
         f"rewrapped {len(answer['rewrapped'])} of {answer['secrets']} secrets with KEK "
         f"{escape(answer['kek'])}"
     )
+    unopened = answer.get("unopened") or []
+    if unopened:
+        err_console.print(
+            f"[red]{len(unopened)} secret(s) have a key no KEK of the server opens[/]: "
+            f"{escape(', '.join(unopened))}. Put the old KEK back in the file and run "
+            "this again, or set their values anew (`federation secret set`)."
+        )
+        raise SystemExit(1)
 
 
 @secret.command("new-kek")

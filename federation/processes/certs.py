@@ -190,12 +190,17 @@ def make_audit_key(path: Path) -> Path:
     return path
 
 
+def _kek_id() -> str:
+    # The date says when it was made; the random part keeps two files made the same day
+    # (two data dirs, a replaced file) from naming different keys alike.
+    return f"kek-{datetime.datetime.now(datetime.UTC):%Y%m%d}-{secrets.token_hex(3)}"
+
+
 def make_kek_file(path: Path) -> Path:
     """The KEK file that seals secrets (`serve --kek-file`): made once per data dir,
     mode 0600, and kept (a new one could not open the secrets sealed with it)."""
     if not path.exists():
-        kek_id = "kek-" + datetime.datetime.now(datetime.UTC).strftime("%Y%m%d") + "-1"
-        write_private(path, keyring_line(kek_id, secrets.token_bytes(KEK_BYTES)).encode())
+        write_private(path, keyring_line(_kek_id(), secrets.token_bytes(KEK_BYTES)).encode())
     return path
 
 
@@ -204,10 +209,8 @@ def add_kek(path: Path) -> str:
     accepted to unwrap): the first step of a KEK rotation. Returns its id."""
     text = path.read_text() if path.exists() else ""
     held = {kid for kid, _ in parse_keyring(text)} if text.strip() else set()
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
-    n = 1
-    while f"kek-{stamp}-{n}" in held:
-        n += 1
-    kek_id = f"kek-{stamp}-{n}"
+    kek_id = _kek_id()
+    while kek_id in held:
+        kek_id = _kek_id()
     write_private(path, (keyring_line(kek_id, secrets.token_bytes(KEK_BYTES)) + text).encode())
     return kek_id

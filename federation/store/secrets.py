@@ -23,6 +23,7 @@ from federation.store.audit import Change
 from federation.store.audit.actor import current_actor
 from federation.store.envelope import (
     KeyProvider,
+    KeyUnavailable,
     fingerprint,
     new_key,
     open_values,
@@ -84,6 +85,15 @@ async def _seal(
         created_at=now,
         created_by=current_actor(),
     )
+
+
+async def _opens(keyring: KeyProvider, name: str, sealed: SealedVersion) -> bool:
+    """Whether this keyring can unwrap the data key of `sealed`."""
+    try:
+        await keyring.unwrap(sealed.data_key, _context(name, f"v{sealed.version}/key"))
+    except KeyUnavailable:
+        return False
+    return True
 
 
 def _details(record: SecretRecord, **more: object) -> dict[str, object]:
@@ -160,7 +170,10 @@ async def _update(
     now: datetime,
 ) -> tuple[SecretRecord, int, str]:
     key = keys.secret(record.name)
-    held = await reveal(keyring, record, record.version)
+    try:
+        held = await reveal(keyring, record, record.version)
+    except KeyUnavailable:
+        held = None  # its KEK is lost: new values replace what nobody can open
     if held == dict(values) and record.data_classes == data_classes:
         return record, revision, "unchanged"
     updated = record.model_copy(
@@ -168,13 +181,19 @@ async def _update(
     )
     outcome = "data classes changed"
     if held != dict(values):
-        fingerprint_key = await keyring.unwrap(
-            record.fingerprint_key, _context(record.name, "fp-key")
-        )
+        fp_context = _context(record.name, "fp-key")
+        try:
+            fingerprint_key = await keyring.unwrap(record.fingerprint_key, fp_context)
+        except KeyUnavailable:
+            fingerprint_key = new_key()
+            updated.fingerprint_key = await keyring.wrap(fingerprint_key, fp_context)
         version = record.version + 1
         sealed = await _seal(keyring, record.name, version, values, fingerprint_key, now)
         updated.version = version
-        updated.versions = [*record.versions, sealed][-KEEP_VERSIONS:]
+        # Versions no KEK held here opens are dropped: nothing could deliver them, and
+        # they would keep `rewrap` from ever finishing.
+        kept = [v for v in record.versions if await _opens(keyring, record.name, v)]
+        updated.versions = [*kept, sealed][-KEEP_VERSIONS:]
         outcome = "new version"
     new_revision = await audit.replace(
         store,
@@ -256,26 +275,21 @@ async def roll(store: Store, name: str, version: int) -> list[str]:
     return rolled
 
 
-async def rewrap(store: Store, keyring: KeyProvider) -> tuple[list[str], int]:
+async def rewrap(store: Store, keyring: KeyProvider) -> tuple[list[str], list[str], int]:
     """Wrap every data key and fingerprint key with the primary KEK (the values stay
-    sealed as they are). Returns (the secrets rewrapped, how many there are)."""
+    sealed as they are). Returns (the secrets rewrapped, those with a key no KEK held
+    here opens, how many secrets there are): the others are done even so."""
     secrets, _ = await all_secrets(store)
-    done = []
+    done, unopened = [], []
     for record, revision in secrets:
         for _ in range(_ROLL_ATTEMPTS):
             if record.keks() == [keyring.primary]:
                 break
-            was = record.keks()
-            updated = record.model_copy(deep=True)
-            fp_context = _context(record.name, "fp-key")
-            updated.fingerprint_key = await keyring.wrap(
-                await keyring.unwrap(record.fingerprint_key, fp_context), fp_context
-            )
-            for sealed in updated.versions:
-                context = _context(record.name, f"v{sealed.version}/key")
-                sealed.data_key = await keyring.wrap(
-                    await keyring.unwrap(sealed.data_key, context), context
-                )
+            try:
+                updated = await _rewrapped(keyring, record)
+            except KeyUnavailable:
+                unopened.append(record.name)
+                break
             key = keys.secret(record.name)
             try:
                 await audit.replace(
@@ -286,7 +300,11 @@ async def rewrap(store: Store, keyring: KeyProvider) -> tuple[list[str], int]:
                     change=Change(
                         "secret.rewrap",
                         key,
-                        details={"version": record.version, "from": was, "to": keyring.primary},
+                        details={
+                            "version": record.version,
+                            "from": record.keks(),
+                            "to": keyring.primary,
+                        },
                     ),
                 )
             except Conflict:
@@ -297,4 +315,20 @@ async def rewrap(store: Store, keyring: KeyProvider) -> tuple[list[str], int]:
                 continue
             done.append(record.name)
             break
-    return done, len(secrets)
+    return done, unopened, len(secrets)
+
+
+async def _rewrapped(keyring: KeyProvider, record: SecretRecord) -> SecretRecord:
+    """`record` with every key wrapped by the primary KEK; KeyUnavailable if one
+    does not open."""
+    updated = record.model_copy(deep=True)
+    fp_context = _context(record.name, "fp-key")
+    updated.fingerprint_key = await keyring.wrap(
+        await keyring.unwrap(record.fingerprint_key, fp_context), fp_context
+    )
+    for sealed in updated.versions:
+        context = _context(record.name, f"v{sealed.version}/key")
+        sealed.data_key = await keyring.wrap(
+            await keyring.unwrap(sealed.data_key, context), context
+        )
+    return updated

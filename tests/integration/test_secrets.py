@@ -224,7 +224,7 @@ async def test_kek_rotation_then_rewrap_opens_with_the_new_key_alone(
     assert one["keks"] != [new_id]
     status, answer = await sapi.call("POST", "/v1/secrets/rewrap")
     assert status == 200, answer
-    assert answer == {"kek": new_id, "rewrapped": ["db"], "secrets": 1}
+    assert answer == {"kek": new_id, "rewrapped": ["db"], "unopened": [], "secrets": 1}
     assert (await sapi.call("GET", "/v1/secrets/db"))[1]["keks"] == [new_id]
     # The old key's line removed: the secret still opens, with the new KEK alone.
     _write(kek, _read(kek).replace(old, ""))
@@ -238,6 +238,25 @@ async def test_kek_rotation_then_rewrap_opens_with_the_new_key_alone(
         await store_secrets.reveal(FileKeyring(only_old), record, 1)
     status, again = await sapi.call("POST", "/v1/secrets/rewrap")
     assert again["rewrapped"] == []
+
+
+async def test_a_lost_kek_is_reported_and_new_values_replace_what_it_sealed(
+    sapi: Api, kek: Path, tmp_path: Path
+) -> None:
+    body = {"data_classes": ["phi-eu"], "data": {"password": marker("pw"), "user": "app"}}
+    assert (await sapi.call("PUT", "/v1/secrets/db", json=body))[0] == 201
+    # The file replaced by one holding a new key only: the old KEK is gone.
+    _write(kek, _read(new_kek_file(tmp_path / "other")))
+    status, answer = await sapi.call("POST", "/v1/secrets/rewrap")
+    assert status == 200 and answer["unopened"] == ["db"] and answer["rewrapped"] == [], answer
+    status, answer = await sapi.call("POST", "/v1/secrets/db/rotate", json={"data": {"user": "x"}})
+    assert status == 409 and answer["error"]["code"] == "kek_unavailable", answer
+    body["data"]["password"] = marker("new")
+    status, answer = await sapi.call("PUT", "/v1/secrets/db", json=body)
+    assert status == 200 and answer["version"] == 2, answer
+    assert answer["versions_kept"] == [2]  # what no KEK opens is dropped
+    status, answer = await sapi.call("POST", "/v1/secrets/rewrap")
+    assert answer["unopened"] == [] and answer["rewrapped"] == [], answer
 
 
 async def test_a_referenced_secret_cannot_be_deleted(sapi: Api) -> None:
