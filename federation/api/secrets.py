@@ -16,6 +16,7 @@ references, and delivery: a value added to the assignment stream of one region.
 
 from __future__ import annotations
 
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,10 +33,12 @@ from federation.model.secret import SecretRecord, SecretRotation, SecretSpec, pa
 from federation.model.service import ServiceSpec
 from federation.model.token import Role
 from federation.residency.evaluate import PUBLIC, check_data_classes, evaluate
+from federation.residency.snapshot import Snapshot
 from federation.store import keys
 from federation.store import policies as store_policies
 from federation.store import secrets as store_secrets
 from federation.store.envelope import KeyProvider, KeyUnavailable
+from federation.store.mirror import Mirror
 
 routes = web.RouteTableDef()
 
@@ -235,6 +238,19 @@ async def delivered(
         return {"secrets_withheld": str(exc)}
 
 
+# The policies and groups a delivery is judged by, parsed once per change of them
+# rather than once per assignment (a failover delivers hundreds at once).
+_snapshots: weakref.WeakKeyDictionary[Mirror, tuple[object, Snapshot]] = weakref.WeakKeyDictionary()
+
+
+def _residency(mirror: Mirror) -> Snapshot:
+    stamp = (mirror.revisions(keys.POLICIES), mirror.revisions(keys.GROUPS))
+    cached = _snapshots.get(mirror)
+    if cached is None or cached[0] != stamp:
+        cached = _snapshots[mirror] = (stamp, store_policies.snapshot_of(mirror))
+    return cached[1]
+
+
 class _Withheld(Exception):
     """Why a region does not get an assignment's secrets (never holds a value)."""
 
@@ -249,7 +265,7 @@ async def _open_all(
     held = mirror.get(keys.REGIONS, region, RegionRecord)
     if held is None:
         raise _Withheld(f"region {region} is not registered")
-    snapshot = store_policies.snapshot_of(mirror)
+    snapshot = _residency(mirror)
     versions: dict[str, int] = runtime.get("secret_versions") or {}
     opened: dict[str, dict[str, str]] = {}
     env: dict[str, str] = {}

@@ -115,7 +115,7 @@ MIRRORED = (
     # Followed for its seq: a server alarms when the head goes back (store.audit.monitor).
     keys.AUDIT_HEAD,
 )
-MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS, keys.TOKENS)
+MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS, keys.TOKENS, keys.SECRETS)
 # The big ones, one key per service (or per service and region): held deflated.
 MIRROR_PACKED = (keys.SERVICES, keys.PLACEMENTS, keys.ASSIGNMENTS)
 
