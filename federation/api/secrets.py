@@ -160,6 +160,8 @@ async def rotate_secret(request: web.Request) -> web.Response:
         )
     except store_secrets.SecretNotFound:
         raise not_found("secret", name) from None
+    except ValidationError as exc:
+        raise from_validation(exc) from None
     except KeyUnavailable as exc:
         raise _unavailable(exc) from None
     return await _answer(request, record, revision, outcome, 200)

@@ -146,7 +146,8 @@ async def rotate(
     store: Store, keyring: KeyProvider, name: str, data: Mapping[str, str], *, if_match: int | None
 ) -> tuple[SecretRecord, int, str]:
     """A new version with `data`'s keys replaced (the other keys keep their values).
-    SecretNotFound when there is no such secret."""
+    SecretNotFound when there is no such secret; ValidationError when the secret would
+    pass its bounds."""
     current = await get(store, name)
     if current is None:
         raise SecretNotFound(name)
@@ -154,7 +155,8 @@ async def rotate(
     if if_match is not None and if_match != revision:
         raise Conflict(keys.secret(name), if_match, revision)
     values = await reveal(keyring, record, record.version) or {}
-    merged = {**values, **data}
+    # The whole secret is bounded, not only what this call adds (ValidationError).
+    merged = SecretSpec(name=name, data_classes=record.data_classes, data={**values, **data}).data
     return await _update(
         store, keyring, record, revision, record.data_classes, merged, datetime.now(UTC)
     )

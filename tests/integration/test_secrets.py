@@ -308,3 +308,34 @@ async def test_the_example_services_deploy_once_their_secret_is_set(sapi: Api) -
         "DB_USER": "patient-db#username",
     }
     assert value not in str(body)
+
+
+async def test_a_rotation_is_bounded_as_the_whole_secret_is(sapi: Api) -> None:
+    body = {"data_classes": ["phi-eu"], "data": {"password": marker("pw")}}
+    assert (await sapi.call("PUT", "/v1/secrets/db", json=body))[0] == 201
+    more = {"data": {f"k{i}": "v" for i in range(MAX_KEYS)}}  # 64 more: 65 in all
+    status, answer = await sapi.call("POST", "/v1/secrets/db/rotate", json=more)
+    assert status == 422 and answer["error"]["details"][0]["field"] == "data", answer
+    assert (await sapi.call("GET", "/v1/secrets/db"))[1]["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content_type", "text"),
+    [
+        ("application/json", '{"data_classes": ["phi-eu"], "data": {"password": "VALUE'),
+        ("application/yaml", 'data_classes: [phi-eu]\ndata: {password: "VALUE'),
+        ("application/yaml", "data_classes: [phi-eu]\ndata:\n  password: VALUE\n  - x\n"),
+    ],
+)
+async def test_a_body_that_does_not_parse_is_refused_without_echoing_it(
+    sapi: Api, content_type: str, text: str
+) -> None:
+    value = marker("pw")
+    status, answer = await sapi.call(
+        "PUT",
+        "/v1/secrets/db",
+        data=text.replace("VALUE", value),
+        headers={"Content-Type": content_type},
+    )
+    assert status == 400, answer
+    assert value not in str(answer)
