@@ -152,6 +152,17 @@ def secret_list(ctx: click.Context) -> None:
     console.print(table)
 
 
+@secret.command("show")
+@click.argument("name")
+@click.pass_context
+def secret_show(ctx: click.Context, name: str) -> None:
+    """One secret's metadata: a fingerprint per key (never a value), who and when."""
+    answer = call(ctx, lambda c: c.secret(name))
+    _show(
+        {**answer, "outcome": f"updated {moment(answer['updated_at'])} by {answer['updated_by']}"}
+    )
+
+
 @secret.command("delete")
 @click.argument("name")
 @click.pass_context

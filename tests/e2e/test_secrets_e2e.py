@@ -210,6 +210,9 @@ def test_the_secret_commands_show_tables_and_say_what_went_wrong(
     )
     assert rotated.exit_code == 0, rotated.output
     assert "version 2 (new version)" in rotated.output and second not in rotated.output
+    shown = cli("secret", "show", "db")
+    assert shown.exit_code == 0 and "version 2 (updated " in shown.output, shown.output
+    assert "password" in shown.output and second not in shown.output
     listed = cli("secret", "list")
     row = next(line for line in listed.output.splitlines() if "│ db" in line)
     assert "│ 2 " in row and "password, user" in row and "public" in row
