@@ -6,7 +6,8 @@ references, and delivery: a value added to the assignment stream of one region.
   version, data classes, fingerprints, who and when. A region token reads none of it.
 - A service may reference a secret only if the secret exists, holds the key, and every
   data class of the secret (other than `public`) is one of the service's: else a 422
-  naming both. A secret cannot be created after the service that needs it.
+  naming both. A service cannot be deployed before its secret (refusing is simpler
+  and safer than a service that waits for one).
 - Delivery (`delivered`): only to the region's own token, only for the assignment of
   an instance placed there, and only when residency allows every data class of the
   secret in the region's country now (a policy change stops delivery at once). One
