@@ -339,8 +339,10 @@ class ProcessDriver:
         log_path = self.state_dir / "logs" / f"{inst.id}.log"
         fds: tuple[int, ...] = ()
         try:
-            argv, env = self._command(inst)
-            fds = self._pass_fds(inst)
+            try:
+                argv, env = self._command(inst)
+            finally:
+                fds = self._pass_fds(inst)  # taken (and closed below) even if it failed
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             # A local append-only log file: opening it does not block the loop noticeably.
             with open(fd, "ab") as out:  # noqa: ASYNC230
