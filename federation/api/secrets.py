@@ -40,6 +40,7 @@ from federation.store import policies as store_policies
 from federation.store import secrets as store_secrets
 from federation.store.envelope import KeyProvider, KeyUnavailable
 from federation.store.mirror import Mirror
+from federation.telemetry import metrics as _metrics
 
 routes = web.RouteTableDef()
 
@@ -236,9 +237,12 @@ async def delivered(
     if not refs:
         return {}
     try:
-        return {"secret_env": await _open_all(app, region, service, runtime)}
+        opened = {"secret_env": await _open_all(app, region, service, runtime)}
     except _Withheld as exc:
+        _metrics.secret_deliveries.add(1, {"outcome": "withheld"})
         return {"secrets_withheld": str(exc)}
+    _metrics.secret_deliveries.add(1, {"outcome": "delivered"})
+    return opened
 
 
 # The policies and groups a delivery is judged by, parsed once per change of them

@@ -163,5 +163,10 @@ watches_closed = _meter.create_counter(
     description="Assignment watches the server ended, by reason: token (revoked, rotated "
     "away, expired or no longer allowed), region (deleted).",
 )
+secret_deliveries = _meter.create_counter(
+    "federation_secret_deliveries",
+    description="Assignments sent to their region with secrets, by outcome: delivered, or "
+    "withheld (residency, a KEK not held, a secret gone). Never a value or a name.",
+)
 residency_violations.add(0)  # shown as 0 from the start, not only after the first
 audit_head_regressions.add(0)

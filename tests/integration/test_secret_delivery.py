@@ -147,6 +147,10 @@ async def test_delivery_is_decided_when_sent_not_only_when_placed(
     assert "residency does not allow secret eu-db" in got["rogue"]["secrets_withheld"]
     assert "(US)" in got["rogue"]["secrets_withheld"]
     assert value not in json.dumps(got)
+    # Counted, for an alert: an outcome, never a name or value.
+    status, metrics = await fed.api.call("GET", "/metrics", token=None)
+    assert 'federation_secret_deliveries_total{outcome="withheld"}' in metrics
+    assert value not in metrics
 
 
 async def test_a_policy_change_that_removes_fr_stops_delivery_to_fr(fed: Federation) -> None:
