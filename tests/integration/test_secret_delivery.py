@@ -149,6 +149,7 @@ async def test_delivery_is_decided_when_sent_not_only_when_placed(
     assert value not in json.dumps(got)
     # Counted, for an alert: an outcome, never a name or value.
     status, metrics = await fed.api.call("GET", "/metrics", token=None)
+    assert status == 200
     assert 'federation_secret_deliveries_total{outcome="withheld"}' in metrics
     assert value not in metrics
 
