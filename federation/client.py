@@ -378,6 +378,30 @@ class ApiClient:
         """Every region, chosen or rejected for service `name`, and why."""
         return await self._call("GET", f"/v1/services/{name}/explain")
 
+    # -- secrets (metadata only: the API never answers a value) -----------------------
+
+    async def secrets(self) -> Json:
+        return await self._call("GET", "/v1/secrets")
+
+    async def secret(self, name: str) -> Json:
+        return await self._call("GET", f"/v1/secrets/{name}")
+
+    async def put_secret(self, name: str, *, data_classes: list[str], data: dict[str, str]) -> Json:
+        """Create or replace a secret; the answer holds its `version` and `outcome`."""
+        body = {"data_classes": data_classes, "data": data}
+        return await self._call("PUT", f"/v1/secrets/{name}", body=body)
+
+    async def rotate_secret(self, name: str, data: dict[str, str]) -> Json:
+        """A new version with these keys' values (the others kept)."""
+        return await self._call("POST", f"/v1/secrets/{name}/rotate", body={"data": data})
+
+    async def delete_secret(self, name: str) -> Json:
+        return await self._call("DELETE", f"/v1/secrets/{name}")
+
+    async def rewrap_secrets(self) -> Json:
+        """Wrap every secret's keys with the server's primary KEK."""
+        return await self._call("POST", "/v1/secrets/rewrap")
+
     # -- drills -----------------------------------------------------------------------
 
     async def plan_drill(self, regions: list[str]) -> Json:

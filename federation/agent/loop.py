@@ -55,6 +55,7 @@ from federation.runtime import forever
 log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 5.0
+SECRETS_RETRY_S = 5.0  # how often assignments whose secrets were withheld are asked again
 WATCH_IDLE_S = 15.0  # the server sends progress lines every 5 s
 
 
@@ -89,6 +90,19 @@ def local_capacity() -> tuple[float, int]:
     except (ValueError, OSError):
         memory_mb = 1024
     return cpu, memory_mb
+
+
+def received(item: dict[str, Any], epoch: int) -> Desired:
+    """An assignment as the server sent it: the secrets' values (or why they were
+    withheld) are taken out of it, kept beside it in memory, never in the model."""
+    values = item.pop("secret_env", None)
+    withheld = item.pop("secrets_withheld", None)
+    return Desired(
+        Assignment.model_validate(item),
+        epoch,
+        secret_env={str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {},
+        secrets_withheld=str(withheld) if withheld else None,
+    )
 
 
 def _log_retry(what: str) -> Callable[[RetryCallState], None]:
@@ -195,6 +209,7 @@ class Agent:
                 "report": lambda: self._report(client),
                 "fence": self._fence,
                 "apply": self._applier,
+                "secrets": lambda: self._redeliver(client),
             }
             if not self.config.fence_singletons:
                 log.warning("agent %s: singleton fencing is OFF (test only)", self.config.region)
@@ -263,9 +278,8 @@ class Agent:
         self._contact()
         desired = {}
         for item in answer["items"]:
-            epoch = int(item.pop("epoch", 0))
-            assignment = Assignment.model_validate(item)
-            desired[assignment.service] = Desired(assignment, epoch)
+            found = received(item, int(item.pop("epoch", 0)))
+            desired[found.assignment.service] = found
         return desired, int(answer["revision"])
 
     async def _apply(self) -> None:
@@ -304,9 +318,8 @@ class Agent:
                     revision = max(revision, int(line.get("revision", revision)))
                     if kind == "put":
                         item: dict[str, Any] = line["assignment"]
-                        epoch = int(item.pop("epoch", revision))
-                        assignment = Assignment.model_validate(item)
-                        self.desired[assignment.service] = Desired(assignment, epoch)
+                        found = received(item, int(item.pop("epoch", revision)))
+                        self.desired[found.assignment.service] = found
                         await self._apply()
                     elif kind == "delete":
                         self.desired.pop(str(line["service"]), None)
@@ -322,6 +335,30 @@ class Agent:
                 log.info("agent %s: listing assignments again", self.config.region)
                 self._stale = False
                 self.desired, revision = await self._list(client)
+                await self._apply()
+
+    async def _redeliver(self, client: ApiClient) -> None:
+        """Ask again for assignments whose secrets were withheld: what withheld them (a
+        KEK the server lacked, a policy) may change without the assignment changing.
+        Only the same assignment (same epoch), now with its values, is taken."""
+        while True:
+            await asyncio.sleep(SECRETS_RETRY_S)
+            waiting = {n for n, d in self.desired.items() if d.secrets_missing()}
+            if not waiting:
+                continue
+            listed, _ = await self._list(client)
+            came = [
+                name
+                for name in waiting
+                if (new := listed.get(name)) is not None
+                and (held := self.desired.get(name)) is not None
+                and new.epoch == held.epoch
+                and new.secrets_missing() is None
+            ]
+            for name in came:
+                self.desired[name] = listed[name]
+            if came:
+                log.info("agent %s: secrets delivered for %s", self.config.region, ", ".join(came))
                 await self._apply()
 
     # -- status -----------------------------------------------------------------------

@@ -55,6 +55,7 @@ from federation.api.context import (
     DRILLS,
     ELECTION,
     FAILURES,
+    KEYRING,
     MIRROR,
     OPEN_WATCHES,
     STORE,
@@ -65,9 +66,11 @@ from federation.api.context import (
 from federation.api.errors import error_middleware
 from federation.api.failures import Failures
 from federation.api.query import query_middleware
+from federation.api.secrets import routes as secret_routes
 from federation.api.watches import Watches
 from federation.controller import Controller
 from federation.drills.runner import DrillRunner
+from federation.model.secret import KeyringError
 from federation.model.token import (
     Role,
     TokenRecord,
@@ -83,6 +86,7 @@ from federation.store import compaction as store_compaction
 from federation.store import tokens as store_tokens
 from federation.store.audit.checkpoint import private_key_from_pem
 from federation.store.election import LeaderElection
+from federation.store.envelope import FileKeyring
 from federation.store.mirror import Mirror
 from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED
 
@@ -115,6 +119,20 @@ def load_audit_key(path: Path) -> Ed25519PrivateKey:
             "--audit-key %s is readable by others (mode %o): chmod 600 it", path, mode & 0o777
         )
     return key
+
+
+def load_keyring(path: Path) -> FileKeyring:
+    """The KEK file of `--kek-file` (StartRefused saying why not); a file others may
+    read is used, with a warning: whoever reads it can open every secret in a backup."""
+    try:
+        keyring = FileKeyring(path)
+    except KeyringError as exc:
+        raise StartRefused(f"--kek-file {path}: {exc}") from None
+    if keyring.mode & 0o077:
+        log.warning(
+            "--kek-file %s is readable by others (mode %o): chmod 600 it", path, keyring.mode
+        )
+    return keyring
 
 
 def check_config(config: ServerConfig) -> None:
@@ -171,6 +189,8 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         app[AUDIT_KEY] = load_audit_key(config.audit_key)
     else:
         log.warning("no --audit-key: signed audit checkpoints are off")
+    if config.kek_file is not None:
+        app[KEYRING] = load_keyring(config.kek_file)
     app[AUDIT_MONITOR] = audit_log.HeadMonitor()
     app[TASKS] = Tasks()
     app[FAILURES] = Failures(burst=config.auth_failures_burst, per_s=config.auth_failures_per_s)
@@ -179,6 +199,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(tokens.routes)
     app.add_routes(residency.routes)
     app.add_routes(services.routes)
+    app.add_routes(secret_routes)
     app.add_routes(assignments.routes)
     app.add_routes(drills.routes)
     app.add_routes(metrics.routes)

@@ -32,11 +32,12 @@ from aiohttp import web
 
 from federation.api.auth import Principal, principal
 from federation.api.body import MAX_REVISION, json_response, path_name, query_count
-from federation.api.context import MIRROR, OPEN_WATCHES, STORE, TASKS
+from federation.api.context import MIRROR, OPEN_WATCHES, STORE, TASKS, synced
 from federation.api.errors import ApiError, bad_parameter
+from federation.api.secrets import delivered_item
 from federation.api.watches import TooManyWatches, Watch, refusal
-from federation.store import Compacted, Event, Store, StoreError, keys
-from federation.store.mirror import Mirror
+from federation.model.token import Role
+from federation.store import Compacted, Event, StoreError, keys
 
 routes = web.RouteTableDef()
 
@@ -79,7 +80,17 @@ async def assignments(request: web.Request) -> web.StreamResponse:
         if await store.get(keys.region(region)) is None:
             raise ApiError(404, f"region {region!r} not found")
         entries, revision = await store.scan(keys.assignments(region))
-        items = [{**e.value, "epoch": e.revision} for e in entries]
+        # The secrets' values go to the region's own token only, judged against the
+        # mirror's regions and policies (api.secrets): first bring it up to this
+        # server's writes.
+        await synced(request)
+        to_region = who.record.role is Role.REGION
+        items = [
+            await delivered_item(
+                request.app, region, {**e.value, "epoch": e.revision}, to_region=to_region
+            )
+            for e in entries
+        ]
         return json_response({"items": items, "revision": revision})
 
     # The watch starts at since + 1, which must fit etcd's int64 too.
@@ -118,7 +129,7 @@ async def assignments(request: web.Request) -> web.StreamResponse:
         tasks = request.app[TASKS]
         tasks.track(WATCHES, task)
         pumping = asyncio.create_task(
-            _pump(store, mirror, watch, since), name=f"assignments-watch-{region}"
+            _pump(request.app, watch, since), name=f"assignments-watch-{region}"
         )
         tasks.track(WATCHES, pumping)
         try:
@@ -133,8 +144,11 @@ async def assignments(request: web.Request) -> web.StreamResponse:
         watches.close(watch)
 
 
-async def _pump(store: Store, mirror: Mirror, watch: Watch, since: int) -> None:
-    """etcd's stream of the region's assignments, into the watch's lines."""
+async def _pump(app: web.Application, watch: Watch, since: int) -> None:
+    """etcd's stream of the region's assignments, into the watch's lines, with the
+    secrets' values when the watch is the region's own (api.secrets)."""
+    store, mirror = app[STORE], app[MIRROR]
+    to_region = watch.record.role is Role.REGION
     try:
         prefix = keys.assignments(watch.region)
         async for batch in store.watch(prefix, start_revision=since + 1):
@@ -144,7 +158,12 @@ async def _pump(store: Store, mirror: Mirror, watch: Watch, since: int) -> None:
             if watch.ended is not None:
                 return
             for event in batch:
-                watch.lines.put_nowait(_event_line(watch.region, event))
+                line = _event_line(watch.region, event)
+                if line["type"] == "put":
+                    line["assignment"] = await delivered_item(
+                        app, watch.region, line["assignment"], to_region=to_region
+                    )
+                watch.lines.put_nowait(line)
     except Compacted as exc:
         # `since` is older than the history etcd keeps: the agent lists again.
         line = {"type": "relist", "reason": str(exc), "compacted": exc.compact_revision}

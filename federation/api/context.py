@@ -22,6 +22,7 @@ from federation.store import Store
 from federation.store.audit import HeadMonitor
 from federation.store.compaction import Compactor
 from federation.store.election import LeaderElection
+from federation.store.envelope import KeyProvider
 from federation.store.mirror import Mirror
 
 
@@ -46,6 +47,9 @@ class ServerConfig:
     etcd_password: str | None = field(default=None, repr=False)
     # The Ed25519 key that signs audit checkpoints (`--audit-key`); never in etcd.
     audit_key: Path | None = None
+    # The key-encryption keys of secrets (`--kek-file`); never in etcd. Without it,
+    # secrets can be neither written nor delivered.
+    kek_file: Path | None = None
     # Assignment watches one token may hold open at once (the next one is a 429).
     max_watches_per_token: int = 4
     # Failed authentications per client address: a burst, then so many per second
@@ -71,6 +75,8 @@ DRILLS = web.AppKey("drills", DrillRunner)
 AUDIT_KEY = web.AppKey("audit_key", Ed25519PrivateKey)
 AUDIT_MONITOR = web.AppKey("audit_monitor", HeadMonitor)
 FAILURES = web.AppKey("failures", Failures)
+# Set only when the server was given `--kek-file`.
+KEYRING = web.AppKey("keyring", KeyProvider)
 OPEN_WATCHES = web.AppKey("open watches", Watches)
 # A plan (`POST /v1/plan`) or a residency evidence report reads everything there is
 # (seconds of CPU with 100,000 services or a million audit entries): one at a time per

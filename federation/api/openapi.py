@@ -28,6 +28,7 @@ from federation.model.drill import DrillRequest
 from federation.model.names import NAME_PATTERN
 from federation.model.policy import Group, Policy
 from federation.model.region import CapacityLimit, Heartbeat, RegionCreate
+from federation.model.secret import SecretRotation, SecretSpec
 from federation.model.service import RegionReport, ServiceSpec
 from federation.store.audit.checkpoint import Checkpoint
 
@@ -158,6 +159,29 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Place a service afresh", "operator", success=(202,)
     ),
     ("GET", "/v1/services/{service}/explain"): Operation("Why each region", "viewer"),
+    ("GET", "/v1/secrets"): Operation(
+        "List secrets (metadata only, never a value)", "viewer", list_result=True
+    ),
+    ("GET", "/v1/secrets/{secret}"): Operation(
+        "One secret's metadata: keys, version, data classes, fingerprints", "viewer"
+    ),
+    ("PUT", "/v1/secrets/{secret}"): Operation(
+        "Create or replace a secret (values are write-only)",
+        "operator",
+        SecretSpec,
+        success=(200, 201),
+        if_match=True,
+    ),
+    ("POST", "/v1/secrets/{secret}/rotate"): Operation(
+        "A new version of a secret; referencing services roll out",
+        "operator",
+        SecretRotation,
+        if_match=True,
+    ),
+    ("DELETE", "/v1/secrets/{secret}"): Operation("Delete a secret", "operator", if_match=True),
+    ("POST", "/v1/secrets/rewrap"): Operation(
+        "Wrap every secret's keys with the primary KEK", "admin"
+    ),
     ("POST", "/v1/drills"): Operation(
         "Plan (200) or start (201) a drill", "operator", DrillRequest, success=(200, 201)
     ),

@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from federation.api.auth import require
 from federation.api.body import json_response, read_model
 from federation.api.context import CONFIG, STORE, whole_read
-from federation.api.errors import invalid
+from federation.api.errors import ApiError, invalid
+from federation.api.secrets import check_references
 from federation.model.names import Labels
 from federation.model.policy import Group, Policy
 from federation.model.service import ServiceSpec
 from federation.model.token import Role
-from federation.planning.changeset import ChangeSet, plan_changes
+from federation.planning.changeset import EXIT_ERROR, ChangeSet, plan_changes
 from federation.store.world import read_world
 
 routes = web.RouteTableDef()
@@ -100,5 +101,29 @@ async def post_plan(request: web.Request) -> web.Response:
             datetime.now(UTC),
             region_ttl=request.app[CONFIG].region_ttl,
         )
+    problems = await _secret_problems(request, changes)
+    if problems:  # what the services' PUTs would refuse: nothing can be applied
+        answer["problems"] = [*answer["problems"], *problems]
+        answer["exit_code"] = EXIT_ERROR
     answer["revision"] = world.revision
     return json_response(answer)
+
+
+async def _secret_problems(request: web.Request, changes: ChangeSet) -> list[dict[str, str]]:
+    """Each service's secret references checked as its PUT checks them (the secret and
+    its key exist, its data classes are among the service's), as plan problems."""
+    problems = []
+    for name, spec in sorted(changes.services.items()):
+        try:
+            await check_references(request, spec)
+        except ApiError as exc:
+            for detail in exc.details if isinstance(exc.details, list) else []:
+                problems.append(
+                    {
+                        "kind": "service",
+                        "name": name,
+                        "field": str(detail.get("field", "secrets")),
+                        "message": exc.message,
+                    }
+                )
+    return problems

@@ -22,6 +22,7 @@ from federation.api.body import (
 )
 from federation.api.context import CONFIG, CONTROLLER, STORE, synced
 from federation.api.errors import ApiError, from_validation, no_policy_names, not_found
+from federation.api.secrets import check_references
 from federation.model.errors import UnknownDataClassError
 from federation.model.service import (
     MAX_REPORT_INSTANCES,
@@ -67,10 +68,12 @@ async def put_service(request: web.Request) -> web.Response:
             check_data_classes(spec.data_classes, await store_policies.policies(store))
         except UnknownDataClassError as exc:
             raise no_policy_names(spec.data_classes, exc) from None
+    # Every referenced secret exists, with only data classes the service has.
+    secret_versions = await check_references(request, spec)
     if query_flag(request, "dry_run"):
         return await _dry_run(request, spec, mirror)
     record, revision, created, changed = await store_services.apply(
-        store, spec, if_match=if_match(request), mirror=mirror
+        store, spec, if_match=if_match(request), mirror=mirror, secret_versions=secret_versions
     )
     if changed:
         mirror.prime(keys.SERVICES, name, revision, record)

@@ -24,6 +24,7 @@ from federation.cli import (
     processes,
     regions,
     residency,
+    secrets,
     services,
 )
 
@@ -95,5 +96,6 @@ for _command in (
     admin.audit,
     admin.backup,
     etcd.etcd,
+    secrets.secret,
 ):
     main.add_command(_command)

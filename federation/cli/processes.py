@@ -155,6 +155,14 @@ def _refuse_plain_http(host: str, port: int, plain: bool, insecure_http: bool) -
     "in etcd. Every replica gets the same file. Without it, checkpoints are off.",
 )
 @click.option(
+    "--kek-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Key-encryption keys of secrets (mode 0600, one `ID BASE64` a line, the primary "
+    "first); never put in etcd. Every replica gets the same file. Without it, secrets "
+    "can be neither written nor delivered.",
+)
+@click.option(
     "--insecure-http",
     is_flag=True,
     help="Serve plain HTTP on a --host other than loopback (tokens cross the network in "
@@ -178,6 +186,7 @@ def serve(
     etcd_server_name: str | None,
     etcd_user: str | None,
     audit_key: Path | None,
+    kek_file: Path | None,
     insecure_http: bool,
 ) -> None:
     """Run a federation server: the API on every replica, the controller on the leader."""
@@ -209,6 +218,7 @@ def serve(
         etcd_user=etcd_user,
         etcd_password=os.environ.get("FEDERATION_ETCD_PASSWORD") or None,
         audit_key=audit_key,
+        kek_file=kek_file,
     )
     scheme = "http" if ssl_context is None else "https"
     try:

@@ -16,8 +16,13 @@ from pydantic import (
 )
 
 from federation.model.names import Labels, Name
+from federation.model.secret import REFERENCE_PATTERN, parse_reference
 
 Text = Annotated[str, Field(max_length=4096)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
+SecretReference = Annotated[str, Field(pattern=REFERENCE_PATTERN, max_length=320)]
+# Set by the driver for every instance: a secret must not hide one.
+RESERVED_ENV = ("PORT", "PATH", "HOME")
 
 
 class Resources(BaseModel):
@@ -91,9 +96,13 @@ class ServiceSpec(BaseModel):
     failover: FailoverSpec = Field(default_factory=FailoverSpec)
     singleton: bool = False
     labels: Labels = Field(default_factory=dict)
-    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)], Text] = (
-        Field(default_factory=dict, max_length=256)
-    )
+    env: dict[EnvName, Text] = Field(default_factory=dict, max_length=256)
+    # ENV_NAME -> `secret#key`: the value reaches the instance's environment, and only
+    # where residency allows every data class of the secret (federation.model.secret).
+    secrets: dict[EnvName, SecretReference] = Field(default_factory=dict, max_length=64)
+    # Also give each secret as a file, /run/secrets/ENV_NAME (FEDERATION_SECRETS_DIR):
+    # a tmpfs inside the exec driver's sandbox, on no disk. The raw driver refuses it.
+    secret_files: bool = False
 
     @model_validator(mode="after")
     def _runnable(self) -> ServiceSpec:
@@ -101,7 +110,19 @@ class ServiceSpec(BaseModel):
             raise ValueError("one of command (process driver) or image (containers) is required")
         if self.singleton and self.replicas > 1:
             raise ValueError("a singleton service runs at most 1 replica")
+        both = sorted(set(self.env) & set(self.secrets))
+        if both:
+            raise ValueError(f"secrets: {', '.join(both)} also set in env; give each name once")
+        reserved = sorted(
+            n for n in self.secrets if n in RESERVED_ENV or n.startswith("FEDERATION_")
+        )
+        if reserved:
+            raise ValueError(f"secrets: {', '.join(reserved)} is set by the agent; use another")
         return self
+
+    def secret_names(self) -> set[str]:
+        """The secrets this service references."""
+        return {parse_reference(ref)[0] for ref in self.secrets.values()}
 
 
 class Phase(StrEnum):
@@ -182,6 +203,9 @@ class ServiceRecord(BaseModel):
     # The W3C trace context of the request that wrote this generation (when tracing
     # is on), so the controller's placement joins the deploy's trace.
     trace: dict[str, str] | None = None
+    # The version of each referenced secret this generation delivers; a rotation makes
+    # a new generation, rolled out region by region (federation.store.secrets.roll).
+    secret_versions: dict[str, int] = Field(default_factory=dict)
 
 
 class Runtime(BaseModel):
@@ -195,9 +219,16 @@ class Runtime(BaseModel):
     health: HealthSpec
     env: dict[str, str]
     singleton: bool
+    # References only (ENV -> `secret#key`) and the versions to deliver: the values are
+    # added to the assignment stream of the region's own token, never stored here.
+    secrets: dict[str, str] = Field(default_factory=dict)
+    secret_versions: dict[str, int] = Field(default_factory=dict)
+    secret_files: bool = False
 
     @staticmethod
-    def of(spec: ServiceSpec, generation: int) -> Runtime:
+    def of(
+        spec: ServiceSpec, generation: int, secret_versions: dict[str, int] | None = None
+    ) -> Runtime:
         return Runtime(
             generation=generation,
             version=spec.version,
@@ -207,10 +238,20 @@ class Runtime(BaseModel):
             health=spec.health,
             env=spec.env,
             singleton=spec.singleton,
+            secrets=spec.secrets,
+            secret_files=spec.secret_files,
+            secret_versions={
+                n: v for n, v in (secret_versions or {}).items() if n in spec.secret_names()
+            },
         )
 
-    def rollout_key(self) -> tuple[str, tuple[str, ...] | None, str | None]:
-        return (self.version, tuple(self.command) if self.command else None, self.image)
+    def rollout_key(
+        self,
+    ) -> tuple[str, tuple[str, ...] | None, str | None, tuple[tuple[str, int], ...]]:
+        """What, when it changes, rolls out region by region: the version, the command,
+        the image, and the versions of the secrets delivered (a rotation)."""
+        versions = tuple(sorted(self.secret_versions.items()))
+        return (self.version, tuple(self.command) if self.command else None, self.image, versions)
 
 
 class Assignment(BaseModel):
@@ -280,6 +321,7 @@ class RegionReport(BaseModel):
     at: datetime | None = None
     _ready: dict[tuple[str, int], int] | None = PrivateAttr(default=None)
     _refused: dict[str, str] | None = PrivateAttr(default=None)
+    _withheld: dict[str, str] | None = PrivateAttr(default=None)
 
     def ready_count(self, service: str, generation: int) -> int:
         """Ready instances of `service` at `generation`. Indexed once per report: status
@@ -304,6 +346,15 @@ class RegionReport(BaseModel):
                 i.service: i.message for i in self.instances if i.reason == "CommandNotAllowed"
             }
         return self._refused.get(service)
+
+    def withheld(self, service: str) -> str | None:
+        """The message of an instance of `service` the agent did not start because the
+        server withheld its secrets, if any (indexed once per report)."""
+        if self._withheld is None:
+            self._withheld = {
+                i.service: i.message for i in self.instances if i.reason == "SecretWithheld"
+            }
+        return self._withheld.get(service)
 
 
 PlacementRecord.model_rebuild()

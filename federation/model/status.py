@@ -21,10 +21,15 @@ def _ready(report: RegionReport | None, service: str, generation: int) -> int:
 
 NO_COMPLIANT_FAILOVER_REGION = "NoCompliantFailoverRegion"
 COMMAND_NOT_ALLOWED = "CommandNotAllowed"
+SECRET_WITHHELD = "SecretWithheld"
 
 
 def _refused(report: RegionReport | None, service: str) -> str | None:
     return report.refused(service) if report is not None else None
+
+
+def _withheld(report: RegionReport | None, service: str) -> str | None:
+    return report.withheld(service) if report is not None else None
 
 
 def survivability(allowed_regions: Sequence[str]) -> Condition | None:
@@ -165,6 +170,15 @@ def service_status(
                     reason=COMMAND_NOT_ALLOWED,
                     message="; ".join(m for _, m in refused),
                 )
+            )
+        withheld = [
+            f"{r}: {m}"
+            for r in sorted(regions)
+            if r in alive and (m := _withheld(reports.get(r), spec.name)) is not None
+        ]
+        if withheld:
+            conditions.append(
+                Condition(type="Secrets", reason=SECRET_WITHHELD, message="; ".join(withheld))
             )
         phase = _phase(record, placement, ready_total, bool(lost))
     evidence = placement.evidence if placement else None

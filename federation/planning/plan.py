@@ -192,6 +192,7 @@ def plan(
             now,
             service.spec,
             service.generation,
+            service.secret_versions,
             service_rev,
             prev,
             prev_rev,
@@ -209,6 +210,7 @@ def _plan_service(
     now: datetime,
     spec: ServiceSpec,
     generation: int,
+    secret_versions: dict[str, int],
     service_rev: int,
     prev: PlacementRecord | None,
     prev_rev: int,
@@ -219,7 +221,7 @@ def _plan_service(
     consume_rebalance: bool,
 ) -> ServicePlan:
     name = spec.name
-    target = Runtime.of(spec, generation)
+    target = Runtime.of(spec, generation, secret_versions)
     deadline = timedelta(seconds=spec.rollout.progress_deadline_s)
     compliant = set(decision.allowed_regions)
 

@@ -1,6 +1,7 @@
 """The key material `federation up` makes for its data dir: the certificates of its etcd
 (a CA of its own, one certificate for the etcd members, server and peer, and one client
-certificate for the servers `up` starts), and the key that signs audit checkpoints.
+certificate for the servers `up` starts), the key that signs audit checkpoints, and the
+key-encryption key (KEK) file that seals secrets.
 
 etcd then requires a client certificate signed by that CA, so another user of the
 machine, who can reach the loopback port but not read the data dir (0700), cannot
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from federation.model.secret import KEK_BYTES, keyring_line, parse_keyring
 from federation.processes.local_etcd import EtcdTLS
 
 VALID_DAYS = 825
@@ -185,3 +188,29 @@ def make_audit_key(path: Path) -> Path:
         )
         write_private(path, pem)
     return path
+
+
+def _kek_id() -> str:
+    # The date says when it was made; the random part keeps two files made the same day
+    # (two data dirs, a replaced file) from naming different keys alike.
+    return f"kek-{datetime.datetime.now(datetime.UTC):%Y%m%d}-{secrets.token_hex(3)}"
+
+
+def make_kek_file(path: Path) -> Path:
+    """The KEK file that seals secrets (`serve --kek-file`): made once per data dir,
+    mode 0600, and kept (a new one could not open the secrets sealed with it)."""
+    if not path.exists():
+        write_private(path, keyring_line(_kek_id(), secrets.token_bytes(KEK_BYTES)).encode())
+    return path
+
+
+def add_kek(path: Path) -> str:
+    """Put a new primary KEK first in the file at `path` (the others stay, still
+    accepted to unwrap): the first step of a KEK rotation. Returns its id."""
+    text = path.read_text() if path.exists() else ""
+    held = {kid for kid, _ in parse_keyring(text)} if text.strip() else set()
+    kek_id = _kek_id()
+    while kek_id in held:
+        kek_id = _kek_id()
+    write_private(path, (keyring_line(kek_id, secrets.token_bytes(KEK_BYTES)) + text).encode())
+    return kek_id

@@ -38,6 +38,7 @@ def serve_command(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     audit_key: Path | None = None,
+    kek_file: Path | None = None,
     etcd_ca: Path | None = None,
     etcd_cert: Path | None = None,
     etcd_key: Path | None = None,
@@ -60,6 +61,8 @@ def serve_command(
         args.append(f"--tls-key={tls_key}")
     if audit_key is not None:
         args.append(f"--audit-key={audit_key}")
+    if kek_file is not None:
+        args.append(f"--kek-file={kek_file}")
     for option, path in (("etcd-ca", etcd_ca), ("etcd-cert", etcd_cert), ("etcd-key", etcd_key)):
         if path is not None:
             args.append(f"--{option}={path}")

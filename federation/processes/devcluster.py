@@ -37,7 +37,12 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.model.token import admin_token_weakness, new_secret
-from federation.processes.certs import local_etcd_tls, make_audit_key, write_private
+from federation.processes.certs import (
+    local_etcd_tls,
+    make_audit_key,
+    make_kek_file,
+    write_private,
+)
 from federation.processes.children import free_port, stop_processes
 from federation.processes.commands import (
     ADMIN_TOKEN_ENV,
@@ -336,6 +341,7 @@ class LocalFederation:
         self._private_data_dir()
         self.admin_token = self._admin_token()
         audit_key = make_audit_key(self.data_dir / "audit.key")
+        kek_file = make_kek_file(self.data_dir / "kek")
         tls = local_etcd_tls(self.data_dir / "tls")
         self.etcd = self._members(tls)
         for member in self.etcd:
@@ -350,6 +356,7 @@ class LocalFederation:
                 identity=f"up-{self._server_name(i)}",
                 region_ttl=self.region_ttl,
                 audit_key=audit_key,
+                kek_file=kek_file,
                 etcd_ca=tls.ca,
                 etcd_cert=tls.client_cert,
                 etcd_key=tls.client_key,

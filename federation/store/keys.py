@@ -91,3 +91,10 @@ def drill_lock(region: str) -> str:
 
 AUDIT = "audit/"  # audit/{seq:020d} -> AuditEntry, hash-chained (federation.store.audit)
 AUDIT_HEAD = "audit-head"  # {"seq", "hash"} of the last entry; every audited txn compares it
+
+
+SECRETS = "secrets/"  # secrets/{name} -> SecretRecord, sealed (federation.store.envelope)
+
+
+def secret(name: str) -> str:
+    return SECRETS + name

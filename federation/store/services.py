@@ -6,6 +6,7 @@ Reads and writes only: how a service is shown, with its status, is `federation.a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -33,7 +34,12 @@ async def get(store: Store, name: str) -> tuple[ServiceRecord, int] | None:
 
 
 async def apply(
-    store: Store, spec: ServiceSpec, *, if_match: int | None, mirror: Mirror | None = None
+    store: Store,
+    spec: ServiceSpec,
+    *,
+    if_match: int | None,
+    mirror: Mirror | None = None,
+    secret_versions: Mapping[str, int] | None = None,
 ) -> tuple[ServiceRecord, int, bool, bool]:
     """Create or update a service (CAS on its revision). Idempotent: the same spec again
     writes nothing. Returns (record, revision, created, changed).
@@ -46,8 +52,8 @@ async def apply(
         current = mirror.get(keys.SERVICES, spec.name, ServiceRecord)
         if current is None or current[0].spec != spec:
             with contextlib.suppress(Conflict):
-                return await _apply(store, spec, if_match, current)
-    return await _apply(store, spec, if_match, await get(store, spec.name))
+                return await _apply(store, spec, if_match, current, secret_versions)
+    return await _apply(store, spec, if_match, await get(store, spec.name), secret_versions)
 
 
 async def _apply(
@@ -55,13 +61,20 @@ async def _apply(
     spec: ServiceSpec,
     if_match: int | None,
     current: tuple[ServiceRecord, int] | None,
+    secret_versions: Mapping[str, int] | None = None,
 ) -> tuple[ServiceRecord, int, bool, bool]:
     now = datetime.now(UTC)
+    versions = dict(secret_versions or {})
     if current is None:
         if if_match is not None and if_match != 0:
             raise Conflict(keys.service(spec.name), if_match, None)
         record = ServiceRecord(
-            spec=spec, generation=1, created_at=now, updated_at=now, trace=current_carrier()
+            spec=spec,
+            generation=1,
+            created_at=now,
+            updated_at=now,
+            trace=current_carrier(),
+            secret_versions=versions,
         )
         revision = await audit.create(
             store,
@@ -81,6 +94,7 @@ async def _apply(
         created_at=existing.created_at,
         updated_at=now,
         trace=current_carrier(),  # the controller's placement joins this request's trace
+        secret_versions=versions,
     )
     new_revision = await audit.replace(
         store,

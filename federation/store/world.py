@@ -110,10 +110,12 @@ MIRRORED = (
     keys.GROUPS,
     keys.RESIDENCY_FENCE,
     keys.TOKENS,
+    # Sealed (no value in clear): delivery reads them without a round trip to etcd.
+    keys.SECRETS,
     # Followed for its seq: a server alarms when the head goes back (store.audit.monitor).
     keys.AUDIT_HEAD,
 )
-MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS, keys.TOKENS)
+MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS, keys.TOKENS, keys.SECRETS)
 # The big ones, one key per service (or per service and region): held deflated.
 MIRROR_PACKED = (keys.SERVICES, keys.PLACEMENTS, keys.ASSIGNMENTS)
 

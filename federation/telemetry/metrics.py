@@ -218,5 +218,10 @@ etcd_nospace_refusals = _meter.create_counter(
     "federation_etcd_nospace_refusals",
     description="etcd writes refused because etcd's NOSPACE alarm is raised, by operation.",
 )
+secret_deliveries = _meter.create_counter(
+    "federation_secret_deliveries",
+    description="Assignments sent to their region with secrets, by outcome: delivered, or "
+    "withheld (residency, a KEK not held, a secret gone). Never a value or a name.",
+)
 residency_violations.add(0)  # shown as 0 from the start, not only after the first
 audit_head_regressions.add(0)

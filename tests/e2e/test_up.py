@@ -113,6 +113,8 @@ def test_up_starts_four_ready_regions_and_sigint_leaves_nothing(tmp_path: Path) 
         assert token in text  # `up` prints the admin token it uses
         # The key that signs audit checkpoints: made by `up`, readable by its owner only.
         assert (tmp_path / "data" / "audit.key").stat().st_mode & 0o777 == 0o600
+        # And the KEK file that seals secrets, given to the servers.
+        assert (tmp_path / "data" / "kek").stat().st_mode & 0o777 == 0o600
         time.sleep(0.2)
         assert alive(children) == set(), "processes of `federation up` survived SIGINT"
     finally:

@@ -26,7 +26,8 @@ def _args(argv: list[str]) -> list[str]:
 def test_every_serve_option_is_one_the_cli_accepts(tmp_path: Path) -> None:
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
     etcd_ca, etcd_cert, etcd_key = tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "c.key"
-    for path in (cert, key, etcd_ca, etcd_cert, etcd_key):
+    kek = tmp_path / "kek"
+    for path in (cert, key, etcd_ca, etcd_cert, etcd_key, kek):
         path.touch()
     argv = serve_command(
         etcd=["127.0.0.1:2379", "127.0.0.1:2380"],
@@ -41,6 +42,7 @@ def test_every_serve_option_is_one_the_cli_accepts(tmp_path: Path) -> None:
         etcd_cert=etcd_cert,
         etcd_key=etcd_key,
         etcd_server_name="etcd.internal",
+        kek_file=kek,
         log_level="warning",
     )
     assert _args(argv)[:2] == ["--log-level=warning", "serve"]
@@ -52,6 +54,7 @@ def test_every_serve_option_is_one_the_cli_accepts(tmp_path: Path) -> None:
         etcd_key,
     )
     assert params["etcd_server_name"] == "etcd.internal"
+    assert params["kek_file"] == kek
 
 
 def test_options_left_out_are_not_passed() -> None:

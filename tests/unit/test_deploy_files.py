@@ -181,7 +181,16 @@ def test_every_server_serves_https_and_shows_etcd_a_client_certificate(
     assert {where.split("/")[0] for where, _ in servers} == {"systemd", "compose", "kubernetes"}
     for where, args in servers:
         params = _parsed(args, monkeypatch)
-        for option in ("tls_cert", "tls_key", "etcd_ca", "etcd_cert", "etcd_key", "audit_key"):
+        options = (
+            "tls_cert",
+            "tls_key",
+            "etcd_ca",
+            "etcd_cert",
+            "etcd_key",
+            "audit_key",
+            "kek_file",
+        )
+        for option in options:
             assert params[option] is not None, (
                 f"{where}: serve without --{option.replace('_', '-')}"
             )

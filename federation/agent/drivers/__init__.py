@@ -20,7 +20,7 @@ for development and `federation up`'s demo.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,12 +30,30 @@ if TYPE_CHECKING:
     from federation.model.service import Assignment, InstanceReport
 
 
+SECRET_WITHHELD = "SecretWithheld"  # the reason an instance reports when it lacks its secrets
+
+
 @dataclass(frozen=True)
 class Desired:
-    """One assignment as the agent received it, with its epoch (etcd revision)."""
+    """One assignment as the agent received it, with its epoch (etcd revision), and the
+    values of the secrets it references (in memory only: a driver passes them to the
+    instance and never writes them down), or why the server withheld them."""
 
     assignment: Assignment
     epoch: int
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secrets_withheld: str | None = None
+
+    def secrets_missing(self) -> str | None:
+        """Why this assignment's instances cannot start for want of secrets, or None."""
+        wanted = self.assignment.runtime.secrets
+        if not wanted:
+            return None
+        if self.secrets_withheld:
+            return self.secrets_withheld
+        if set(self.secret_env) != set(wanted):
+            return "the server sent no values for its secrets"
+        return None
 
 
 class Driver(Protocol):

@@ -17,6 +17,11 @@ are the raw driver's (this is a subclass); what differs is how an instance is st
   directory at /instance (its cwd), and nothing of the agent's state directory or
   other instances. `--clearenv`: the instance sees only the service's env, the
   FEDERATION_* instance variables, PORT, PATH and HOME.
+- Secrets' values reach the sandbox's environment through `bwrap --args FD`: NUL-
+  separated `--setenv` arguments in an anonymous in-memory file (memfd), so they are
+  on no command line (which every user of the host can read in /proc) and on no disk.
+  With `secret_files`, each is also a file in /run/secrets, a tmpfs of the sandbox's
+  own (copied from a memfd by `bwrap --file`), seen by no other process.
 - As root, the agent runs instances as `run_as` (setpriv inside the sandbox, with
   no_new_privs), and refuses to run them as root unless `allow_root_instances`.
 
@@ -48,6 +53,7 @@ PIDS_MAX = 256
 CFS_PERIOD_US = 100_000
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 INSTANCE_DIR = "/instance"  # where the instance's own directory appears inside
+SECRETS_DIR = "/run/secrets"  # a tmpfs inside, holding the secrets with `secret_files`
 
 
 class DriverUnavailable(RuntimeError):
@@ -188,6 +194,8 @@ class Cgroups:
 class ExecDriver(ProcessDriver):
     """Runs instances isolated by bubblewrap and cgroups; see the module docstring."""
 
+    secret_files = True
+
     def __init__(
         self,
         *,
@@ -207,6 +215,7 @@ class ExecDriver(ProcessDriver):
             health_tick_s=health_tick_s,
         )
         self.bwrap = bwrap if bwrap is not None else shutil.which("bwrap")
+        self._fds: dict[str, list[int]] = {}  # secrets' memfds, from _command to _launch
         self.cgroup_root = cgroup_root
         missing = preflight(self.bwrap, cgroup_root)
         if missing:
@@ -304,6 +313,14 @@ class ExecDriver(ProcessDriver):
         ]
         for key, value in sorted(env.items()):
             bwrap += ["--setenv", key, value]
+        if inst.secret_env:
+            bwrap += ["--args", str(self._secret_args(inst))]
+            if inst.runtime.secret_files:
+                bwrap += ["--setenv", "FEDERATION_SECRETS_DIR", SECRETS_DIR]
+                bwrap += ["--perms", "0755", "--tmpfs", SECRETS_DIR]
+                for name, value in sorted(inst.secret_env.items()):
+                    fd = self._memfd(inst, value.encode())
+                    bwrap += ["--perms", "0444", "--file", str(fd), f"{SECRETS_DIR}/{name}"]
         if self.user is not None:
             # bwrap as root drops every capability; setpriv needs these two to switch
             # user, and loses them (and any other) by switching.
@@ -320,6 +337,29 @@ class ExecDriver(ProcessDriver):
         # `exec` is not used: the shell stays bwrap's parent (see the module docstring).
         script = f"{join} || exit 125; {shlex.join(bwrap)}"
         return ["/bin/sh", "-c", script], {"PATH": SANDBOX_PATH}
+
+    def _memfd(self, inst: Instance, data: bytes) -> int:
+        """An anonymous in-memory file holding `data`, read from its start by bwrap;
+        passed to the child and closed here once it started."""
+        fd = os.memfd_create(f"secrets-{inst.id}", os.MFD_CLOEXEC)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+        self._fds.setdefault(inst.id, []).append(fd)
+        return fd
+
+    def _secret_args(self, inst: Instance) -> int:
+        """A memfd holding `--setenv NAME VALUE` for each secret, NUL-separated, for
+        bwrap's `--args`."""
+        args = b"".join(
+            b"--setenv\0" + k.encode() + b"\0" + v.encode() + b"\0"
+            for k, v in sorted(inst.secret_env.items())
+        )
+        return self._memfd(inst, args)
+
+    def _pass_fds(self, inst: Instance) -> tuple[int, ...]:
+        return tuple(self._fds.pop(inst.id, []))
 
     def _exit_reason(self, inst: Instance) -> str | None:
         return "OOMKilled" if self._cgroups(inst.id).oom_killed() else None

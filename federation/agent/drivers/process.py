@@ -11,6 +11,12 @@ Every instance is recorded in `<state-dir>/instances.json` (0600, in a 0700
 directory, like the logs: an instance's command line and env are nobody else's), so
 an agent that died and restarts finds its previous life's processes: it adopts those
 still wanted with the same runtime and stops the rest. No orphans either way.
+
+Secrets' values (`Desired.secret_env`) are kept in memory only and given to the
+process in its environment: never on a command line, never in the state file (which
+holds the references). An assignment whose secrets the server withheld starts no
+instance (reason `SecretWithheld`); one already running keeps running until the
+federation stops it, but is not restarted with values it may no longer have.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from federation.agent.drivers import Desired
+from federation.agent.drivers import SECRET_WITHHELD, Desired
 from federation.model.service import InstanceReport, Runtime
 from federation.processes.children import free_port
 
@@ -84,6 +90,14 @@ class Instance:
     last_health: float = 0.0
     stopping: bool = False
     monitor: asyncio.Task[None] | None = field(default=None, repr=False)
+    # The secrets' values for its next start, and why they are missing if they are.
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+    withheld: str | None = None
+
+    def take_secrets(self, want: Desired) -> None:
+        """What the latest assignment delivers (nothing, when withheld)."""
+        self.withheld = want.secrets_missing()
+        self.secret_env = {} if self.withheld else dict(want.secret_env)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -100,6 +114,8 @@ class Instance:
 
 class ProcessDriver:
     """Runs instances as local processes; see the module docstring."""
+
+    secret_files = False  # whether it can give secrets as files (exec: a sandbox tmpfs)
 
     def __init__(
         self,
@@ -153,6 +169,8 @@ class ProcessDriver:
                     start_time=start_time,
                     state="running",
                 )
+                assert want is not None
+                inst.take_secrets(want)
                 inst.monitor = asyncio.create_task(self._watch_adopted(inst))
                 self._instances[inst.id] = inst
                 sentences.append(f"adopted {inst.id} (pid {pid}) from a previous agent")
@@ -198,9 +216,14 @@ class ProcessDriver:
                         f"stopped {inst.id} (version {inst.runtime.version}) to run "
                         f"version {want.assignment.runtime.version}"
                     )
-                elif inst.runtime.generation != want.assignment.runtime.generation:
-                    inst.runtime = want.assignment.runtime
-                    inst.epoch = want.epoch
+                else:
+                    if inst.runtime.generation != want.assignment.runtime.generation:
+                        inst.runtime = want.assignment.runtime
+                        inst.epoch = want.epoch
+                    inst.take_secrets(want)
+                    if inst.reason == SECRET_WITHHELD and inst.withheld is None:
+                        await self._launch(inst)  # its secrets have come
+                        sentences.append(f"started {inst.id}: its secrets were delivered")
             for service, want in sorted(desired.items()):
                 if service in self._fenced:
                     continue
@@ -215,6 +238,7 @@ class ProcessDriver:
                             epoch=want.epoch,
                             port=free_port(),
                         )
+                        inst.take_secrets(want)
                         self._instances[iid] = inst
                         await self._launch(inst)
                         sentences.append(
@@ -264,7 +288,7 @@ class ProcessDriver:
     def _command(self, inst: Instance) -> tuple[list[str], dict[str, str]]:
         """The instance's argv and environment: the agent's environment without its
         credentials, then the service's env and the instance variables."""
-        env = {**os.environ, **self._instance_env(inst)}
+        env = {**os.environ, **self._instance_env(inst), **inst.secret_env}
         for secret in ("FEDERATION_REGION_TOKEN", "FEDERATION_TOKEN", "FEDERATION_ADMIN_TOKEN"):
             env.pop(secret, None)  # the agent's credentials are not the instance's
         return self._argv(inst), env
@@ -293,14 +317,32 @@ class ProcessDriver:
     def _released(self, instance_id: str) -> None:
         """The instance's processes are gone for good: free what the driver held for it."""
 
+    def _pass_fds(self, inst: Instance) -> tuple[int, ...]:
+        """Descriptors `_command` opened for the child to read (closed once started)."""
+        return ()
+
     async def _launch(self, inst: Instance) -> None:
         rt = inst.runtime
         if not rt.command:
             inst.state, inst.message = "failed", "the process driver needs a command"
             return
+        if rt.secret_files and rt.secrets and not self.secret_files:
+            inst.state, inst.ready, inst.reason = "failed", False, None
+            inst.message = (
+                "secret_files needs the exec driver: this driver writes no secret to a file"
+            )
+            return
+        if rt.secrets and inst.withheld is not None:
+            inst.state, inst.ready, inst.reason = "failed", False, SECRET_WITHHELD
+            inst.message = f"not started, its secrets were withheld: {inst.withheld}"
+            return
         log_path = self.state_dir / "logs" / f"{inst.id}.log"
+        fds: tuple[int, ...] = ()
         try:
-            argv, env = self._command(inst)
+            try:
+                argv, env = self._command(inst)
+            finally:
+                fds = self._pass_fds(inst)  # taken (and closed below) even if it failed
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             # A local append-only log file: opening it does not block the loop noticeably.
             with open(fd, "ab") as out:  # noqa: ASYNC230
@@ -312,11 +354,15 @@ class ProcessDriver:
                     stdin=asyncio.subprocess.DEVNULL,
                     env=env,
                     start_new_session=True,
+                    pass_fds=fds,
                 )
         except OSError as exc:
             inst.state, inst.ready, inst.message = "failed", False, f"cannot start: {exc}"
             self._schedule_restart(inst)
             return
+        finally:
+            for passed in fds:
+                os.close(passed)
         inst.proc, inst.pid = proc, proc.pid
         inst.start_time = _proc_start_time(proc.pid)
         inst.state, inst.ready, inst.message, inst.reason = "starting", False, "", None
