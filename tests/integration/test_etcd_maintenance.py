@@ -33,6 +33,14 @@ from tests.integration.test_assignment_watch import assignment, register
 from tests.integration.test_security import make_token
 from tests.integration.test_telemetry import scrape, value
 
+
+# These tests compact etcd's history: on an etcd of their own, so no other module's
+# watch from an old revision is made to relist.
+@pytest.fixture(scope="module")
+def etcd(private_etcd: LocalEtcd) -> LocalEtcd:
+    return private_etcd
+
+
 POLICY = {"name": "eu-data", "data_classes": ["phi-eu"], "allow": ["group:eea"]}
 
 

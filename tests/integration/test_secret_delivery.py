@@ -20,6 +20,14 @@ from tests.conftest import Api
 from tests.integration.agents import Federation, running_federation, wait_until
 from tests.integration.secret_support import marker, new_kek_file, secret_api, token
 
+
+# Watches here start from revision 0 to see every assignment sent: on an etcd no other
+# module compacts.
+@pytest.fixture(scope="module")
+def etcd(private_etcd: LocalEtcd) -> LocalEtcd:
+    return private_etcd
+
+
 EU = "eu-patient-data"  # phi-eu: EEA and CH (tests.integration.agents)
 
 
