@@ -18,6 +18,7 @@ from federation.store import Store
 from federation.store.audit import HeadMonitor
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
+from federation.store.regions import LastSeen
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ AUDIT_KEY = web.AppKey("audit_key", Ed25519PrivateKey)
 AUDIT_MONITOR = web.AppKey("audit_monitor", HeadMonitor)
 FAILURES = web.AppKey("failures", Failures)
 OPEN_WATCHES = web.AppKey("open watches", Watches)
+LAST_SEEN = web.AppKey("last seen", LastSeen)  # when this server last heard each region
 
 
 async def synced(request: web.Request) -> Mirror:
