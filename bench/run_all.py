@@ -1,6 +1,7 @@
-"""Run every benchmark, small (`--quick`, about a minute and a half) or at full scale,
+"""Run every benchmark, small (`--quick`, about four minutes) or at full scale,
 and print their figures. Exits non-zero if any benchmark failed to run (a missed
-target is a figure, not a failure).
+target is a figure, not a failure), or if `endurance.py` saw etcd or the server grow
+beyond its bounds (that is its verdict).
 
     .venv/bin/python bench/run_all.py --quick
     .venv/bin/python bench/run_all.py
@@ -22,6 +23,8 @@ BENCHES = [
     "memory.py",
     "failover.py",
     "hostile_input.py",
+    "scale.py",
+    "endurance.py",
 ]
 
 

@@ -118,8 +118,9 @@ MIRRORED = (
 )
 MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.TOKENS)
 # The big ones, one key per service (or per service and region): held deflated.
-MIRROR_PACKED = (keys.SERVICES, keys.PLACEMENTS, keys.ASSIGNMENTS, keys.REPORTS)
-# Keyed region first: a region's report is compared with what it reported before.
+MIRROR_PACKED = (keys.SERVICES, keys.PLACEMENTS, keys.ASSIGNMENTS)
+# Keyed region first: a region's report is compared, as bytes, with what it reported
+# before (each of those keys is a few dozen bytes: held as they are).
 MIRROR_GROUPED = (keys.REPORTS,)
 
 

@@ -21,14 +21,23 @@ def test_quick_benchmarks_run(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
         env={**os.environ, "FEDERATION_BENCH_LOG": str(log)},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
-    figures = ("initial:", "ratio deploy/raw:", "all: p99", "server RSS:", "failover:", "flood:")
+    figures = (
+        "initial:",
+        "ratio deploy/raw:",
+        "all: p99",
+        "server RSS:",
+        "failover:",
+        "flood:",
+        "propagation, write -> line",
+        "etcd in use",
+    )
     for figure in figures:
         assert figure in out, f"{figure!r} not printed:\n{out[-4000:]}"
     text = log.read_text()
-    assert "## Results log" in text and text.count("\n- ") == 6, text
+    assert "## Results log" in text and text.count("\n- ") == 8, text
