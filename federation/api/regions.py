@@ -173,7 +173,13 @@ async def heartbeat(request: web.Request) -> web.Response:
     known = mirror.get(keys.REGIONS, name, RegionRecord)
     try:
         what = await store_regions.heartbeat(
-            request.app[STORE], name, beat, ttl=ttl, known=known, mirror=mirror
+            request.app[STORE],
+            name,
+            beat,
+            ttl=ttl,
+            known=known,
+            mirror=mirror,
+            seen=request.app[LAST_SEEN],
         )
     except store_regions.RegionNotFound:
         raise not_found("region", name) from None

@@ -88,6 +88,29 @@ async def test_an_unchanged_heartbeat_writes_nothing_but_keeps_the_region_ready(
     assert after.value["allocated"] == {"cpu": 2.0, "memory_mb": 128}
 
 
+async def test_a_liveness_key_gone_while_its_lease_lives_is_made_again(
+    api: Api, store: Store
+) -> None:
+    """The server keeps alive the lease it last used without reading the liveness key,
+    but only while its mirror holds that key as it was: a key deleted under a live
+    lease (by hand, or a region deleted and registered again elsewhere) is made again
+    by the next beat, not left gone behind a lease kept alive for nothing."""
+    token = await register(api)
+    path = "/v1/regions/eu-de-1/heartbeat"
+    for _ in range(2):
+        status, body = await api.call("POST", path, token=token, json={})
+        assert status == 200, body
+        await asyncio.sleep(0.2)
+    alive = await store.get("alive/eu-de-1")
+    assert alive is not None and alive.lease
+    await store.delete("alive/eu-de-1")  # the lease itself lives on
+    await asyncio.sleep(0.3)  # the mirror has seen the delete
+    status, body = await api.call("POST", path, token=token, json={})
+    assert status == 200, body
+    assert body["result"] == "region became reachable: new liveness lease"
+    assert await region_state(api, "eu-de-1") == "ready"
+
+
 async def test_silent_region_becomes_unreachable_within_ttl_plus_one_second(api: Api) -> None:
     token = await register(api)
     status, _ = await api.call("POST", "/v1/regions/eu-de-1/heartbeat", token=token, json={})
