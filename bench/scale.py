@@ -199,6 +199,10 @@ async def run(scale: Scale, workdir: Path) -> dict[str, float]:
                 cpu = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
                 beats = [b for sim in sims for b in sim.beats]
                 rss = rss_mb(server.pid)
+                say(
+                    f"steady state: server CPU {cpu:.2f} cores, heartbeat p99 "
+                    f"{percentile(beats, 99) * 1000:.1f} ms over {len(beats)} beats"
+                )
 
                 say("propagation")
                 # -- propagation ----------------------------------------------------
