@@ -85,7 +85,12 @@ class Server:
 
 
 def _spawn(
-    workdir: Path, etcd: LocalEtcd, admin: str, name: str, region_ttl: int
+    workdir: Path,
+    etcd: LocalEtcd,
+    admin: str,
+    name: str,
+    region_ttl: int,
+    etcd_history: float | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
@@ -94,6 +99,7 @@ def _spawn(
         port=port,
         identity=name,
         region_ttl=region_ttl,
+        etcd_history=etcd_history,
         log_level="warning",
         # Signed audit checkpoints and evidence reports (bench/evidence.py) need it.
         audit_key=make_audit_key(workdir / "audit.key"),
@@ -124,7 +130,7 @@ async def _ready(url: str, admin: str, proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.asynccontextmanager
 async def cluster(
-    workdir: Path, *, region_ttl: int = 10, replicas: int = 1
+    workdir: Path, *, region_ttl: int = 10, replicas: int = 1, etcd_history: float | None = None
 ) -> AsyncIterator[Server]:
     """A local etcd and `replicas` `federation serve` processes (stopped on the way
     out). The first one started leads (it is ready before the others start)."""
@@ -135,7 +141,7 @@ async def cluster(
     try:
         servers = []
         for i in range(replicas):
-            proc, port = _spawn(workdir, etcd, admin, f"bench-{i}", region_ttl)
+            proc, port = _spawn(workdir, etcd, admin, f"bench-{i}", region_ttl, etcd_history)
             procs.append(proc)
             url = f"http://127.0.0.1:{port}"
             await _ready(url, admin, proc)

@@ -181,7 +181,7 @@ async def run(services: int, ttl: int, workdir: Path) -> dict[str, float]:
 
 async def _timeline(endpoint: str, services: int) -> dict[str, float]:
     """When each step of the failover happened, read straight from etcd."""
-    from federation.model.service import RegionReport
+    from federation.model.service import ServiceReport
     from federation.store import Store, keys
 
     marks: dict[str, float] = {}
@@ -196,11 +196,12 @@ async def _timeline(endpoint: str, services: int) -> dict[str, float]:
             ):
                 marks["placed"] = time.time()
             if "placed" in marks:
-                entry = await store.get(keys.report("eu-fr-1"))
-                if entry is not None:
-                    report = RegionReport.model_validate(entry.value)
-                    if sum(1 for i in report.instances if i.ready) >= services:
-                        marks["reported_ready"] = time.time()
+                entries, _ = await store.scan(keys.reports("eu-fr-1"))
+                ready = sum(
+                    sum(ServiceReport.model_validate(e.value).ready.values()) for e in entries
+                )
+                if ready >= services:
+                    marks["reported_ready"] = time.time()
             await asyncio.sleep(0.02)
     return marks
 

@@ -56,6 +56,7 @@ from federation.api.context import (
     ELECTION,
     FAILURES,
     KEYRING,
+    LAST_SEEN,
     MIRROR,
     OPEN_WATCHES,
     STORE,
@@ -88,7 +89,8 @@ from federation.store.audit.checkpoint import private_key_from_pem
 from federation.store.election import LeaderElection
 from federation.store.envelope import FileKeyring
 from federation.store.mirror import Mirror
-from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED
+from federation.store.regions import LastSeen
+from federation.store.world import MIRROR_CACHED, MIRROR_GROUPED, MIRROR_PACKED, MIRRORED
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app[AUDIT_MONITOR] = audit_log.HeadMonitor()
     app[TASKS] = Tasks()
     app[FAILURES] = Failures(burst=config.auth_failures_burst, per_s=config.auth_failures_per_s)
+    app[LAST_SEEN] = LastSeen()
     app.add_routes(system.routes)
     app.add_routes(regions.routes)
     app.add_routes(tokens.routes)
@@ -251,7 +254,12 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         the service reads (federation.store.mirror). Its first load is not awaited:
         the first read or pass that needs it waits for it."""
         mirror = Mirror(
-            app[STORE], MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED, tasks=app[TASKS]
+            app[STORE],
+            MIRRORED,
+            cached=MIRROR_CACHED,
+            packed=MIRROR_PACKED,
+            grouped=MIRROR_GROUPED,
+            tasks=app[TASKS],
         )
         app[MIRROR] = mirror
         # Every head the watch applies: an alarm if it goes back (store.audit.monitor).

@@ -24,6 +24,7 @@ from federation.store.compaction import Compactor
 from federation.store.election import LeaderElection
 from federation.store.envelope import KeyProvider
 from federation.store.mirror import Mirror
+from federation.store.regions import LastSeen
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ OPEN_WATCHES = web.AppKey("open watches", Watches)
 # server, so a burst of them cannot starve deploys and failovers.
 WHOLE_READ = web.AppKey("whole read", asyncio.Lock)
 COMPACTOR = web.AppKey("compactor", Compactor)
+LAST_SEEN = web.AppKey("last seen", LastSeen)  # when this server last heard each region
 
 
 async def synced(request: web.Request) -> Mirror:

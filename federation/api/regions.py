@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from federation.api.auth import require, require_region
 from federation.api.body import if_match, json_response, path_name, read_model
-from federation.api.context import CONFIG, MIRROR, STORE
+from federation.api.context import CONFIG, LAST_SEEN, MIRROR, STORE
 from federation.api.errors import ApiError, not_found
 from federation.model.region import (
     CapacityLimit,
@@ -37,8 +37,8 @@ class CordonRequest(BaseModel):
     reason: str = Field(default="", max_length=1024)
 
 
-def _view(view: RegionView) -> dict[str, object]:
-    return view.model_dump(mode="json")
+def _view(request: web.Request, view: RegionView) -> dict[str, object]:
+    return request.app[LAST_SEEN].of(view).model_dump(mode="json")
 
 
 def _region_token(name: str, incarnation: str | None = None) -> tuple[str, str, TokenRecord]:
@@ -58,7 +58,7 @@ def _region_token(name: str, incarnation: str | None = None) -> tuple[str, str, 
 async def list_regions(request: web.Request) -> web.Response:
     await require(request, Role.VIEWER)
     views, revision = await store_regions.list_views(request.app[STORE])
-    return json_response({"items": [_view(v) for v in views], "revision": revision})
+    return json_response({"items": [_view(request, v) for v in views], "revision": revision})
 
 
 @routes.post("/v1/regions")
@@ -81,7 +81,7 @@ async def create_region(request: web.Request) -> web.Response:
         raise ApiError(409, f"region {spec.name!r} already exists") from None
     view = await store_regions.get_view(request.app[STORE], spec.name)
     return json_response(
-        {"region": _view(view), "token": secret, "revision": revision},
+        {"region": _view(request, view), "token": secret, "revision": revision},
         status=201,
         revision=revision,
     )
@@ -95,7 +95,7 @@ async def get_region(request: web.Request) -> web.Response:
         view = await store_regions.get_view(request.app[STORE], name)
     except store_regions.RegionNotFound:
         raise not_found("region", name) from None
-    return json_response(_view(view), revision=view.revision)
+    return json_response(_view(request, view), revision=view.revision)
 
 
 @routes.delete("/v1/regions/{region}")
@@ -106,6 +106,7 @@ async def delete_region(request: web.Request) -> web.Response:
         await store_regions.delete(request.app[STORE], name, revision=if_match(request))
     except store_regions.RegionNotFound:
         raise not_found("region", name) from None
+    request.app[LAST_SEEN].forget(name)
     return json_response({"name": name, "deleted": True})
 
 
@@ -120,7 +121,7 @@ async def _set_cordon(request: web.Request, cordon: bool) -> web.Response:
         )
     except store_regions.RegionNotFound:
         raise not_found("region", name) from None
-    return json_response(_view(view), revision=view.revision)
+    return json_response(_view(request, view), revision=view.revision)
 
 
 @routes.post("/v1/regions/{region}/cordon")
@@ -141,7 +142,7 @@ async def _set_capacity_limit(request: web.Request, limit: CapacityLimit | None)
         )
     except store_regions.RegionNotFound:
         raise not_found("region", name) from None
-    return json_response(_view(view), revision=view.revision)
+    return json_response(_view(request, view), revision=view.revision)
 
 
 @routes.put("/v1/regions/{region}/capacity-limit")
@@ -168,11 +169,21 @@ async def heartbeat(request: web.Request) -> web.Response:
     beat = await read_model(request, Heartbeat) if request.can_read_body else Heartbeat()
     ttl = request.app[CONFIG].region_ttl
     # The record as the mirror holds it saves a read; the beat's txn compares it.
-    known = request.app[MIRROR].get(keys.REGIONS, name, RegionRecord)
+    mirror = request.app[MIRROR]
+    known = mirror.get(keys.REGIONS, name, RegionRecord)
     try:
-        what = await store_regions.heartbeat(request.app[STORE], name, beat, ttl=ttl, known=known)
+        what = await store_regions.heartbeat(
+            request.app[STORE],
+            name,
+            beat,
+            ttl=ttl,
+            known=known,
+            mirror=mirror,
+            seen=request.app[LAST_SEEN],
+        )
     except store_regions.RegionNotFound:
         raise not_found("region", name) from None
+    request.app[LAST_SEEN].saw(name)
     # The agent paces itself from this answer: three beats per TTL.
     return json_response({"region": name, "result": what, "ttl_s": ttl, "interval_s": ttl / 3})
 

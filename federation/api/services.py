@@ -25,6 +25,7 @@ from federation.api.errors import ApiError, from_validation, no_policy_names, no
 from federation.api.secrets import check_references
 from federation.model.errors import UnknownDataClassError
 from federation.model.service import (
+    MAX_REPORT_BYTES,
     MAX_REPORT_INSTANCES,
     RegionReport,
     ServiceRecord,
@@ -219,10 +220,12 @@ async def explain(request: web.Request) -> web.Response:
 @routes.put("/v1/regions/{region}/status")
 async def put_region_status(request: web.Request) -> web.Response:
     """A region reports the instances it runs (its own token only). Bounded (413 above
-    MAX_REPORT_INSTANCES), and stored only when it changed."""
+    MAX_REPORT_INSTANCES, or a body above MAX_REPORT_BYTES: a region's report may be
+    larger than other bodies), and stored per service, only what changed."""
     name = path_name(request, "region")
     await require_region(request, name)
-    data = await read_object(request)
+    limit = max(MAX_REPORT_BYTES, request.app[CONFIG].max_body_bytes)
+    data = await read_object(request.clone(client_max_size=limit))
     count = len(data["instances"]) if isinstance(data.get("instances"), list) else 0
     if count > MAX_REPORT_INSTANCES:
         message = f"a report holds at most {MAX_REPORT_INSTANCES} instances; this one has {count}"
@@ -235,7 +238,6 @@ async def put_region_status(request: web.Request) -> web.Response:
         report = RegionReport.model_validate(data)
     except ValidationError as exc:
         raise from_validation(exc) from None
-    report.at = datetime.now(UTC)
     try:
         revision, written = await store_services.put_report(
             request.app[STORE], name, report, mirror=await synced(request)

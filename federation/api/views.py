@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from federation.model.jurisdictions import BuiltinGroup
-from federation.model.service import Assignment, PlacementRecord, RegionReport, ServiceRecord
+from federation.model.service import Assignment, PlacementRecord, ServiceRecord, ServiceReport
 from federation.model.status import service_status
 from federation.residency.evaluate import MalformedPolicy
 from federation.residency.snapshot import StoredGroup, StoredPolicy
@@ -35,7 +35,7 @@ def service(
     revision: int,
     placement: PlacementRecord | None,
     assignments: dict[str, Assignment],
-    reports: dict[str, RegionReport],
+    reports: dict[str, ServiceReport],
     alive: set[str],
 ) -> JSONDict:
     """A service as the API shows it: spec fields, generation, status, revision."""
@@ -73,13 +73,13 @@ def service_in(mirror: Mirror, name: str, record: ServiceRecord, revision: int) 
     got = mirror.get(keys.PLACEMENTS, name, PlacementRecord)
     placement = got[0] if got is not None else None
     assignments: dict[str, Assignment] = {}
-    reports: dict[str, RegionReport] = {}
+    reports: dict[str, ServiceReport] = {}
     if placement is not None:
         for region in sorted(set(placement.regions) | set(placement.draining)):
             held = mirror.get(keys.ASSIGNMENTS, f"{region}/{name}", Assignment)
             if held is not None:
                 assignments[region] = held[0]
-            report = mirror.get(keys.REPORTS, region, RegionReport)
+            report = mirror.get(keys.REPORTS, f"{region}/{name}", ServiceReport)
             if report is not None:
                 reports[region] = report[0]
     alive = set(mirror.tails(keys.ALIVE))

@@ -45,7 +45,7 @@ def region_states(world: World) -> dict[str, str]:
 
 @dataclass
 class _Lost:
-    since: float  # wall clock: the lease's expiry (last heartbeat + TTL), else first seen
+    since: float  # wall clock: when the mirror saw the lease go, else first seen
     services: set[str] = field(default_factory=set)
 
 
@@ -137,8 +137,8 @@ class PassObserver:
             if state != "unreachable":
                 self._lost.pop(region, None)
             elif region not in self._lost:
-                beat = world.heartbeats.get(region)
-                since = beat.at.timestamp() + self.region_ttl if beat is not None else now
+                lost_at = world.lost_at.get(region)
+                since = lost_at.timestamp() if lost_at is not None else now
                 self._lost[region] = _Lost(since=min(since, now), services=ledger.placed_in(region))
         for region in [r for r in self._lost if r not in states]:
             del self._lost[region]

@@ -34,7 +34,7 @@ from federation.controller.observe import PassObserver
 from federation.controller.summary import PassSummary
 from federation.controller.writes import Writer, Written
 from federation.model.region import HeartbeatRecord
-from federation.model.service import PlacementRecord, RegionReport, ServiceRecord
+from federation.model.service import PlacementRecord, ServiceRecord
 from federation.model.status import service_phase
 from federation.planning.plan import ServicePlan, plan
 from federation.planning.world import World
@@ -46,7 +46,13 @@ from federation.store import Store, StoreError, keys
 from federation.store import policies as store_policies
 from federation.store.election import LeaderElection
 from federation.store.mirror import Mirror
-from federation.store.world import MIRROR_CACHED, MIRROR_PACKED, MIRRORED, world_of
+from federation.store.world import (
+    MIRROR_CACHED,
+    MIRROR_GROUPED,
+    MIRROR_PACKED,
+    MIRRORED,
+    world_of,
+)
 from federation.telemetry import metrics
 from federation.telemetry.setup import tracer
 
@@ -85,7 +91,9 @@ class Controller:
         self._full_every = full_resync_s
         self.chunk = chunk
         self._own_mirror = mirror is None
-        self.mirror = mirror or Mirror(store, MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED)
+        self.mirror = mirror or Mirror(
+            store, MIRRORED, cached=MIRROR_CACHED, packed=MIRROR_PACKED, grouped=MIRROR_GROUPED
+        )
         self.mirror.subscribe(self._changed)
         self.ledger = Ledger()
         self.writer = Writer(store, election)
@@ -93,7 +101,7 @@ class Controller:
         self._dirty = asyncio.Event()
         self._names: set[str] = set()  # services some change touched since the last pass
         self._lost: set[str] = set()  # regions whose lease went since the last pass
-        self._reported: set[str] = set()  # regions whose report changed
+        self._lost_at: dict[str, datetime] = {}  # and when (see `_note_lost`)
         self._full = True
         self._last_full = 0.0
         self._busy: set[str] = set()
@@ -102,7 +110,6 @@ class Controller:
         # service -> revisions of changes to what the controller writes, since the last
         # pass: its own writes' echoes, or someone else's change
         self._maybe_echo: dict[str, set[int]] = {}
-        self._ready: dict[str, dict[tuple[str, int], int]] = {}  # region -> report index
         self._capacity: dict[str, tuple[float, int]] = {}
         self._residency: Snapshot | None = None
         self.passes = 0
@@ -159,10 +166,18 @@ class Controller:
             region = key.removeprefix(keys.ALIVE)
             if self.mirror.has(keys.ALIVE, region):
                 self._full = True  # back (or new): failback and waiting services
+                self._lost_at.pop(region, None)
             else:
                 self._lost.add(region)
+                # etcd deletes the key when the lease expires; the watch brings it
+                # within milliseconds: failover grace counts from here.
+                self._lost_at.setdefault(region, datetime.now(UTC))
         elif key.startswith(keys.REPORTS):
-            self._reported.add(key.removeprefix(keys.REPORTS))
+            # reports/{region}/{service}, written only when its counts change.
+            _, slash, service = key.removeprefix(keys.REPORTS).partition("/")
+            if not slash:
+                return
+            self._names.add(service)
         else:
             return  # heartbeats: capacity is compared on every pass
         self._dirty.set()
@@ -230,11 +245,10 @@ class Controller:
         if full:
             services = set(self.mirror.tails(keys.SERVICES))
             self._full = False
-            self._names, self._lost, self._reported = set(), set(), set()
+            self._names, self._lost = set(), set()
             self._last_full = time.monotonic()
             self.full_passes += 1
             self.ledger.reset(await asyncio.to_thread(self._held_by_everyone, services))
-            self._reports_changed(set(self.mirror.tails(keys.REPORTS)))
             names = services
             orphans = self._orphans(services)
         else:
@@ -248,8 +262,6 @@ class Controller:
             for region in self._lost:
                 names |= self.ledger.placed_in(region) | self.ledger.waiting()
             self._lost = set()
-            names |= self._reports_changed(self._reported)
-            self._reported = set()
             if grew:
                 names |= self.ledger.waiting()
             gone = {n for n in names if not self.mirror.has(keys.SERVICES, n)}
@@ -260,7 +272,8 @@ class Controller:
             for name in gone:
                 freed = self.ledger.drop(name) or freed
         summary = PassSummary("full" if full else "incremental", planned=len(names))
-        base = await _off_loop(len(self._reported) + 1, world_of, self.mirror, (), residency)
+        base = world_of(self.mirror, (), residency)
+        self._note_lost(base, now)
         self.observe.starting(base, self.ledger)
         summary.removed = await self.writer.collect_orphans(orphans, self.mirror)
         sentences = [
@@ -272,6 +285,7 @@ class Controller:
         for start in range(0, len(ordered), self.chunk):
             chunk = ordered[start : start + self.chunk]
             world = await _off_loop(len(chunk), world_of, self.mirror, chunk, residency)
+            world.lost_at = base.lost_at
             written, changed, chunk_busy, chunk_freed = await self._pass_chunk(world, now, summary)
             sentences += [row.sentence for row in written]
             changed_total += changed
@@ -356,7 +370,8 @@ class Controller:
     def _held(self, service: ServiceRecord, p: ServicePlan, world: World) -> Held:
         """What the ledger keeps of a service after its plan was written (or stood)."""
         spec = service.spec
-        phase = service_phase(service, p.record, p.assignments, world.reports, world.alive)
+        reports = world.reports_of(p.service, p.assignments)
+        phase = service_phase(service, p.record, p.assignments, reports, world.alive)
         evaluation: Evaluation | None = p.evaluation
         rejected = tuple(
             metrics.reason_kind(v.reasons[0] if v.reasons else "")
@@ -394,20 +409,15 @@ class Controller:
             )
         return found
 
-    def _reports_changed(self, regions: set[str]) -> set[str]:
-        """Services whose ready counts changed in the reports of `regions`."""
-        touched: set[str] = set()
-        for region in regions:
-            got = self.mirror.get(keys.REPORTS, region, RegionReport)
-            index = dict(got[0].ready_index()) if got is not None else {}
-            before = self._ready.get(region, {})
-            for key in index.keys() ^ before.keys():
-                touched.add(key[0])
-            for key in index.keys() & before.keys():
-                if index[key] != before[key]:
-                    touched.add(key[0])
-            self._ready[region] = index
-        return touched
+    def _note_lost(self, world: World, now: datetime) -> None:
+        """Give `world` the time each unreachable region was lost: as the watch saw it,
+        else (a region already lost when this replica began to lead) now."""
+        for region in world.regions:
+            if region in world.alive:
+                self._lost_at.pop(region, None)
+            else:
+                self._lost_at.setdefault(region, now)
+        world.lost_at = self._lost_at
 
     def _capacity_grew(self) -> bool:
         """Did any region report more capacity than at the last pass? (Remembers.)"""

@@ -152,11 +152,12 @@ def restored(record: DrillRecord, world: World) -> bool:
         if found is None or progress.settled == "deleted":
             continue
         placement = world.placements.get(name)
+        assignments = assigned.get(name, {})
         status = service_status(
             found[0],
             placement[0] if placement else None,
-            assigned.get(name, {}),
-            world.reports,
+            assignments,
+            world.reports_of(name, assignments),
             world.alive,
         )
         if status["phase"] != Phase.RUNNING.value:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -11,7 +12,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     model_validator,
 )
 
@@ -278,13 +278,17 @@ class Assignment(BaseModel):
         return self.model_copy(update={"trace": None}) == other.model_copy(update={"trace": None})
 
 
-# A region's status report is stored whole, and again whenever it changes: its size is
-# bounded by its instance count (at most MAX_REPORT_INSTANCES, checked where a report
-# comes in: 413 above) times the size of one entry (every field bounded; a message
-# longer than MAX_STORED_MESSAGE is cut, not refused, since an agent would send a
-# refused report again and again). The model itself reads stored reports, so it
-# stays lenient on the count: one stored by an older server still parses.
-MAX_REPORT_INSTANCES = 5_000
+# A region's status report comes in whole (`PUT /v1/regions/{r}/status`), at most
+# MAX_REPORT_INSTANCES instances (413 above; the route's body may be up to
+# MAX_REPORT_BYTES). It is stored per service, as counts (`ServiceReport`), and only
+# the services whose counts changed are written: a key's size does not grow with the
+# region's size or a service's replicas, and a report with nothing new writes nothing.
+# Each key is bounded by construction: at most MAX_REPORT_GENERATIONS generations, one
+# message cut to MAX_STORED_MESSAGE. The model reads what was stored, so it stays
+# lenient on the request's count.
+MAX_REPORT_INSTANCES = 20_000
+MAX_REPORT_BYTES = 16 * 1024 * 1024
+MAX_REPORT_GENERATIONS = 16
 MAX_STORED_MESSAGE = 256
 
 
@@ -319,42 +323,61 @@ class RegionReport(BaseModel):
 
     instances: list[InstanceReport] = Field(default_factory=list, max_length=MAX_REPORT_INSTANCES)
     at: datetime | None = None
-    _ready: dict[tuple[str, int], int] | None = PrivateAttr(default=None)
-    _refused: dict[str, str] | None = PrivateAttr(default=None)
-    _withheld: dict[str, str] | None = PrivateAttr(default=None)
 
-    def ready_count(self, service: str, generation: int) -> int:
-        """Ready instances of `service` at `generation`. Indexed once per report: status
-        for N services over a report of N instances must not cost N squared."""
-        return self.ready_index().get((service, generation), 0)
 
-    def ready_index(self) -> dict[tuple[str, int], int]:
-        """(service, generation) -> ready instances, built once per report."""
-        if self._ready is None:
-            index: dict[tuple[str, int], int] = {}
-            for i in self.instances:
-                if i.ready:
-                    index[(i.service, i.generation)] = index.get((i.service, i.generation), 0) + 1
-            self._ready = index
-        return self._ready
+class ServiceReport(BaseModel):
+    """What a region reports of one service, as stored at `reports/{region}/{service}`:
+    counts, not instances, so it changes only when something a reader uses changes
+    (not with every instance's measured CPU), and its size is bounded. It carries no
+    time: the same counts serialize to the same bytes, which is how "unchanged" is
+    told (the key's mod_revision says when it last changed)."""
 
-    def refused(self, service: str) -> str | None:
-        """The message of an instance of `service` the agent refused to start because
-        its allowlist does not admit the command, if any (indexed once per report)."""
-        if self._refused is None:
-            self._refused = {
-                i.service: i.message for i in self.instances if i.reason == "CommandNotAllowed"
-            }
-        return self._refused.get(service)
+    model_config = ConfigDict(extra="forbid")
 
-    def withheld(self, service: str) -> str | None:
-        """The message of an instance of `service` the agent did not start because the
-        server withheld its secrets, if any (indexed once per report)."""
-        if self._withheld is None:
-            self._withheld = {
-                i.service: i.message for i in self.instances if i.reason == "SecretWithheld"
-            }
-        return self._withheld.get(service)
+    ready: dict[int, int] = Field(default_factory=dict)  # generation -> ready instances
+    states: dict[str, int] = Field(default_factory=dict)  # state -> instances
+    # The message of an instance refused because the region's allowlist does not admit
+    # its command (reason `CommandNotAllowed`), if any.
+    refused: str | None = None
+    # The message of an instance the agent did not start because the server withheld
+    # its secrets (reason `SecretWithheld`), if any.
+    withheld: str | None = None
+    # The last failed instance's reason and message, for an operator reading why.
+    reason: str | None = None
+    message: str = ""
+
+    def ready_count(self, generation: int) -> int:
+        """Ready instances at `generation`."""
+        return self.ready.get(generation, 0)
+
+    @classmethod
+    def of(cls, instances: Sequence[InstanceReport]) -> ServiceReport:
+        """The counts of one service's instances (the newest generations only)."""
+        ready: dict[int, int] = {}
+        states: dict[str, int] = {}
+        report = cls()
+        for i in instances:
+            states[i.state] = states.get(i.state, 0) + 1
+            if i.ready:
+                ready[i.generation] = ready.get(i.generation, 0) + 1
+            if i.reason == "CommandNotAllowed":
+                report.refused = i.message
+            if i.reason == "SecretWithheld":
+                report.withheld = i.message
+            if i.state == "failed":
+                report.reason, report.message = i.reason, i.message
+        newest = sorted(ready, reverse=True)[:MAX_REPORT_GENERATIONS]
+        report.ready = {g: ready[g] for g in sorted(newest)}
+        report.states = dict(sorted(states.items()))
+        return report
+
+
+def by_service(report: RegionReport) -> dict[str, ServiceReport]:
+    """A region's report as stored: one `ServiceReport` per service it names."""
+    grouped: dict[str, list[InstanceReport]] = {}
+    for i in report.instances:
+        grouped.setdefault(i.service, []).append(i)
+    return {name: ServiceReport.of(found) for name, found in grouped.items()}
 
 
 PlacementRecord.model_rebuild()

@@ -10,13 +10,13 @@ from federation.model.service import (
     Condition,
     Phase,
     PlacementRecord,
-    RegionReport,
     ServiceRecord,
+    ServiceReport,
 )
 
 
-def _ready(report: RegionReport | None, service: str, generation: int) -> int:
-    return report.ready_count(service, generation) if report is not None else 0
+def _ready(report: ServiceReport | None, generation: int) -> int:
+    return report.ready_count(generation) if report is not None else 0
 
 
 NO_COMPLIANT_FAILOVER_REGION = "NoCompliantFailoverRegion"
@@ -24,12 +24,12 @@ COMMAND_NOT_ALLOWED = "CommandNotAllowed"
 SECRET_WITHHELD = "SecretWithheld"
 
 
-def _refused(report: RegionReport | None, service: str) -> str | None:
-    return report.refused(service) if report is not None else None
+def _refused(report: ServiceReport | None) -> str | None:
+    return report.refused if report is not None else None
 
 
-def _withheld(report: RegionReport | None, service: str) -> str | None:
-    return report.withheld(service) if report is not None else None
+def _withheld(report: ServiceReport | None) -> str | None:
+    return report.withheld if report is not None else None
 
 
 def survivability(allowed_regions: Sequence[str]) -> Condition | None:
@@ -84,7 +84,7 @@ def service_phase(
     record: ServiceRecord,
     placement: PlacementRecord | None,
     assignments: Mapping[str, Assignment],
-    reports: Mapping[str, RegionReport],
+    reports: Mapping[str, ServiceReport],
     alive: Set[str],
 ) -> Phase:
     """The phase `service_status` shows, without building the rest of the status
@@ -97,7 +97,7 @@ def service_phase(
         if a.draining:
             continue
         if region in alive:
-            ready_total += _ready(reports.get(region), record.spec.name, a.runtime.generation)
+            ready_total += _ready(reports.get(region), a.runtime.generation)
         else:
             lost = True
     return _phase(record, placement, ready_total, lost)
@@ -107,14 +107,15 @@ def service_status(
     record: ServiceRecord,
     placement: PlacementRecord | None,
     assignments: Mapping[str, Assignment],
-    reports: Mapping[str, RegionReport],
+    reports: Mapping[str, ServiceReport],
     alive: Set[str],
 ) -> dict[str, Any]:
-    """Phase, per-region desired/ready/version, conditions and residency evidence."""
+    """Phase, per-region desired/ready/version, conditions and residency evidence.
+    `reports`: what each region reports of this service."""
     spec = record.spec
     regions: dict[str, dict[str, Any]] = {}
     for region, a in sorted(assignments.items()):
-        ready = _ready(reports.get(region), spec.name, a.runtime.generation)
+        ready = _ready(reports.get(region), a.runtime.generation)
         regions[region] = {
             "desired": a.replicas,
             # A lost region's last report is not evidence that anything runs there now.
@@ -161,7 +162,7 @@ def service_status(
         refused = [
             (r, m)
             for r in sorted(active)
-            if r in alive and (m := _refused(reports.get(r), spec.name)) is not None
+            if r in alive and (m := _refused(reports.get(r))) is not None
         ]
         if refused:
             conditions.append(
@@ -174,7 +175,7 @@ def service_status(
         withheld = [
             f"{r}: {m}"
             for r in sorted(regions)
-            if r in alive and (m := _withheld(reports.get(r), spec.name)) is not None
+            if r in alive and (m := _withheld(reports.get(r))) is not None
         ]
         if withheld:
             conditions.append(

@@ -75,7 +75,11 @@ def region_infos(
         unreachable_for: float | None = None
         if name not in world.alive:
             state = "unreachable"
-            lost_at = beat.at + timedelta(seconds=region_ttl) if beat else None
+            lost_at = world.lost_at.get(name)
+            if lost_at is None and beat is not None:
+                # The record changes only with what the region claims: the loss is no
+                # earlier than this, so a world without `lost_at` errs towards acting.
+                lost_at = beat.at + timedelta(seconds=region_ttl)
             unreachable_for = (now - lost_at).total_seconds() if lost_at else float("inf")
             unreachable_for = max(0.0, unreachable_for)
         elif record.cordon is not None:
@@ -146,8 +150,8 @@ def _verdicts(evaluation: Evaluation) -> dict[str, Verdict]:
 
 def ready_count(world: World, region: str, service: str, generation: int) -> int:
     """Instances of `service` at `generation` that `region` reports ready."""
-    report = world.reports.get(region)
-    return report.ready_count(service, generation) if report is not None else 0
+    report = world.reports.get((region, service))
+    return report.ready_count(generation) if report is not None else 0
 
 
 def plan(

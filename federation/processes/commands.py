@@ -43,6 +43,7 @@ def serve_command(
     etcd_cert: Path | None = None,
     etcd_key: Path | None = None,
     etcd_server_name: str | None = None,
+    etcd_history: float | None = None,
     log_level: str | None = None,
 ) -> list[str]:
     """A server replica named `identity` on `port`, against the etcd endpoints `etcd`
@@ -55,6 +56,8 @@ def serve_command(
         args.append(f"--region-ttl={region_ttl}")
     if election_ttl is not None:
         args.append(f"--election-ttl={election_ttl}")
+    if etcd_history is not None:
+        args.append(f"--etcd-history={etcd_history:g}")
     if tls_cert is not None:
         args.append(f"--tls-cert={tls_cert}")
     if tls_key is not None:

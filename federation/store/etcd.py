@@ -104,7 +104,7 @@ class Store:
     def _make_client(self, endpoints: list[str], tls_server_name: str | None) -> Etcd3Client:
         ca_cert, cert_key, cert_chain = self._tls
         # One retry policy (federation.store.retry): the client's own are switched off.
-        return Etcd3Client(
+        client = Etcd3Client(
             endpoints,
             rpc_max_attempts=1,
             # Every request waits for the mirror's watch (read your writes): after an
@@ -116,6 +116,8 @@ class Store:
             cert_key=cert_key,
             cert_chain=cert_chain,
         )
+        wire.allow_large_messages(client)
+        return client
 
     async def close(self) -> None:
         """Close the channel; in-flight calls fail with StoreUnavailable."""

@@ -49,7 +49,10 @@ def group(name: str) -> str:
 SERVICES = "services/"  # services/{name} -> ServiceRecord (spec + generation), operator-owned
 PLACEMENTS = "placements/"  # placements/{name} -> PlacementRecord, controller-owned
 ASSIGNMENTS = "assignments/"  # assignments/{region}/{service} -> Assignment, controller-owned
-REPORTS = "reports/"  # reports/{region} -> RegionReport: instances as the agent last saw them
+# reports/{region}/{service} -> ServiceReport: what the region's agent last reported of
+# the service, as counts; written only when they change. (A `reports/{region}` key,
+# the whole report of servers before, is ignored and deleted by the region's next report.)
+REPORTS = "reports/"
 REBALANCE = "rebalance/"  # rebalance/{service} -> request; the controller consumes it
 
 
@@ -69,8 +72,12 @@ def assignment(region: str, service: str) -> str:
     return f"{ASSIGNMENTS}{region}/{service}"
 
 
-def report(region: str) -> str:
-    return REPORTS + region
+def reports(region: str) -> str:
+    return f"{REPORTS}{region}/"
+
+
+def report(region: str, service: str) -> str:
+    return f"{REPORTS}{region}/{service}"
 
 
 def rebalance(name: str) -> str:

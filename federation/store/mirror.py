@@ -115,6 +115,7 @@ class Mirror:
         *,
         cached: Sequence[str] = (),
         packed: Sequence[str] = (),
+        grouped: Sequence[str] = (),
         sync_timeout: float = 5.0,
         tasks: Tasks | None = None,
     ) -> None:
@@ -123,6 +124,9 @@ class Mirror:
         self.cached = tuple(cached)
         self.sync_timeout = sync_timeout
         self._packers = {p: _Packer(compress=p in packed) for p in self.prefixes}
+        # For the prefixes in `grouped`, the tails under each first segment
+        # ("{region}/{service}" by region): `under` answers without a scan.
+        self._groups: dict[str, dict[str, set[str]]] = {p: {} for p in grouped}
         self._data: dict[str, dict[str, bytes]] = {p: {} for p in self.prefixes}
         self._models: dict[tuple[str, str], tuple[int, BaseModel]] = {}
         self._primed: dict[tuple[str, str], tuple[int, BaseModel]] = {}
@@ -198,6 +202,10 @@ class Mirror:
             }
         self._data = data
         self._models = {}
+        for prefix, groups in self._groups.items():
+            groups.clear()
+            for tail in data[prefix]:
+                self._group(prefix, tail, present=True)
         self.revision = start
         self._failure = None
         self._loaded.set()
@@ -216,12 +224,28 @@ class Mirror:
                     if held is None or _revision(held) <= revision:
                         table.pop(tail, None)
                         self._models.pop((prefix, tail), None)
+                        self._group(prefix, tail, present=False)
                 elif held is None or _revision(held) < revision:
                     table[tail] = self._packers[prefix].pack(raw, revision)
+                    self._group(prefix, tail, present=True)
                 for listener in self._listeners:
                     listener(key, revision)
             self.revision = max(self.revision, revision)
         self._wake()
+
+    def _group(self, prefix: str, tail: str, *, present: bool) -> None:
+        groups = self._groups.get(prefix)
+        if groups is None:
+            return
+        head, slash, _ = tail.partition("/")
+        if not slash:
+            return
+        if present:
+            groups.setdefault(head, set()).add(tail)
+        elif head in groups:
+            groups[head].discard(tail)
+            if not groups[head]:
+                del groups[head]
 
     def _prefix_of(self, key: str) -> str | None:
         for prefix in self.prefixes:
@@ -287,6 +311,10 @@ class Mirror:
     def tails(self, prefix: str) -> Iterator[str]:
         """The keys under `prefix`, without it (a snapshot: safe to change while iterating)."""
         return iter(list(self._data[prefix]))
+
+    def under(self, prefix: str, head: str) -> list[str]:
+        """The tails `head/...` under `prefix`, one of the `grouped` prefixes."""
+        return sorted(self._groups[prefix].get(head, ()))
 
     def count(self, prefix: str) -> int:
         return len(self._data[prefix])

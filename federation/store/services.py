@@ -9,15 +9,19 @@ import contextlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
-
-from federation.model.service import PlacementRecord, RegionReport, ServiceRecord, ServiceSpec
+from federation.model.service import (
+    PlacementRecord,
+    RegionReport,
+    ServiceRecord,
+    ServiceSpec,
+    by_service,
+)
 from federation.store import audit, keys
 from federation.store.audit import Change
 from federation.store.errors import Conflict
 from federation.store.etcd import Cond, Op, Store
 from federation.store.mirror import Mirror
-from federation.store.txn import JSON
+from federation.store.txn import JSON, TXN_LIMIT
 from federation.telemetry.setup import current_carrier
 
 
@@ -148,45 +152,50 @@ async def request_rebalance(store: Store, name: str) -> None:
 
 async def put_report(
     store: Store, region: str, report: RegionReport, *, mirror: Mirror | None = None
-) -> tuple[int, bool]:
-    """Store what a region reports it runs (only if the region still exists), unless it
-    is what is stored already, its time aside. Returns (the report key's revision,
-    whether it was written).
+) -> tuple[int, int]:
+    """Store what a region reports it runs, per service (`keys.report`), writing only
+    the services whose counts changed and deleting those it no longer reports; only
+    while the region exists (LookupError when it does not). Returns (the store's
+    revision after the writes, or the mirror's when none were needed; how many keys
+    were written or deleted).
 
-    Agents send their report again every few seconds even when nothing changed; each
-    write would keep a copy in etcd's history. The stored copy is taken from `mirror`
-    (else read); "unchanged" is confirmed by a txn that writes nothing and compares
-    the key's revision, so a report written meanwhile through another replica is not
-    mistaken for this one."""
-    key = keys.report(region)
-    held = mirror.get(keys.REPORTS, region, RegionReport) if mirror is not None else None
-    if mirror is None:
-        entry = await store.get(key)
-        held = (RegionReport.model_validate(entry.value), entry.revision) if entry else None
-    if held is not None and held[0].instances == report.instances:
-        ok, _, entries = await store.txn(
-            [Cond.exists(keys.region(region)), Cond.at_revision(key, held[1])],
-            [],
-            read_on_failure=[keys.region(region), key],
-        )
-        if ok:
-            return held[1], False
-        if entries[0] is None:
+    Agents send their whole report again every few seconds even when nothing changed:
+    that writes nothing. What is stored is taken from `mirror` (synced with this
+    process's writes; a report written meanwhile through another replica reaches it
+    within milliseconds, and the agent's next report settles any difference), else
+    read. The changes go in txns of at most TXN_LIMIT ops, each comparing that the
+    region exists, so one report of any size fits etcd's request limits."""
+    wanted = {
+        name: counts.model_dump_json().encode() for name, counts in by_service(report).items()
+    }
+    if mirror is not None:
+        if not mirror.has(keys.REGIONS, region):
             raise LookupError(region)
-        current = entries[1]
-        if current is not None and _same(current.value, report):
-            return current.revision, False
-    ok, revision, _ = await store.txn(
-        [Cond.exists(keys.region(region))],
-        [Op.put(key, report.model_dump_json())],
-    )
-    if not ok:
+        held = {}
+        for tail in mirror.under(keys.REPORTS, region):
+            raw = mirror.raw(keys.REPORTS, tail)
+            if raw is not None:
+                held[tail.partition("/")[2]] = raw[0]
+        legacy = mirror.has(keys.REPORTS, region)
+        revision = mirror.revision
+    else:
+        entries, revision = await store.scan_raw(keys.reports(region))
+        held = {key.rpartition("/")[2]: raw for key, raw, _ in entries}
+        legacy = await store.get_raw(keys.REPORTS + region) is not None
+    ops = [
+        Op.put_raw(keys.report(region, name), raw.decode())
+        for name, raw in sorted(wanted.items())
+        if held.get(name) != raw
+    ]
+    ops += [Op.delete(keys.report(region, name)) for name in sorted(held.keys() - wanted.keys())]
+    if legacy:  # the whole-region report of servers before (keys.REPORTS)
+        ops.append(Op.delete(keys.REPORTS + region))
+    if not ops and mirror is None and await store.get_raw(keys.region(region)) is None:
         raise LookupError(region)
-    return revision, True
-
-
-def _same(stored: JSON, report: RegionReport) -> bool:
-    try:
-        return RegionReport.model_validate(stored).instances == report.instances
-    except ValidationError:
-        return False
+    for start in range(0, len(ops), TXN_LIMIT - 1):
+        ok, revision, _ = await store.txn(
+            [Cond.exists(keys.region(region))], ops[start : start + TXN_LIMIT - 1]
+        )
+        if not ok:
+            raise LookupError(region)
+    return revision, len(ops)

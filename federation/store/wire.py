@@ -10,6 +10,10 @@ a release that moves them breaks this module, and only this one.
 
 `send_txn` is the single entry point to etcd for a txn, so tests that lose an answer
 after etcd applied the txn (tests/conftest.py `lose_answers`) patch it.
+
+`allow_large_messages` sets a gRPC channel option etcd3aio does not expose: etcd sends
+a watch's backlog in responses of up to a thousand revisions, far above gRPC's default
+4 MiB limit on a received message once a watch has fallen behind.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from etcd3aio import prefix_range_end
+from etcd3aio import Etcd3Client, prefix_range_end
 from etcd3aio._protobuf import Compare, TxnRequest
 from etcd3aio.kv import KVService
 
@@ -71,3 +75,14 @@ async def send_txn(kv: KVService, request: Any, *, rpc_timeout: float) -> Any:
     """Send a TxnRequest built by `txn_request` (gRPC deadline `rpc_timeout`); the
     TxnResponse, or etcd3aio's errors as every KVService call raises them."""
     return await kv._rpc(kv._stub.Txn, request, operation="KV.Txn", timeout=rpc_timeout)
+
+
+# Received messages up to this size: a thousand revisions of txns at etcd's default
+# request limit (1.5 MiB) would be more, but a backlog that large is re-listed anyway.
+MAX_RECEIVED_BYTES = 256 * 1024 * 1024
+
+
+def allow_large_messages(client: Etcd3Client, limit: int = MAX_RECEIVED_BYTES) -> None:
+    """Let `client`'s channel (made at connect, after this) receive messages up to
+    `limit` bytes."""
+    client._manager.grpc_options.append(("grpc.max_receive_message_length", limit))

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from federation.model.region import HeartbeatRecord, RegionRecord
-from federation.model.service import Assignment, PlacementRecord, RegionReport, ServiceRecord
+from federation.model.service import Assignment, PlacementRecord, ServiceRecord, ServiceReport
 from federation.planning.world import World
 from federation.residency.snapshot import Snapshot
 from federation.store import keys
@@ -86,8 +86,11 @@ def _parse(raw: dict[str, list[Entry]]) -> World:
         for e in raw[keys.HEARTBEATS]
     }
     for entry in raw[keys.REPORTS]:
+        region, slash, service = _tail(entry.key, keys.REPORTS).partition("/")
+        if not slash:
+            continue  # a whole-region report of older servers: ignored (keys.REPORTS)
         try:
-            world.reports[_tail(entry.key, keys.REPORTS)] = RegionReport.model_validate(entry.value)
+            world.reports[(region, service)] = ServiceReport.model_validate(entry.value)
         except ValidationError:
             log.error("stored report %s does not validate; skipped", entry.key)
     world.rebalance = {_tail(e.key, keys.REBALANCE) for e in raw[keys.REBALANCE]}
@@ -115,21 +118,23 @@ MIRRORED = (
     # Followed for its seq: a server alarms when the head goes back (store.audit.monitor).
     keys.AUDIT_HEAD,
 )
-MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.REPORTS, keys.TOKENS, keys.SECRETS)
+MIRROR_CACHED = (keys.REGIONS, keys.HEARTBEATS, keys.TOKENS, keys.SECRETS)
 # The big ones, one key per service (or per service and region): held deflated.
 MIRROR_PACKED = (keys.SERVICES, keys.PLACEMENTS, keys.ASSIGNMENTS)
+# Keyed region first: a region's report is compared, as bytes, with what it reported
+# before (each of those keys is a few dozen bytes: held as they are).
+MIRROR_GROUPED = (keys.REPORTS,)
 
 
 def world_of(mirror: Mirror, names: Collection[str], residency: Snapshot) -> World:
-    """The world as the mirror holds it, with only `names` among services, placements
-    and assignments (regions, liveness, reports and policies in full). No etcd reads;
+    """The world as the mirror holds it, with only `names` among services, placements,
+    assignments and reports (regions, liveness and policies in full). No etcd reads;
     the services' records are parsed here (call it in a worker thread for many)."""
     world = World(residency=residency, revision=mirror.revision)
     for record, _ in mirror.all(keys.REGIONS, RegionRecord).values():
         world.regions[record.name] = record
     world.alive = set(mirror.tails(keys.ALIVE))
     world.heartbeats = {t: r for t, (r, _) in mirror.all(keys.HEARTBEATS, HeartbeatRecord).items()}
-    world.reports = {t: r for t, (r, _) in mirror.all(keys.REPORTS, RegionReport).items()}
     regions = list(mirror.tails(keys.REGIONS))
     for name in names:
         service = mirror.get(keys.SERVICES, name, ServiceRecord)
@@ -144,6 +149,9 @@ def world_of(mirror: Mirror, names: Collection[str], residency: Snapshot) -> Wor
             got = mirror.get(keys.ASSIGNMENTS, f"{region}/{name}", Assignment)
             if got is not None:
                 world.assignments[(region, name)] = got[0]
+                report = mirror.get(keys.REPORTS, f"{region}/{name}", ServiceReport)
+                if report is not None:
+                    world.reports[(region, name)] = report[0]
         if mirror.has(keys.REBALANCE, name):
             world.rebalance.add(name)
     return world

@@ -29,8 +29,17 @@ def test_quick_benchmarks_run(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
-    figures = ("initial:", "ratio deploy/raw:", "all: p99", "server RSS:", "failover:", "flood:")
-    figures += ("audit entries:",)
+    figures = (
+        "initial:",
+        "ratio deploy/raw:",
+        "all: p99",
+        "server RSS:",
+        "failover:",
+        "flood:",
+        "propagation, write -> line",
+        "etcd in use",
+        "audit entries:",
+    )
     for figure in figures:
         assert figure in out, f"{figure!r} not printed:\n{out[-4000:]}"
     text = log.read_text()

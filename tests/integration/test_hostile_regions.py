@@ -28,10 +28,11 @@ from federation.model.token import hash_secret
 from federation.store import Store, keys, wire
 from tests.conftest import Api, ServerProcess
 from tests.integration.agents import EU_PATIENT_DATA, wait_until
+from tests.integration.test_regions_api import written
 from tests.integration.test_telemetry import scrape, value
 
 # The bound of a status report (docs/api.md).
-MAX_REPORT_INSTANCES = 5_000
+MAX_REPORT_INSTANCES = 20_000
 
 # -- helpers ----------------------------------------------------------------------------
 
@@ -267,7 +268,7 @@ async def test_an_oversized_status_report_is_413_and_the_stored_report_is_unchan
     path = "/v1/regions/eu-de-1/status"
     status, body = await api.call("PUT", path, token=token, json={"instances": [instance(0)]})
     assert status == 200, body
-    stored = await store.get(keys.report("eu-de-1"))
+    stored = await store.get(keys.report("eu-de-1", "web"))
     assert stored is not None
 
     many = [instance(i) for i in range(MAX_REPORT_INSTANCES + 1)]
@@ -276,39 +277,91 @@ async def test_an_oversized_status_report_is_413_and_the_stored_report_is_unchan
     assert body["error"]["code"] == "payload_too_large"
     assert str(MAX_REPORT_INSTANCES) in body["error"]["message"]
     assert body["error"]["details"][0]["field"] == "instances"
-    after = await store.get(keys.report("eu-de-1"))
+    after = await store.get(keys.report("eu-de-1", "web"))
     assert after is not None and after.revision == stored.revision
 
     # A long message is cut, not refused (the agent would retry a refused report forever).
+    failed = instance(0, state="failed", ready=False, message="x" * 1000)
+    status, body = await api.call("PUT", path, token=token, json={"instances": [failed]})
+    assert status == 200, body
+    after = await store.get(keys.report("eu-de-1", "web"))
+    assert after is not None
+    assert 0 < len(after.value["message"]) <= 256
+
+
+async def test_a_report_larger_than_one_key_is_stored_per_service(api: Api, store: Store) -> None:
+    """More instances than a whole-region key could hold (the old bound was 5,000, and
+    etcd refuses a request above 1.5 MiB): each service's key stays small."""
+    token = await register(api, "eu-de-1", "DE")
+    services = 8_000
+    many = [
+        {**instance(0), "service": f"svc-{i}", "instance": f"svc-{i}-0", "message": "m" * 100}
+        for i in range(services)
+    ]
+    raw = json.dumps({"instances": many}).encode()
+    assert len(raw) > 1_500_000  # above etcd's request limit, and the API's default body
     status, body = await api.call(
-        "PUT", path, token=token, json={"instances": [instance(0, message="x" * 1000)]}
+        "PUT", "/v1/regions/eu-de-1/status", token=token, json={"instances": many}
     )
     assert status == 200, body
-    after = await store.get(keys.report("eu-de-1"))
-    assert after is not None
-    assert len(after.value["instances"][0]["message"]) <= 256
+    assert body["instances"] == services
+    entries, _ = await store.scan(keys.reports("eu-de-1"))
+    assert len(entries) == services
+    assert max(len(json.dumps(e.value)) for e in entries) < 1024
+    assert entries[0].value["ready"] == {"1": 1}
 
 
 async def test_the_same_status_report_twice_is_written_once(api: Api, store: Store) -> None:
     token = await register(api, "eu-de-1", "DE")
     path = "/v1/regions/eu-de-1/status"
-    report = {"instances": [instance(i) for i in range(3)]}
+    other = {**instance(9), "service": "db", "instance": "db-0"}
+    report = {"instances": [*[instance(i) for i in range(3)], other]}
     status, body = await api.call("PUT", path, token=token, json=report)
     assert status == 200, body
-    first = await store.get(keys.report("eu-de-1"))
-    assert first is not None
+    first = await store.get(keys.report("eu-de-1", "web"))
+    db = await store.get(keys.report("eu-de-1", "db"))
+    assert first is not None and db is not None
+    start = await written(store)
     for _ in range(3):
         status, body = await api.call("PUT", path, token=token, json=report)
         assert status == 200, body
-    again = await store.get(keys.report("eu-de-1"))
-    assert again is not None and again.revision == first.revision
-    # A change is written.
-    changed = {"instances": [instance(i, ready=i != 0) for i in range(3)]}
+    assert await written(store) == start  # nothing written at all
+    # Measured usage changes every time; the stored counts do not, so nothing is written.
+    measured = {"instances": [instance(i, cpu_seconds=i + 1.5) for i in range(3)] + [other]}
+    status, body = await api.call("PUT", path, token=token, json=measured)
+    assert status == 200, body
+    assert await written(store) == start
+    # A change is written, to that service's key only.
+    changed = {"instances": [instance(i, ready=i != 0) for i in range(3)] + [other]}
     status, body = await api.call("PUT", path, token=token, json=changed)
     assert status == 200, body
-    later = await store.get(keys.report("eu-de-1"))
+    later = await store.get(keys.report("eu-de-1", "web"))
     assert later is not None and later.revision > first.revision
-    assert later.value["instances"][0]["ready"] is False
+    assert later.value["ready"] == {"1": 2}
+    again = await store.get(keys.report("eu-de-1", "db"))
+    assert again is not None and again.revision == db.revision
+    # A service no longer reported is deleted; deleting the region deletes the rest.
+    status, body = await api.call("PUT", path, token=token, json={"instances": [other]})
+    assert status == 200, body
+    assert await store.get(keys.report("eu-de-1", "web")) is None
+    status, body = await api.call("DELETE", "/v1/regions/eu-de-1")
+    assert status == 200, body
+    assert (await store.scan(keys.reports("eu-de-1")))[0] == []
+
+
+async def test_a_whole_region_report_of_an_older_server_is_ignored_then_deleted(
+    api: Api, store: Store
+) -> None:
+    token = await register(api, "eu-de-1", "DE")
+    await store.put(keys.REPORTS + "eu-de-1", {"instances": [instance(0)]})
+    status, body = await api.call("GET", "/v1/regions/eu-de-1")
+    assert status == 200, body
+    status, body = await api.call(
+        "PUT", "/v1/regions/eu-de-1/status", token=token, json={"instances": [instance(0)]}
+    )
+    assert status == 200, body
+    assert await store.get(keys.REPORTS + "eu-de-1") is None
+    assert await store.get(keys.report("eu-de-1", "web")) is not None
 
 
 # -- hole 10: region token races ----------------------------------------------------------

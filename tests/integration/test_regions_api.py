@@ -21,6 +21,13 @@ async def wait_for_leader(store: Store) -> None:
     raise AssertionError("no leader elected")
 
 
+async def written(store: Store) -> dict[str, int]:
+    """Every key under the test's prefix with its mod_revision: equal twice, nothing
+    was put or deleted meanwhile (etcd's own revision also counts other tests' keys)."""
+    entries, _ = await store.scan("")
+    return {e.key: e.revision for e in entries}
+
+
 async def register(api: Api, name: str = "eu-de-1", country: str = "DE") -> str:
     status, body = await api.call("POST", "/v1/regions", json={"name": name, "country": country})
     assert status == 201, body
@@ -48,6 +55,60 @@ async def test_register_then_heartbeats_keep_the_region_ready(api: Api) -> None:
     assert body["country"] == "DE"
     assert body["capacity"] == {"cpu": 8.0, "memory_mb": 16384}
     assert body["last_heartbeat"] is not None
+
+
+async def test_an_unchanged_heartbeat_writes_nothing_but_keeps_the_region_ready(
+    api: Api, store: Store
+) -> None:
+    token = await register(api)
+    beat = {"capacity": {"cpu": 8, "memory_mb": 16384}, "allocated": {"cpu": 1, "memory_mb": 64}}
+    path = "/v1/regions/eu-de-1/heartbeat"
+    status, body = await api.call("POST", path, token=token, json=beat)
+    assert status == 200, body
+    await asyncio.sleep(0.3)  # the mirror has the record the next beats compare with
+    start = await written(store)
+    record = await store.get("heartbeats/eu-de-1")
+    assert record is not None
+    _, first = await api.call("GET", "/v1/regions/eu-de-1")
+    for _ in range(6):  # 3 s of beats at 0.5 s, beyond the 2 s TTL
+        status, body = await api.call("POST", path, token=token, json=beat)
+        assert status == 200, body
+        await asyncio.sleep(0.5)
+    assert await written(store) == start  # the keep-alive is not a write
+    _, later = await api.call("GET", "/v1/regions/eu-de-1")
+    assert later["state"] == "ready"
+    # When it was last heard from still moves: the server that served the beats knows.
+    assert later["last_heartbeat"] > first["last_heartbeat"]
+    # A changed claim is written.
+    more = {**beat, "allocated": {"cpu": 2, "memory_mb": 128}}
+    status, body = await api.call("POST", path, token=token, json=more)
+    assert status == 200, body
+    after = await store.get("heartbeats/eu-de-1")
+    assert after is not None and after.revision > record.revision
+    assert after.value["allocated"] == {"cpu": 2.0, "memory_mb": 128}
+
+
+async def test_a_liveness_key_gone_while_its_lease_lives_is_made_again(
+    api: Api, store: Store
+) -> None:
+    """The server keeps alive the lease it last used without reading the liveness key,
+    but only while its mirror holds that key as it was: a key deleted under a live
+    lease (by hand, or a region deleted and registered again elsewhere) is made again
+    by the next beat, not left gone behind a lease kept alive for nothing."""
+    token = await register(api)
+    path = "/v1/regions/eu-de-1/heartbeat"
+    for _ in range(2):
+        status, body = await api.call("POST", path, token=token, json={})
+        assert status == 200, body
+        await asyncio.sleep(0.2)
+    alive = await store.get("alive/eu-de-1")
+    assert alive is not None and alive.lease
+    await store.delete("alive/eu-de-1")  # the lease itself lives on
+    await asyncio.sleep(0.3)  # the mirror has seen the delete
+    status, body = await api.call("POST", path, token=token, json={})
+    assert status == 200, body
+    assert body["result"] == "region became reachable: new liveness lease"
+    assert await region_state(api, "eu-de-1") == "ready"
 
 
 async def test_silent_region_becomes_unreachable_within_ttl_plus_one_second(api: Api) -> None:
