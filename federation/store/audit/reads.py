@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from pydantic_core import from_json
 
 from federation.store import keys
 from federation.store.audit.chain import GENESIS, Head, Verification, check, check_raw, head_of
 from federation.store.etcd import JSON, Entry, Store
+
+T = TypeVar("T")
 
 
 class ChainBroken(Exception):
@@ -46,7 +51,7 @@ async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[lis
     consumer that sees ChainBroken has seen nothing past the break."""
     head: JSON | None = None
     expected, prev = 1, GENESIS
-    async for page in store.scan_pages(_AUDIT_KEYS):
+    async for page in _read_ahead(store.scan_pages(_AUDIT_KEYS)):
         views = []
         for key, raw, revision, created in page:
             if key == keys.AUDIT_HEAD:
@@ -71,6 +76,26 @@ async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[lis
     named = head_of(Entry(keys.AUDIT_HEAD, head, 0, 0, 0) if isinstance(head, dict) else None)
     if (named.seq, named.hash) != (last, prev if last else GENESIS):
         raise ChainBroken(last + 1, f"the head names entry {named.seq}; the log ends at {last}")
+
+
+async def _read_ahead(pages: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`pages`, with the next one asked of etcd while the caller works on this one: etcd
+    reading a page and this process checking the one before overlap."""
+    ahead: asyncio.Task[T] = asyncio.ensure_future(anext(pages))
+    try:
+        while True:
+            try:
+                page = await ahead
+            except StopAsyncIteration:
+                return
+            ahead = asyncio.ensure_future(anext(pages))
+            yield page
+    finally:
+        ahead.cancel()
+        # The caller has what it needs (or its own error to raise): whatever the read
+        # ahead ended with is not its news.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await ahead
 
 
 async def verify(store: Store, *, anchor: Head | None = None) -> Verification:
