@@ -42,6 +42,12 @@ class EvidenceRequest(BaseModel):
     checkpoint: Checkpoint | None = None
 
 
+def _utc(moment: datetime) -> datetime | None:
+    """`moment` in UTC; None when it has no zone. OverflowError for a time UTC cannot
+    hold (0001-01-01T00:00:00+01:00)."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else None
+
+
 def _moment(request: web.Request, name: str) -> datetime:
     raw = request.query.get(name)
     if raw is None:
@@ -50,10 +56,10 @@ def _moment(request: web.Request, name: str) -> datetime:
         )
     try:
         # An unencoded `+01:00` arrives as ` 01:00` (a `+` in a query is a space).
-        moment = datetime.fromisoformat(raw.replace(" ", "+"))
-    except ValueError:
+        moment = _utc(datetime.fromisoformat(raw.replace(" ", "+")))
+    except (ValueError, OverflowError):
         moment = None
-    if moment is None or moment.tzinfo is None:
+    if moment is None:
         raise bad_parameter(name, "must be an ISO 8601 time with a zone, e.g. 2026-10-01T00:00:00Z")
     return moment
 
@@ -73,6 +79,11 @@ async def post_evidence(request: web.Request) -> web.Response:
     """As the GET, with the chain also checked against a signed checkpoint."""
     await require(request, Role.ADMIN)
     body = await read_model(request, EvidenceRequest)
+    for field, moment in (("from", body.start), ("to", body.end)):
+        try:
+            _utc(moment)
+        except OverflowError:
+            raise invalid(field, "out of the range a UTC time can hold") from None
     if body.checkpoint is not None:
         check_checkpoint(request, body.checkpoint, "checkpoint.")
     return await _report(request, body.data_class, body.start, body.end, body.checkpoint)
@@ -117,4 +128,12 @@ async def _report(
 
 def _feed(evidence: Evidence, page: list[dict[str, object]]) -> None:
     for entry in page:
-        evidence.feed(entry)
+        try:
+            evidence.feed(entry)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Its hash holds, so it was written like this: by the committer it was not.
+            seq = entry.get("seq")
+            raise store_audit.ChainBroken(
+                seq if isinstance(seq, int) else 0,
+                f"the entry is not one the server writes ({exc})",
+            ) from None

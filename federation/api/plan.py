@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -101,7 +101,7 @@ async def post_plan(request: web.Request) -> web.Response:
             datetime.now(UTC),
             region_ttl=request.app[CONFIG].region_ttl,
         )
-    problems = await _secret_problems(request, changes)
+        problems = await _secret_problems(request, changes)
     if problems:  # what the services' PUTs would refuse: nothing can be applied
         answer["problems"] = [*answer["problems"], *problems]
         answer["exit_code"] = EXIT_ERROR
@@ -113,9 +113,10 @@ async def _secret_problems(request: web.Request, changes: ChangeSet) -> list[dic
     """Each service's secret references checked as its PUT checks them (the secret and
     its key exist, its data classes are among the service's), as plan problems."""
     problems = []
+    read: dict[str, Any] = {}
     for name, spec in sorted(changes.services.items()):
         try:
-            await check_references(request, spec)
+            await check_references(request, spec, read=read)
         except ApiError as exc:
             for detail in exc.details if isinstance(exc.details, list) else []:
                 problems.append(

@@ -188,14 +188,21 @@ async def delete_secret(request: web.Request) -> web.Response:
     return json_response({"name": name, "deleted": True})
 
 
-async def check_references(request: web.Request, spec: ServiceSpec) -> dict[str, int]:
+async def check_references(
+    request: web.Request, spec: ServiceSpec, *, read: dict[str, Any] | None = None
+) -> dict[str, int]:
     """422 unless every secret `spec` references exists, holds the key, and has only
-    data classes the service has. Returns the version of each secret to deliver."""
+    data classes the service has. Returns the version of each secret to deliver.
+    `read`: the secrets already read (by name), shared across calls, so a plan of many
+    services reads each secret once."""
     versions: dict[str, int] = {}
     store = request.app[STORE]
+    read = {} if read is None else read
     for env, ref in sorted(spec.secrets.items()):
         name, key = parse_reference(ref)
-        found = await store_secrets.get(store, name)
+        if name not in read:
+            read[name] = await store_secrets.get(store, name)
+        found = read[name]
         field = f"secrets.{env}"
         if found is None:
             raise ApiError(

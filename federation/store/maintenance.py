@@ -107,9 +107,11 @@ async def _maintenance_call(
         raise NotPermitted(f"etcd refuses {what} to this etcd user: {exc}") from exc
     except grpc.aio.AioRpcError as exc:
         # etcd 3.5 answers a maintenance call its auth refuses with UNKNOWN.
-        if "permission denied" not in (exc.details() or ""):
-            raise
-        raise NotPermitted(f"etcd refuses {what} to this etcd user") from exc
+        if "permission denied" in (exc.details() or ""):
+            raise NotPermitted(f"etcd refuses {what} to this etcd user") from exc
+        # Anything else etcd refuses that retry did not take (a member gone meanwhile):
+        # unavailable, a 503 saying what, never a traceback.
+        raise StoreUnavailable(f"etcd {what}: {exc.code().name}: {exc.details()}") from exc
 
 
 async def alarms(store: Store) -> list[tuple[str, str]]:

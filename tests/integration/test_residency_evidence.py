@@ -25,8 +25,8 @@ from click.testing import CliRunner
 from federation.api.app import create_app
 from federation.cli import main
 from federation.processes.local_etcd import LocalEtcd
-from federation.store import Store
-from federation.store.audit import entry_key
+from federation.store import Store, keys
+from federation.store.audit import digest, entry_key
 from tests.conftest import Api, server_config
 from tests.integration.agents import Federation, wait_until
 from tests.integration.test_audit_checkpoint import write_key
@@ -264,3 +264,31 @@ async def test_bad_requests_and_roles(federation: Federation, keyed: Api) -> Non
     )
     status, body = await keyed.call("GET", naive)
     assert status == 400 and body["error"]["details"][0]["field"] == "from"
+
+
+async def test_times_out_of_range_and_entries_the_server_never_writes_are_4xx_not_500(
+    federation: Federation, keyed: Api, store: Store
+) -> None:
+    for bad in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        query = urlencode({"data_class": "phi-eu", "from": bad, "to": "2026-12-31T00:00:00Z"})
+        status, body = await keyed.call("GET", f"/v1/residency/evidence?{query}")
+        assert status == 400 and body["error"]["details"][0]["field"] == "from", body
+        post = {"data_class": "phi-eu", "from": bad, "to": "2026-12-31T00:00:00Z"}
+        status, body = await keyed.call("POST", "/v1/residency/evidence", json=post)
+        assert status == 422 and body["error"]["details"][0]["field"] == "from", body
+
+    # Someone with etcd access replaces the last entry with one whose hash and chain
+    # hold but whose time is not a time: the report refuses (409), it does not crash.
+    head = await store.get(keys.AUDIT_HEAD)
+    assert head is not None
+    seq = int(head.value["seq"])
+    last = await store.get(entry_key(seq))
+    assert last is not None
+    forged = {k: v for k, v in last.value.items() if k != "hash"} | {"at": "yesterday"}
+    forged["hash"] = digest(forged)
+    await store.delete(entry_key(seq))
+    await store.put(entry_key(seq), forged)
+    await store.put(keys.AUDIT_HEAD, {"seq": seq, "hash": forged["hash"]})
+    now = datetime.now(UTC)
+    status, body = await evidence(keyed, now - timedelta(hours=1), now + timedelta(hours=1))
+    assert status == 409 and body["error"]["code"] == "audit_log_broken", body

@@ -55,7 +55,10 @@ async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[lis
         views = []
         for key, raw, revision, created in page:
             if key == keys.AUDIT_HEAD:
-                head = from_json(raw)
+                try:
+                    head = from_json(raw)
+                except ValueError:
+                    raise ChainBroken(expected, "the audit head is not JSON") from None
                 continue
             if not key.startswith(keys.AUDIT):
                 continue
@@ -73,7 +76,10 @@ async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[lis
     last = expected - 1
     if anchor is not None and anchor.seq > last:
         raise ChainBroken(last + 1, f"the log ends at entry {last}, before the checkpoint's")
-    named = head_of(Entry(keys.AUDIT_HEAD, head, 0, 0, 0) if isinstance(head, dict) else None)
+    try:
+        named = head_of(Entry(keys.AUDIT_HEAD, head, 0, 0, 0) if isinstance(head, dict) else None)
+    except (ValueError, TypeError):
+        raise ChainBroken(last + 1, "the audit head does not name an entry") from None
     if (named.seq, named.hash) != (last, prev if last else GENESIS):
         raise ChainBroken(last + 1, f"the head names entry {named.seq}; the log ends at {last}")
 
