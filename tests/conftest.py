@@ -132,10 +132,10 @@ def server_config(etcd: LocalEtcd, prefix: str, **overrides: Any) -> ServerConfi
     return ServerConfig(**base)
 
 
-@pytest.fixture
-async def api(etcd: LocalEtcd, prefix: str) -> AsyncIterator[Api]:
-    """An in-process server on a real loopback port, with its own prefix in etcd."""
-    config = server_config(etcd, prefix)
+@contextlib.asynccontextmanager
+async def serving(config: ServerConfig) -> AsyncIterator[Api]:
+    """An in-process server of `config` on a real loopback port, and a session to it;
+    stopped on the way out."""
     server = TestServer(create_app(config, announce=False), host="127.0.0.1")
     await server.start_server()
     try:
@@ -150,6 +150,13 @@ async def api(etcd: LocalEtcd, prefix: str) -> AsyncIterator[Api]:
             )
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def api(etcd: LocalEtcd, prefix: str) -> AsyncIterator[Api]:
+    """An in-process server on a real loopback port, with its own prefix in etcd."""
+    async with serving(server_config(etcd, prefix)) as served:
+        yield served
 
 
 TTL = 2  # election and region TTL of every server the tests start, in seconds

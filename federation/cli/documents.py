@@ -15,6 +15,7 @@ string, not 90), and anchors and aliases are refused here as they are there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,19 @@ def classify(source: str, doc: Any) -> Document:
 
 def load_documents(paths: tuple[Path, ...]) -> tuple[list[Document], list[str]]:
     """Every document of every file, and the errors that kept some from loading."""
+    return _load(list(paths), classify)
+
+
+def _load(
+    files: list[Path], tell: Callable[[str, Any], Document]
+) -> tuple[list[Document], list[str]]:
+    """Every document of `files`, each told apart by `tell`, and the errors that kept
+    some from loading (a file that is no YAML; a document `tell` refuses)."""
     from federation.model import safe_yaml  # PyYAML only for the commands that read files
 
     docs: list[Document] = []
     errors: list[str] = []
-    for path in paths:
+    for path in files:
         try:
             loaded = safe_yaml.load_all(path.read_text())
         except (OSError, UnicodeDecodeError, safe_yaml.YamlRefused) as exc:
@@ -71,7 +80,7 @@ def load_documents(paths: tuple[Path, ...]) -> tuple[list[Document], list[str]]:
                 continue
             source = f"{path}#{i}" if len(loaded) > 1 else str(path)
             try:
-                docs.append(classify(source, doc))
+                docs.append(tell(source, doc))
             except ValueError as exc:
                 errors.append(f"{source}: {exc}")
     return docs, errors
@@ -145,25 +154,7 @@ def yaml_files(paths: tuple[Path, ...]) -> list[Path]:
 def load_set(paths: tuple[Path, ...]) -> tuple[list[Document], list[str]]:
     """Every document of every file and directory, and the errors that kept some from
     loading (a plan with any is not sent)."""
-    from federation.model import safe_yaml
-
-    docs: list[Document] = []
-    errors: list[str] = []
-    for path in yaml_files(paths):
-        try:
-            loaded = safe_yaml.load_all(path.read_text())
-        except (OSError, UnicodeDecodeError, safe_yaml.YamlRefused) as exc:
-            errors.append(f"{path}: {exc}")
-            continue
-        for i, doc in enumerate(loaded, start=1):
-            if doc is None:
-                continue
-            source = f"{path}#{i}" if len(loaded) > 1 else str(path)
-            try:
-                docs.append(classify_any(source, doc))
-            except ValueError as exc:
-                errors.append(f"{source}: {exc}")
-    return docs, errors
+    return _load(yaml_files(paths), classify_any)
 
 
 def load_services(paths: tuple[Path, ...]) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ Nothing the server answers holds a value: the tables show keys and fingerprints.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from federation.cli.render import console, err_console, moment, phase, progress
+from federation.cli.render import console, err_console, moment
+from federation.cli.services import wait_running
 from federation.cli.session import call
 from federation.client import ApiClient
 
@@ -62,32 +62,6 @@ def _show(answer: dict[str, Any]) -> None:
         console.print(f"rolling out to: {escape(', '.join(rolled))}")
 
 
-async def _wait_rollout(client: ApiClient, services: list[str], within_s: float) -> int:
-    """Progress bars until each service runs its newest generation; returns how many
-    did not in time."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within_s
-    wanted = {name: int((await client.service(name))["generation"]) for name in services}
-    pending = set(services)
-    with progress("ready") as bars:
-        tasks = {name: bars.add_task(name, total=1, phase="Progressing") for name in services}
-        while pending and loop.time() < end:
-            for name in sorted(pending):
-                st = (await client.service(name))["status"]
-                bars.update(
-                    tasks[name],
-                    total=max(1, st["replicas"]["desired"]),
-                    completed=st["replicas"]["ready"],
-                    phase=phase(st["phase"]),
-                )
-                if st["observed_generation"] >= wanted[name] and st["phase"] == "Running":
-                    pending.discard(name)
-            await asyncio.sleep(0.5)
-    for name in sorted(pending):
-        err_console.print(f"[yellow]{name}[/]: not rolled out within {within_s:g} s")
-    return len(pending)
-
-
 @secret.command("set")
 @click.argument("name")
 @click.argument("pairs", nargs=-1, required=True)
@@ -125,7 +99,10 @@ def secret_rotate(
         _show(answer)
         if not wait or not answer.get("rolled"):
             return 0
-        return await _wait_rollout(client, list(answer["rolled"]), timeout)
+        # Each rolled service runs its newest generation (the rotation's) when done.
+        rolled = list(answer["rolled"])
+        wanted = {n: int((await client.service(n))["generation"]) for n in rolled}
+        return await wait_running(client, wanted, timeout)
 
     if call(ctx, run):
         raise SystemExit(1)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from federation.model.service import Assignment
-from federation.store import Store, keys
+from federation.store import Entry, Store, keys
 from tests.conftest import Api
 
 T = TypeVar("T")
@@ -217,6 +217,37 @@ async def running_federation(api: Api, store: Store) -> AsyncIterator[Federation
         yield fed
     finally:
         await fed.close()
+
+
+@contextlib.asynccontextmanager
+async def reporting(federation: Federation, every: float = 0.2) -> AsyncIterator[None]:
+    """Every registered region reports every assigned instance ready, every `every`
+    seconds, until the block ends."""
+
+    async def loop() -> None:
+        while True:
+            for region in list(federation.tokens):
+                with contextlib.suppress(AssertionError, OSError):
+                    await federation.report(region)
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(loop(), name="reporting")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def durable(entries: list[Entry]) -> list[tuple[str, int]]:
+    """Keys and revisions, leaving out what regions and the election refresh anyway:
+    two scans of the store compared by this show whether anything was written."""
+    return [
+        (e.key, e.revision)
+        for e in entries
+        if not e.key.startswith(("heartbeats/", "alive/", "leader", "reports/"))
+    ]
 
 
 def condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:

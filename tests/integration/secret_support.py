@@ -9,13 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp.test_utils import TestServer
-
-from federation.api.app import create_app
 from federation.processes.certs import make_kek_file
 from federation.processes.local_etcd import LocalEtcd
-from tests.conftest import Api, server_config
+from tests.conftest import Api, server_config, serving
 
 
 def marker(label: str) -> str:
@@ -28,21 +24,8 @@ async def secret_api(
     etcd: LocalEtcd, prefix: str, kek_file: Path | None, **overrides: Any
 ) -> AsyncIterator[Api]:
     """An in-process server on a real port, sealing secrets with `kek_file`."""
-    config = server_config(etcd, prefix, kek_file=kek_file, **overrides)
-    server = TestServer(create_app(config, announce=False), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            assert config.admin_token is not None
-            yield Api(
-                str(server.make_url("")).rstrip("/"),
-                config.admin_token,
-                session,
-                config,
-                app=server.app,
-            )
-    finally:
-        await server.close()
+    async with serving(server_config(etcd, prefix, kek_file=kek_file, **overrides)) as api:
+        yield api
 
 
 def new_kek_file(directory: Path) -> Path:

@@ -14,17 +14,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from federation.api.app import create_app
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import Op, Store, keys
 from federation.store.audit import entry_key
-from tests.conftest import Api, server_config
+from tests.conftest import Api, server_config, serving
 
 
 def write_key(path: Path) -> Path:
@@ -43,15 +40,8 @@ def write_key(path: Path) -> Path:
 async def keyed(etcd: LocalEtcd, prefix: str, tmp_path: Path) -> AsyncIterator[Api]:
     """An in-process server started with `--audit-key`."""
     config = server_config(etcd, prefix, audit_key=write_key(tmp_path / "audit.key"))
-    server = TestServer(create_app(config, announce=False), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            assert config.admin_token is not None
-            url = str(server.make_url("")).rstrip("/")
-            yield Api(url, config.admin_token, session, config, app=server.app)
-    finally:
-        await server.close()
+    async with serving(config) as api:
+        yield api
 
 
 async def cli(api: Api, *args: str) -> tuple[int, str]:

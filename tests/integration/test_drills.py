@@ -9,7 +9,6 @@ HTTP API (see `agents.py`); `reporting` stands in for their instances turning re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,7 +18,12 @@ import pytest
 
 from federation.store import Store
 from tests.conftest import Api, ServerProcess, server_config
-from tests.integration.agents import DEMO_REGIONS, EU_PATIENT_DATA, Federation, wait_until
+from tests.integration.agents import (
+    EU_PATIENT_DATA,
+    Federation,
+    reporting,
+    wait_until,
+)
 
 DE_ONLY = {"name": "de-only", "data_classes": ["de-only"], "allow": ["DE"], "mode": "enforce"}
 COMMAND = ["python", "-m", "http.server", "{port}"]
@@ -42,26 +46,6 @@ async def federation(api: Api, store: Store) -> AsyncIterator[Federation]:
 
 def service(name: str, **fields: Any) -> dict[str, Any]:
     return {"name": name, "command": COMMAND, **fields}
-
-
-@contextlib.asynccontextmanager
-async def reporting(federation: Federation, every: float = 0.2) -> AsyncIterator[None]:
-    """Every region reports every assigned instance ready, every `every` seconds."""
-
-    async def loop() -> None:
-        while True:
-            for region in DEMO_REGIONS:
-                with contextlib.suppress(AssertionError, OSError):
-                    await federation.report(region)
-            await asyncio.sleep(every)
-
-    task = asyncio.create_task(loop(), name="reporting")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def drill(api: Api, **body: Any) -> tuple[int, Any]:

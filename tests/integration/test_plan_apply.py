@@ -21,9 +21,9 @@ from click.testing import CliRunner, Result
 
 from federation.cli import main
 from federation.processes.local_etcd import LocalEtcd
-from federation.store import Entry, Store
+from federation.store import Store
 from tests.conftest import Api
-from tests.integration.agents import EU_PATIENT_DATA, Federation, running_federation
+from tests.integration.agents import EU_PATIENT_DATA, Federation, durable, running_federation
 from tests.integration.secret_support import new_kek_file, secret_api
 
 
@@ -65,14 +65,6 @@ def write(directory: Path, name: str, *docs: dict[str, Any]) -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return path
-
-
-def durable(entries: list[Entry]) -> list[tuple[str, int]]:
-    return [
-        (e.key, e.revision)
-        for e in entries
-        if not e.key.startswith(("heartbeats/", "alive/", "leader", "reports/"))
-    ]
 
 
 async def test_a_policy_removing_fr_shows_the_fr_replicas_moving_and_writes_nothing(

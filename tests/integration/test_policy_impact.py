@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from federation.store import Entry, Store
+from federation.store import Store
 from tests.conftest import Api
-from tests.integration.agents import EU_PATIENT_DATA, Federation, running_federation
+from tests.integration.agents import EU_PATIENT_DATA, Federation, durable, running_federation
 
 
 @pytest.fixture
@@ -59,12 +59,5 @@ async def test_dry_run_lists_services_that_would_move_or_go_pending(
     after, _ = await store.scan("")
 
     # Nothing written by the dry runs (heartbeats and leases aside).
-    def durable(entries: list[Entry]) -> list[tuple[str, int]]:
-        return [
-            (e.key, e.revision)
-            for e in entries
-            if not e.key.startswith(("heartbeats/", "alive/", "leader", "reports/"))
-        ]
-
     assert durable(after) == durable(before)
     await federation.wait_placed("records", {"eu-de-1": 2, "eu-fr-1": 2})

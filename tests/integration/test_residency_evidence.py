@@ -8,7 +8,6 @@ etcd makes the report refuse; a signed report verifies and a one-byte change doe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -17,18 +16,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 
-from federation.api.app import create_app
 from federation.cli import main
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import Store, keys
 from federation.store.audit import digest, entry_key
-from tests.conftest import Api, server_config
-from tests.integration.agents import Federation, wait_until
+from tests.conftest import Api, server_config, serving
+from tests.integration.agents import Federation, reporting, wait_until
 from tests.integration.test_audit_checkpoint import write_key
 
 DE_FR = {"name": "eu-patient-data", "data_classes": ["phi-eu"], "allow": ["DE", "FR"]}
@@ -45,15 +41,8 @@ RECORDS = {
 async def keyed(etcd: LocalEtcd, prefix: str, tmp_path: Path) -> AsyncIterator[Api]:
     """An in-process server started with `--audit-key`."""
     config = server_config(etcd, prefix, audit_key=write_key(tmp_path / "audit.key"))
-    server = TestServer(create_app(config, announce=False), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with aiohttp.ClientSession() as session:
-            assert config.admin_token is not None
-            url = str(server.make_url("")).rstrip("/")
-            yield Api(url, config.admin_token, session, config, app=server.app)
-    finally:
-        await server.close()
+    async with serving(config) as api:
+        yield api
 
 
 @pytest.fixture
@@ -66,26 +55,6 @@ async def federation(keyed: Api, store: Store) -> AsyncIterator[Federation]:
         yield fed
     finally:
         await fed.close()
-
-
-@contextlib.asynccontextmanager
-async def reporting(federation: Federation) -> AsyncIterator[None]:
-    """Every beating region reports every assigned instance ready, every 0.2 s."""
-
-    async def loop() -> None:
-        while True:
-            for region in list(federation.tokens):
-                with contextlib.suppress(AssertionError, OSError):
-                    await federation.report(region)
-            await asyncio.sleep(0.2)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def evidence(api: Api, start: datetime, end: datetime, **extra: Any) -> tuple[int, Any]:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from federation.store import Entry, Store
+from federation.store import Store
 from tests.conftest import Api
-from tests.integration.agents import Federation, running_federation
+from tests.integration.agents import Federation, durable, running_federation
 
 
 @pytest.fixture
@@ -28,15 +28,6 @@ RECORDS: dict[str, Any] = {
     "data_classes": ["phi-eu"],
     "placement": {"min_regions": 2},
 }
-
-
-def durable(entries: list[Entry]) -> list[tuple[str, int]]:
-    """Keys and revisions, leaving out what regions and the election refresh anyway."""
-    return [
-        (e.key, e.revision)
-        for e in entries
-        if not e.key.startswith(("heartbeats/", "alive/", "leader", "reports/"))
-    ]
 
 
 async def test_dry_run_of_a_new_service_shows_its_placement_and_writes_nothing(
