@@ -182,7 +182,10 @@ async def test_applying_a_plan_after_someone_changed_a_service_is_a_409_and_chan
     saved = tmp_path / "plan.json"
     saved.write_text(result.output)
 
-    await federation.deploy({**RECORDS, "replicas": 4}, expect=200)  # someone else
+    changed = await federation.deploy({**RECORDS, "replicas": 4}, expect=200)  # someone else
+    # The controller places the change in the background; wait so that placement is
+    # not mistaken for something the refused apply wrote.
+    await federation.wait_decided("records", changed["generation"])
     before, _ = await store.scan("")
     result = await cli("apply", "-f", str(repo), "--plan", str(saved))
     assert result.exit_code == 1, result.output
