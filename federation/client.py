@@ -250,9 +250,10 @@ class ApiClient:
         return await self._call("POST", "/v1/plan", body={"documents": documents, "prune": prune})
 
     async def put_resource(self, kind: str, name: str, spec: Json, *, if_match: int) -> Json:
-        """Write a group, policy or service, only if its revision is still `if_match`
-        (0: only if it does not exist yet); a 409 otherwise."""
-        return await self._call_if_match("PUT", f"/v1/{_PLURAL[kind]}/{name}", if_match, spec)
+        """Write a group, policy or service (or a region's labels), only if its revision
+        is still `if_match` (0: only if it does not exist yet); a 409 otherwise."""
+        path = f"/v1/regions/{name}/labels" if kind == "region" else f"/v1/{_PLURAL[kind]}/{name}"
+        return await self._call_if_match("PUT", path, if_match, spec)
 
     async def delete_resource(self, kind: str, name: str, *, if_match: int) -> Json:
         """Delete a group, policy or service, only if its revision is still `if_match`."""

@@ -27,7 +27,7 @@ from federation.api.tokens import TokenCreate
 from federation.model.drill import DrillRequest
 from federation.model.names import NAME_PATTERN
 from federation.model.policy import Group, Policy
-from federation.model.region import CapacityLimit, Heartbeat, RegionCreate
+from federation.model.region import CapacityLimit, Heartbeat, RegionCreate, RegionLabels
 from federation.model.secret import SecretRotation, SecretSpec
 from federation.model.service import RegionReport, ServiceSpec
 from federation.store.audit.checkpoint import Checkpoint
@@ -81,6 +81,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "admin",
         CapacityLimit,
         if_match=True,
+    ),
+    ("PUT", "/v1/regions/{region}/labels"): Operation(
+        "Replace the region's labels", "admin", RegionLabels, if_match=True
     ),
     ("DELETE", "/v1/regions/{region}/capacity-limit"): Operation(
         "Lift the region's capacity ceiling", "admin", if_match=True

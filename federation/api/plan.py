@@ -1,6 +1,8 @@
-"""`POST /v1/plan`: a set of documents (groups, policies, services) planned as one,
-written nowhere. `federation plan`, `diff` and `apply` ask it; `apply` then writes each
-resource with the revision the plan saw as `If-Match` (docs/gitops.md).
+"""`POST /v1/plan`: a set of documents (region labels, groups, policies, secrets'
+metadata, services) planned as one, written nowhere. `federation plan`, `diff` and
+`apply` ask it; `apply` then writes each resource with the revision the plan saw as
+`If-Match` (docs/gitops.md). Secrets' metadata is checked against the stored secrets,
+never written: values do not go in files.
 
 The documents are validated one by one as their own PUT would (a 422 naming
 `documents.N.spec.FIELD`); what only the set as a whole can say (a group one of its
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -24,9 +27,12 @@ from federation.api.errors import ApiError, invalid
 from federation.api.secrets import check_references
 from federation.model.names import Labels
 from federation.model.policy import Group, Policy
+from federation.model.region import RegionLabels
+from federation.model.secret import SecretDeclaration
 from federation.model.service import ServiceSpec
 from federation.model.token import Role
-from federation.planning.changeset import EXIT_ERROR, ChangeSet, plan_changes
+from federation.planning.changeset import EXIT_ERROR, ChangeSet, StoredSecret, plan_changes
+from federation.store import secrets as store_secrets
 from federation.store.world import read_world
 
 routes = web.RouteTableDef()
@@ -52,7 +58,22 @@ class GroupDocument(BaseModel):
     spec: Group
 
 
-Document = Annotated[ServiceDocument | PolicyDocument | GroupDocument, Field(discriminator="kind")]
+class RegionDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["region"]
+    spec: RegionLabels
+
+
+class SecretDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["secret"]
+    spec: SecretDeclaration
+
+
+Document = Annotated[
+    ServiceDocument | PolicyDocument | GroupDocument | RegionDocument | SecretDocument,
+    Field(discriminator="kind"),
+]
 
 
 class PlanRequest(BaseModel):
@@ -70,19 +91,20 @@ def change_set(request: PlanRequest) -> ChangeSet:
     """The documents by kind and name; a 422 naming the second of any pair that share
     both (which one should win is not for the server to guess)."""
     changes = ChangeSet(prune=request.prune)
+    by_kind: dict[str, dict[str, Any]] = {
+        "service": changes.services,
+        "policy": changes.policies,
+        "group": changes.groups,
+        "region": changes.regions,
+        "secret": changes.secrets,
+    }
     for i, doc in enumerate(request.documents):
-        into: dict[str, ServiceSpec] | dict[str, Policy] | dict[str, Group]
-        if isinstance(doc, ServiceDocument):
-            into = changes.services
-        elif isinstance(doc, PolicyDocument):
-            into = changes.policies
-        else:
-            into = changes.groups
+        into = by_kind[doc.kind]
         if doc.spec.name in into:
             raise invalid(
                 f"documents.{i}.spec.name", f"a second {doc.kind} named {doc.spec.name!r}"
             )
-        into[doc.spec.name] = doc.spec  # type: ignore[assignment]
+        into[doc.spec.name] = doc.spec
     return changes
 
 
@@ -94,12 +116,12 @@ async def post_plan(request: web.Request) -> web.Response:
     changes = change_set(body)
     async with whole_read(request):
         world = await read_world(request.app[STORE])
+        secrets = await _stored_secrets(request, changes)
         answer = await asyncio.to_thread(
-            plan_changes,
+            partial(plan_changes, region_ttl=request.app[CONFIG].region_ttl, secrets=secrets),
             world,
             changes,
             datetime.now(UTC),
-            region_ttl=request.app[CONFIG].region_ttl,
         )
         problems = await _secret_problems(request, changes)
     if problems:  # what the services' PUTs would refuse: nothing can be applied
@@ -107,6 +129,18 @@ async def post_plan(request: web.Request) -> web.Response:
         answer["exit_code"] = EXIT_ERROR
     answer["revision"] = world.revision
     return json_response(answer)
+
+
+async def _stored_secrets(request: web.Request, changes: ChangeSet) -> dict[str, StoredSecret]:
+    """The metadata of each stored secret the set declares."""
+    found = {}
+    for name in sorted(changes.secrets):
+        got = await store_secrets.get(request.app[STORE], name)
+        if got is not None:
+            record, revision = got
+            meta = record.metadata(revision)
+            found[name] = StoredSecret(tuple(meta["data_classes"]), tuple(meta["keys"]), revision)
+    return found
 
 
 async def _secret_problems(request: web.Request, changes: ChangeSet) -> list[dict[str, str]]:

@@ -7,17 +7,18 @@ import secrets
 from datetime import UTC, datetime
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from federation.api.auth import require, require_region
-from federation.api.body import if_match, json_response, path_name, read_model
+from federation.api.body import if_match, json_response, path_name, read_model, read_named
 from federation.api.context import CONFIG, LAST_SEEN, MIRROR, STORE
-from federation.api.errors import ApiError, not_found
+from federation.api.errors import ApiError, from_validation, not_found
 from federation.model.region import (
     CapacityLimit,
     Cordon,
     Heartbeat,
     RegionCreate,
+    RegionLabels,
     RegionRecord,
     RegionView,
     new_incarnation,
@@ -160,6 +161,25 @@ async def delete_capacity_limit(request: web.Request) -> web.Response:
     path_name(request, "region")
     await require(request, Role.ADMIN)
     return await _set_capacity_limit(request, None)
+
+
+@routes.put("/v1/regions/{region}/labels")
+async def put_region_labels(request: web.Request) -> web.Response:
+    """Replace the region's labels (admin, like its registration: labels draw
+    placements that prefer them)."""
+    name = path_name(request, "region")
+    await require(request, Role.ADMIN)
+    try:
+        body = RegionLabels.model_validate(await read_named(request, name, kind="region"))
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    try:
+        view = await store_regions.set_labels(
+            request.app[STORE], name, body.labels, revision=if_match(request)
+        )
+    except store_regions.RegionNotFound:
+        raise not_found("region", name) from None
+    return json_response(_view(request, view), revision=view.revision)
 
 
 @routes.post("/v1/regions/{region}/heartbeat")

@@ -6,7 +6,8 @@ past a bad one, collecting its error; `apply_order` sends groups before the
 policies that may name them, and a group after the groups of the same batch it
 includes, so one apply of a consistent set never trips on its own references.
 `deploy` takes files of services: `load_services`. `plan`, `diff` and `apply` take
-files and directories of all three kinds: `load_set`. Nothing here talks to the API.
+files and directories of those and of region labels and secrets' metadata:
+`load_set`. Nothing here talks to the API.
 
 Files are read by `model.safe_yaml`, the server's own YAML reader, so a file means the
 same whether `deploy` sends it or it is PUT as YAML (YAML 1.2 scalars: `1:30` is a
@@ -26,7 +27,7 @@ class Document:
     """One YAML document: what it is, its name and body, and where it came from."""
 
     source: str
-    kind: str  # "policy" or "group"; for `load_set` also "service"
+    kind: str  # "policy" or "group"; for `load_set` any of SET_KINDS
     name: str
     body: dict[str, Any]
 
@@ -108,15 +109,17 @@ def apply_order(docs: list[Document]) -> list[Document]:
     return ordered + [d for d in docs if d.kind == "policy"]
 
 
-# What `plan`, `diff` and `apply` take, in the order `apply` writes them.
-SET_KINDS = ("group", "policy", "service")
+# What `plan`, `diff` and `apply` take, in the order `apply` writes them. Regions and
+# secrets are told only by `kind:` (their fields look like the others'); a region
+# document sets its labels, a secret document declares metadata the plan checks.
+SET_KINDS = ("region", "group", "policy", "secret", "service")
 
 
 def classify_any(source: str, doc: Any) -> Document:
-    """A group, policy or service: `kind:` if given, else by its fields (`countries`: a
-    group; `command` or `image`: a service; `data_classes`: a policy)."""
+    """Any of SET_KINDS: `kind:` if given, else by its fields (`countries`: a group;
+    `command` or `image`: a service; `data_classes`: a policy)."""
     if not isinstance(doc, dict):
-        raise ValueError("a document must be a mapping (a group, policy or service)")
+        raise ValueError("a document must be a mapping (a group, policy, service, ...)")
     body = dict(doc)
     kind = body.pop("kind", None)
     if kind is not None:
@@ -130,7 +133,7 @@ def classify_any(source: str, doc: Any) -> Document:
     elif "data_classes" in body:
         kind = "policy"
     else:
-        raise ValueError("cannot tell what this is; add kind: group|policy|service")
+        raise ValueError("cannot tell what this is; add kind: " + "|".join(SET_KINDS))
     name = body.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError("name: required")

@@ -1,5 +1,6 @@
-"""`federation plan`, `diff` and `apply`: a directory of groups, policies and services,
-planned as one by the server (`POST /v1/plan`) and applied resource by resource.
+"""`federation plan`, `diff` and `apply`: a directory of groups, policies, services,
+region labels and secrets' metadata, planned as one by the server (`POST /v1/plan`)
+and applied resource by resource.
 
 Exit codes follow `terraform plan -detailed-exitcode` (docs/gitops.md): 0 no changes,
 1 an error (a usage error too, which click would make 2), 2 changes, 3 changes that
@@ -27,6 +28,9 @@ from federation.client import ApiClient, ApiError
 
 JSON = dict[str, Any]
 MANAGED_BY = "managed-by"
+# Regions join by registration and secrets hold values files never do: neither is
+# deleted for being absent from the files.
+PRUNABLE = ("group", "policy", "service")
 EXIT_ERROR = 1
 
 
@@ -64,12 +68,13 @@ def _documents(paths: tuple[Path, ...], prune: bool) -> tuple[list[Document], JS
     if errors:
         raise SystemExit(EXIT_ERROR)
     if not docs:
-        _fail("no documents (groups, policies or services) in " + ", ".join(map(str, paths)))
+        _fail("no documents (" + ", ".join(SET_KINDS) + ") in " + ", ".join(map(str, paths)))
     if not prune:
         return docs, None
     values = {
         d.body.get("labels", {}).get(MANAGED_BY) if isinstance(d.body.get("labels"), dict) else None
         for d in docs
+        if d.kind in PRUNABLE
     }
     if len(values) != 1 or None in values:
         _fail(
@@ -155,8 +160,8 @@ def _moved_since(saved: JSON, fresh: JSON) -> list[str]:
 
 
 def _write_order(resources: list[JSON]) -> list[JSON]:
-    """Creates and updates in dependency order (groups, policies, services), then
-    deletes the other way round."""
+    """Creates and updates in dependency order (SET_KINDS), then deletes the other way
+    round."""
     rank = {kind: i for i, kind in enumerate(SET_KINDS)}
     writes = [r for r in resources if r["action"] in ("create", "update")]
     deletes = [r for r in resources if r["action"] == "delete"]
@@ -185,8 +190,9 @@ def apply(
     wait: bool,
     timeout: float,
 ) -> None:
-    """Apply PATHS: groups, policies, then services (deletes last, with --prune), each
-    only if unchanged since the plan (If-Match)."""
+    """Apply PATHS: region labels, groups, policies, then services (deletes last, with
+    --prune), each only if unchanged since the plan (If-Match). Secrets are checked,
+    never written."""
     docs, selector = _documents(paths, prune)
     reviewed: JSON | None = None
     if saved is not None:

@@ -65,6 +65,17 @@ class RegionCreate(BaseModel):
     capacity_limit: CapacityLimit | None = None
 
 
+class RegionLabels(BaseModel):
+    """Body of `PUT /v1/regions/{r}/labels`, and a `kind: region` document of a plan:
+    the region's whole label set. Only labels: a region joins (country, token) by
+    registration, never from files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    labels: dict[Name, LabelValue] = Field(default_factory=dict, max_length=64)
+
+
 class Cordon(BaseModel):
     """Why a region is cordoned, and by whom (an operator or `drill:<id>`)."""
 

@@ -85,6 +85,23 @@ class SecretSpec(BaseModel):
         return sorted(set(classes))
 
 
+class SecretDeclaration(BaseModel):
+    """A `kind: secret` document of a plan: the secret's metadata as a repository
+    declares it (data classes and keys; values never go in files). A plan checks it
+    against the stored secret and never writes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    data_classes: list[Name] = Field(min_length=1, max_length=32)
+    keys: list[SecretKey] = Field(min_length=1, max_length=MAX_KEYS)
+
+    @field_validator("data_classes", "keys")
+    @classmethod
+    def _unique(cls, items: list[str]) -> list[str]:
+        return sorted(set(items))
+
+
 class SecretRotation(BaseModel):
     """Body of `POST /v1/secrets/{s}/rotate`: new values for some keys (the others keep
     theirs) in a new version."""

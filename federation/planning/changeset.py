@@ -6,11 +6,14 @@ update, delete, none) with its field-level diff and the revision it was planned
 against (which `apply` sends as `If-Match`), the placement moves of every service the
 set changes or that residency changes move, the regions residency newly rejects, and
 the warnings. The world after the set is the world before with every document in
-place, so a new policy and the service that needs it are planned together.
+place, so a new policy and the service that needs it are planned together, and a
+region's new labels move the services that prefer them. Secrets' metadata is checked
+against the stored secrets and never changes anything.
 
 Problems that would make a write fail (a reference to a group that is in neither the
 store nor the set, a data class no policy names, a group still named by something that
-stays) are returned as `problems`, each naming its document; a plan with problems has
+stays, a region that is not registered, a secret that is not stored as declared) are
+returned as `problems`, each naming its document; a plan with problems has
 no exit code but 1.
 """
 
@@ -23,6 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from federation.model.policy import Group, Policy
+from federation.model.region import RegionLabels
+from federation.model.secret import SecretDeclaration
 from federation.model.service import ServiceRecord, ServiceSpec
 from federation.model.status import NO_COMPLIANT_FAILOVER_REGION, survivability
 from federation.planning.plan import ServicePlan, plan
@@ -37,7 +42,7 @@ JSON = dict[str, Any]
 
 # The order `apply` writes in: what is named before what names it. Deletes go the
 # other way round.
-KINDS = ("group", "policy", "service")
+KINDS = ("region", "group", "policy", "secret", "service")
 NO_ROOM = (NO_COMPLIANT_REGION, INSUFFICIENT_CAPACITY)
 
 # Exit codes, as `terraform plan -detailed-exitcode`.
@@ -51,6 +56,10 @@ class ChangeSet:
     groups: dict[str, Group] = field(default_factory=dict)
     policies: dict[str, Policy] = field(default_factory=dict)
     services: dict[str, ServiceSpec] = field(default_factory=dict)
+    # Labels of registered regions; a region is never created or pruned from files.
+    regions: dict[str, RegionLabels] = field(default_factory=dict)
+    # Checked against the stored secrets, never written (values never go in files).
+    secrets: dict[str, SecretDeclaration] = field(default_factory=dict)
     # Resources whose labels include all of these and that the set does not hold are
     # deleted; None: nothing is.
     prune: Mapping[str, str] | None = None
@@ -186,6 +195,76 @@ def _world_after(world: World, changes: ChangeSet, resources: list[JSON], now: d
     return dataclasses.replace(world, services=services, placements=placements)
 
 
+@dataclass(frozen=True)
+class StoredSecret:
+    """What a plan knows of a stored secret: its metadata, never a value."""
+
+    data_classes: tuple[str, ...]
+    keys: tuple[str, ...]
+    revision: int
+
+
+def _regions_after(world: World, changes: ChangeSet, resources: list[JSON]) -> list[JSON]:
+    """Each region document as a resource (its labels' diff), the regions of `world`
+    relabelled in place; problems for regions that are not registered."""
+    problems: list[JSON] = []
+    for name, doc in sorted(changes.regions.items()):
+        record = world.regions.get(name)
+        if record is None:
+            problems.append(
+                {
+                    "kind": "region",
+                    "name": name,
+                    "field": "name",
+                    "message": f"region {name!r} is not registered: a region joins with "
+                    "`federation region register` (its country and token), not from files",
+                }
+            )
+            continue
+        before = {"name": name, "labels": dict(sorted(record.labels.items()))}
+        after = {"name": name, "labels": dict(sorted(doc.labels.items()))}
+        revision = world.region_revisions.get(name, 0)
+        resources.append(_resource("region", name, before, after, revision))
+        world.regions[name] = record.model_copy(update={"labels": after["labels"]})
+    return problems
+
+
+def _secrets_checked(
+    changes: ChangeSet, stored: Mapping[str, StoredSecret], resources: list[JSON]
+) -> list[JSON]:
+    """Each secret document checked against the stored secret: it must exist with
+    every key the files list and exactly their data classes (where it may be delivered
+    is what was reviewed). Keys the files do not list are left alone."""
+    problems: list[JSON] = []
+
+    def problem(name: str, field_: str, message: str) -> None:
+        problems.append({"kind": "secret", "name": name, "field": field_, "message": message})
+
+    for name, doc in sorted(changes.secrets.items()):
+        found = stored.get(name)
+        if found is None:
+            problem(
+                name,
+                "name",
+                f"secret {name!r} does not exist: set its values with `federation secret "
+                f"set {name} --data-class ...` (values never go in files)",
+            )
+            continue
+        declared = doc.model_dump(mode="json")  # checked, not written: never a change
+        resources.append(_resource("secret", name, declared, declared, found.revision))
+        missing = sorted(set(doc.keys) - set(found.keys))
+        if missing:
+            problem(name, "keys", f"secret {name!r} has no key {', '.join(missing)}")
+        if sorted(doc.data_classes) != sorted(found.data_classes):
+            problem(
+                name,
+                "data_classes",
+                f"secret {name!r} is stored with data classes {list(found.data_classes)}, "
+                f"the files say {doc.data_classes}: change it with `federation secret set`",
+            )
+    return problems
+
+
 def _rejected(p: ServicePlan) -> dict[str, JSON]:
     assert p.evaluation is not None
     return {v.region: {"reasons": list(v.reasons)} for v in p.evaluation.verdicts if not v.allowed}
@@ -252,15 +331,26 @@ def _effects(
     return moves, rejections, warnings, no_room
 
 
-def plan_changes(world: World, changes: ChangeSet, now: datetime, *, region_ttl: float) -> JSON:
+def plan_changes(
+    world: World,
+    changes: ChangeSet,
+    now: datetime,
+    *,
+    region_ttl: float,
+    secrets: Mapping[str, StoredSecret] | None = None,
+) -> JSON:
     """Plan `changes` against `world` (read in full: every service, region, policy and
-    group). Returns the answer of `POST /v1/plan`; `world` is not modified."""
+    group) and the stored `secrets` the set declares. Returns the answer of
+    `POST /v1/plan`; `world` is not modified."""
     resources: list[JSON] = []
     residency = _residency_after(world.residency, changes, resources)
     after_world = _world_after(world, changes, resources, now)
     after_world.residency = residency
+    after_world.regions = dict(world.regions)
+    problems = _regions_after(after_world, changes, resources)
+    problems += _secrets_checked(changes, secrets or {}, resources)
     deleted = {(r["kind"], r["name"]) for r in resources if r["action"] == "delete"}
-    problems = _problems(residency, changes, deleted)
+    problems += _problems(residency, changes, deleted)
     order = {kind: i for i, kind in enumerate(KINDS)}
     resources.sort(key=lambda r: (r["action"] == "delete", order[r["kind"]], r["name"]))
     changed = [r for r in resources if r["action"] != "none"]

@@ -23,6 +23,8 @@ class World:
     placements: dict[str, tuple[PlacementRecord, int]] = field(default_factory=dict)
     assignments: dict[tuple[str, str], Assignment] = field(default_factory=dict)
     regions: dict[str, RegionRecord] = field(default_factory=dict)
+    # Region -> the mod revision of its record (what a write to it sends as If-Match).
+    region_revisions: dict[str, int] = field(default_factory=dict)
     alive: set[str] = field(default_factory=set)
     heartbeats: dict[str, HeartbeatRecord] = field(default_factory=dict)
     # (region, service) -> what the region reports of the service

@@ -134,6 +134,30 @@ async def set_cordon(
     return await get_view(store, name)
 
 
+async def set_labels(
+    store: Store, name: str, labels: dict[str, str], *, revision: int | None = None
+) -> RegionView:
+    """Replace a region's labels (what `placement.prefer_labels` matches); CAS on its
+    record, audited with the labels before and after."""
+    entry = await _entry(store, name)
+    if revision is not None and revision != entry.revision:
+        raise Conflict(keys.region(name), revision, entry.revision)
+    record = RegionRecord.model_validate(entry.value)
+    before, record.labels = record.labels, dict(sorted(labels.items()))
+    await audit.replace(
+        store,
+        keys.region(name),
+        record.model_dump(mode="json"),
+        revision=entry.revision,
+        change=Change(
+            "region.labels",
+            keys.region(name),
+            details={"before": before, "after": record.labels},
+        ),
+    )
+    return await get_view(store, name)
+
+
 async def set_capacity_limit(
     store: Store, name: str, limit: Capacity | None, *, revision: int | None = None
 ) -> RegionView:

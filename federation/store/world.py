@@ -80,6 +80,7 @@ def _parse(raw: dict[str, list[Entry]]) -> World:
     for entry in raw[keys.REGIONS]:
         record = RegionRecord.model_validate(entry.value)
         world.regions[record.name] = record
+        world.region_revisions[record.name] = entry.revision
     world.alive = {_tail(e.key, keys.ALIVE) for e in raw[keys.ALIVE]}
     world.heartbeats = {
         _tail(e.key, keys.HEARTBEATS): HeartbeatRecord.model_validate(e.value)
@@ -131,8 +132,9 @@ def world_of(mirror: Mirror, names: Collection[str], residency: Snapshot) -> Wor
     assignments and reports (regions, liveness and policies in full). No etcd reads;
     the services' records are parsed here (call it in a worker thread for many)."""
     world = World(residency=residency, revision=mirror.revision)
-    for record, _ in mirror.all(keys.REGIONS, RegionRecord).values():
+    for record, revision in mirror.all(keys.REGIONS, RegionRecord).values():
         world.regions[record.name] = record
+        world.region_revisions[record.name] = revision
     world.alive = set(mirror.tails(keys.ALIVE))
     world.heartbeats = {t: r for t, (r, _) in mirror.all(keys.HEARTBEATS, HeartbeatRecord).items()}
     regions = list(mirror.tails(keys.REGIONS))

@@ -259,8 +259,11 @@ async def _plan_and_apply_examples(api: Api, examples: str) -> None:
     # patient-records reads its database password from a secret: not there yet.
     result = await cli("plan", "-f", examples, "-o", "json")
     assert result.exit_code == 1, result.output
-    (problem,) = json.loads(result.output)["problems"]
-    assert (problem["name"], problem["field"]) == ("patient-records", "secrets.DB_PASSWORD")
+    problems = {(p["kind"], p["name"], p["field"]) for p in json.loads(result.output)["problems"]}
+    assert problems == {
+        ("secret", "patient-db", "name"),  # declared in examples/secrets, not set yet
+        ("service", "patient-records", "secrets.DB_PASSWORD"),
+    }
     secret = {"data_classes": ["phi-eu"], "data": {"password": "pw-1", "username": "records"}}
     status, body = await api.call("PUT", "/v1/secrets/patient-db", json=secret)
     assert status == 201, body
@@ -272,3 +275,132 @@ async def _plan_and_apply_examples(api: Api, examples: str) -> None:
     assert "service patient-records created" in result.output
     result = await cli("plan", "-f", examples, "-o", "json")
     assert result.exit_code == 0, result.output
+
+
+async def test_region_labels_and_the_service_that_prefers_them_are_planned_as_one(
+    federation: Federation, api: Api, store: Store, tmp_path: Path
+) -> None:
+    before, _ = await store.scan("")
+    gold = {
+        **RECORDS,
+        "name": "gold",
+        "replicas": 1,
+        "placement": {"min_regions": 1, "prefer_labels": {"tier": "gold"}},
+    }
+    write(tmp_path, "gold.yaml", gold)
+    write(
+        tmp_path, "regions.yaml", {"kind": "region", "name": "eu-nl-1", "labels": {"tier": "gold"}}
+    )
+    cli = Cli(api)
+
+    result = await cli("plan", "-f", str(tmp_path), "-o", "json")
+    assert result.exit_code == 2, result.output
+    answer = json.loads(result.output)
+    actions = [(r["kind"], r["name"], r["action"]) for r in answer["resources"]]
+    assert actions == [("region", "eu-nl-1", "update"), ("service", "gold", "create")]
+    assert [c["field"] for c in answer["resources"][0]["diff"]] == ["labels.tier"]
+    # Without the new label, gold would go to eu-de-1 (first by name among equals).
+    (move,) = answer["moves"]
+    assert move["regions"] == {"eu-nl-1": {"from": 0, "to": 1}}
+    after, _ = await store.scan("")
+    assert durable(after) == durable(before)
+
+    result = await cli("apply", "-f", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "region eu-nl-1 updated" in result.output
+    status, body = await api.call("GET", "/v1/regions/eu-nl-1")
+    assert status == 200 and body["labels"] == {"tier": "gold"}
+    await federation.wait_placed("gold", {"eu-nl-1": 1})
+    result = await cli("plan", "-f", str(tmp_path))
+    assert result.exit_code == 0, result.output
+
+
+async def test_a_region_is_never_made_or_pruned_from_files(
+    federation: Federation, api: Api, tmp_path: Path
+) -> None:
+    cli = Cli(api)
+    write(tmp_path, "new.yaml", {"kind": "region", "name": "eu-pl-1", "labels": {}})
+    result = await cli("plan", "-f", str(tmp_path), "-o", "json")
+    assert result.exit_code == 1, result.output
+    (problem,) = json.loads(result.output)["problems"]
+    assert (problem["kind"], problem["name"], problem["field"]) == ("region", "eu-pl-1", "name")
+    assert "federation region register" in problem["message"]
+
+    # Only labels: a country comes with registration (and its token), never from files.
+    write(tmp_path, "new.yaml", {"kind": "region", "name": "eu-de-1", "country": "US"})
+    result = await cli("plan", "-f", str(tmp_path))
+    assert result.exit_code == 1 and "country" in result.output, result.output
+
+    # --prune selects by the files' managed-by label; regions the files leave out stay.
+    small = {**RECORDS, "name": "small", "replicas": 1, "placement": {"min_regions": 1}}
+    labels = {"managed-by": "repo"}
+    write(tmp_path, "new.yaml", {"kind": "region", "name": "eu-de-1", "labels": {}})
+    write(tmp_path, "small.yaml", {**small, "labels": labels})
+    result = await cli("apply", "-f", str(tmp_path), "--prune")
+    assert result.exit_code == 0, result.output
+    status, body = await api.call("GET", "/v1/regions")
+    assert status == 200 and len(body["items"]) == 5
+
+
+async def test_only_an_admin_sets_region_labels(federation: Federation, api: Api) -> None:
+    status, body = await api.call("POST", "/v1/tokens", json={"role": "operator"})
+    assert status == 201
+    labels = {"name": "eu-de-1", "labels": {"tier": "gold"}}
+    path = "/v1/regions/eu-de-1/labels"
+    status, _ = await api.call("PUT", path, json=labels, token=body["token"])
+    assert status == 403
+    status, body = await api.call("PUT", path, json={**labels, "name": "eu-fr-1"})
+    assert status == 422 and body["error"]["details"][0]["field"] == "name"
+    status, body = await api.call("PUT", path, json={**labels, "labels": {"Bad Key": "x"}})
+    assert status == 422, body
+    status, body = await api.call("PUT", path, json=labels)
+    assert status == 200 and body["labels"] == {"tier": "gold"}
+    status, body = await api.call("GET", "/v1/audit?since=0")
+    assert status == 200, body
+    entry = body["items"][-1]
+    assert entry["action"] == "region.labels"
+    assert entry["details"] == {"before": {}, "after": {"tier": "gold"}}
+
+
+async def test_a_secret_in_the_files_is_checked_against_the_stored_one_and_never_written(
+    etcd: LocalEtcd, prefix: str, store: Store, tmp_path: Path
+) -> None:
+    declared = {
+        "kind": "secret",
+        "name": "patient-db",
+        "data_classes": ["phi-eu"],
+        "keys": ["password"],
+    }
+    repo = tmp_path / "repo"
+    write(repo, "secret.yaml", declared)
+    async with (
+        secret_api(etcd, prefix, new_kek_file(tmp_path)) as api,
+        running_federation(api, store),
+    ):
+        cli = Cli(api)
+        result = await cli("plan", "-f", str(repo), "-o", "json")
+        assert result.exit_code == 1, result.output
+        (problem,) = json.loads(result.output)["problems"]
+        assert (problem["name"], problem["field"]) == ("patient-db", "name")
+        assert "federation secret set" in problem["message"]
+
+        stored = {"data_classes": ["public"], "data": {"user": "records"}}
+        status, body = await api.call("PUT", "/v1/secrets/patient-db", json=stored)
+        assert status == 201, body
+        result = await cli("plan", "-f", str(repo), "-o", "json")
+        assert result.exit_code == 1, result.output
+        fields = sorted(p["field"] for p in json.loads(result.output)["problems"])
+        assert fields == ["data_classes", "keys"]
+
+        stored = {"data_classes": ["phi-eu"], "data": {"password": "pw", "user": "records"}}
+        status, body = await api.call("PUT", "/v1/secrets/patient-db", json=stored)
+        assert status == 200, body
+        version = body["version"]
+        result = await cli("plan", "-f", str(repo), "-o", "json")
+        assert result.exit_code == 0, result.output
+        (resource,) = json.loads(result.output)["resources"]
+        assert (resource["kind"], resource["action"]) == ("secret", "none")
+        result = await cli("apply", "-f", str(repo))
+        assert result.exit_code == 0, result.output
+        status, body = await api.call("GET", "/v1/secrets/patient-db")
+        assert status == 200 and body["version"] == version
