@@ -79,9 +79,12 @@ async def principal(request: web.Request) -> Principal:
         known = mirror.get(keys.TOKENS, digest, TokenRecord)
         if known is None or known[0].expired(datetime.now(UTC)):
             _refuse(request, failures, "remembered")
-    # A read is answered only after a linearizable read of its token. A request that
-    # changes something may take the token from the mirror: its writes compare the
-    # token in their own txn, and if it writes nothing, `confirm` reads the token.
+    # A read is answered only after a linearizable read of its token, and once this
+    # server's copy holds every write acknowledged before it began, through any server
+    # (`catch_up`: never a stale answer, even just after a partition heals; 503 if the
+    # copy cannot get there). A request that changes something may take the token from
+    # the mirror: its writes compare the token in their own txn, and if it writes
+    # nothing, `confirm` reads the token.
     changes = request.method not in SAFE_METHODS
     found = await tokens.lookup(request.app[STORE], digest, mirror if changes else None)
     if found is None:
@@ -93,6 +96,8 @@ async def principal(request: web.Request) -> Principal:
         _refuse(request, failures, "expired", limit=False)
     if record.role is Role.REGION and not await _incarnation_stands(request, record):
         raise ApiError(401, "invalid or expired token")
+    if not changes:  # after the token: a bad one costs no more reads of etcd
+        await mirror.catch_up()
     who = Principal(request, record, digest, revision)
     _PRINCIPAL.set(who)
     # Every audited write made for this request names this token's subject.

@@ -12,11 +12,15 @@ sibling (`_Packer`). Prefixes named in `cached` also keep their parsed model, fo
 few small keys every pass reads (regions, heartbeats, reports).
 
 Consistency: `sync()` waits until the watch has applied every write this process made
-(no round trip), so a read after a write through this server sees it. Writes through
-other replicas arrive by the watch within milliseconds; reads that must be current
-across replicas (bearer tokens, a spec before it is changed) go to etcd, or are
-checked by the write's compare-and-swap. (A barrier on etcd's current revision does
-not work: that revision also counts writes under other prefixes, which this watch
+(no round trip), so a read after a write through this server sees it. `catch_up()`
+goes further, for the API's reads: it waits until the copy holds every audited write
+acknowledged before it was called, through any replica. Every write a client makes is
+audited in its own txn, which moves `audit-head`; so a linearizable read of that one
+key gives a revision the copy must reach, and the wait is for this watch to deliver
+it (a few ms; after a partition heals, until the watch has reconnected). Reads that
+must be current for a write (bearer tokens, a spec before it is changed) go to etcd,
+or are checked by the write's compare-and-swap. (A barrier on etcd's current revision
+would not do: that revision also counts writes under other prefixes, which this watch
 never sees; and etcd 3.5.1's watch progress responses may overtake events.)
 
 The scan of each prefix and the watch's start are not one revision: the watch
@@ -44,6 +48,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from federation.runtime import Tasks
+from federation.store import keys
 from federation.store.errors import Compacted, StoreError, StoreUnavailable
 from federation.store.etcd import Store
 
@@ -291,6 +296,18 @@ class Mirror:
             # Only when behind: every request syncs, and timers cost on each one.
             await self.start()
             await self.wait_for(self.store.last_write)
+        return self.revision
+
+    async def catch_up(self) -> int:
+        """Wait until the copy holds every audited write acknowledged before this call,
+        through any server (see the module's docstring): one shared linearizable read
+        of `audit-head`, then the watch. StoreUnavailable when etcd cannot answer or the
+        watch does not get there within `sync_timeout`. Returns the mirror's revision."""
+        head = await self.store.get_shared(keys.AUDIT_HEAD)
+        if self._task is None or self._task.done() or not self._loaded.is_set():
+            await self.start()
+        if head is not None:
+            await self.wait_for(head.revision)
         return self.revision
 
     def needs(self) -> int | None:
