@@ -14,10 +14,10 @@ import re
 import secrets
 from datetime import date, datetime, time
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from federation.model.names import Labels, Name
 from federation.model.secret import REFERENCE_PATTERN
@@ -117,7 +117,17 @@ class PrometheusCheck(BaseModel):
     timeout_s: float = Field(default=5.0, gt=0, le=30)
 
 
-Check = Annotated[HttpCheck | PrometheusCheck, Field(discriminator="kind")]
+def _check_kind(value: Any) -> str:
+    # `kind` may be left out for an HTTP check.
+    if isinstance(value, dict):
+        return str(value.get("kind", "http"))
+    return str(getattr(value, "kind", "http"))
+
+
+Check = Annotated[
+    Annotated[HttpCheck, Tag("http")] | Annotated[PrometheusCheck, Tag("prometheus")],
+    Discriminator(_check_kind),
+]
 
 
 class Webhook(BaseModel):
