@@ -38,6 +38,7 @@ from tests.integration.agents import (
     wait_until,
 )
 from tests.integration.secret_support import token
+from tests.integration.test_telemetry import scrape, value
 
 COMMAND = ["python", "-m", "http.server", "{port}"]
 HOOK_KEY = "hook-key-for-tests-0123456789"
@@ -240,6 +241,13 @@ async def test_runs_inside_its_window_only_and_signs_start_and_end(practice: Pra
     clock.now = datetime(2026, 6, 9, 9, 30, tzinfo=UTC)
     await asyncio.sleep(TICKS_S)
     assert len(await runs(api, "weekly")) == 1
+
+    # Metrics: the run by outcome, and the time since the region's last success.
+    samples = await scrape(api)
+    assert value(samples, "federation_practice_runs_total", outcome="SUCCEEDED") >= 1
+    since = value(samples, "federation_practice_since_success_seconds", region="eu-fr-1")
+    assert since == (clock.now - datetime.fromisoformat(run["ended_at"])).total_seconds()
+    assert value(samples, "federation_practice_since_success_seconds", region="ap-in-1") == 0
     status, listed = await api.call("GET", "/v1/drill-schedules")
     assert listed["items"][0]["last_run"]["outcome"] == "SUCCEEDED"
     assert listed["items"][0]["next_run"] == "2026-06-16T08:00:00+00:00"
@@ -343,7 +351,7 @@ async def test_roles_and_bad_schedules(practice: Practice) -> None:
     assert (await api.call("GET", "/v1/drill-schedules/w/runs", token=region))[0] == 403
     assert (await api.call("GET", "/v1/drill-schedules/w", token=viewer))[0] == 200
     assert (await api.call("DELETE", "/v1/drill-schedules/w", token=viewer))[0] == 403
-    for field_name, value in [
+    for field_name, bad in [
         ("time_zone", "Mars/Olympus"),
         ("windows", ["Tue 12:00-09:00"]),
         ("regions", ["nowhere-1"]),
@@ -353,7 +361,7 @@ async def test_roles_and_bad_schedules(practice: Practice) -> None:
         ),
     ]:
         status, answer = await api.call(
-            "PUT", "/v1/drill-schedules/bad", json={**body, field_name: value}
+            "PUT", "/v1/drill-schedules/bad", json={**body, field_name: bad}
         )
         assert status == 422, answer
         assert answer["error"]["details"][0]["field"].startswith(field_name), answer
