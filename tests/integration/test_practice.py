@@ -38,6 +38,7 @@ from tests.integration.agents import (
     wait_until,
 )
 from tests.integration.secret_support import token
+from tests.integration.test_plan_apply import Cli
 from tests.integration.test_telemetry import scrape, value
 
 COMMAND = ["python", "-m", "http.server", "{port}"]
@@ -409,3 +410,39 @@ async def test_a_killed_leaders_run_is_finished_by_the_next_leader(
             assert entry is None
         finally:
             await federation.close()
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "drill-schedules" / "weekly.yaml"
+
+
+async def test_cli_applies_the_example_lists_next_runs_and_shows_history(
+    practice: Practice,
+) -> None:
+    api, fed, clock, out = practice.api, practice.federation, practice.clock, practice.out
+    cli = Cli(api)
+    result = await cli("drill", "schedule", "apply", "-f", str(EXAMPLE))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("applied") == 4
+    # Monday 2026-06-01 12:00 UTC: FR's next window is Tuesday 09:00 Paris (07:00 UTC).
+    result = await cli("drill", "schedule", "list")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "weekly-eu-fr" in line)
+    assert "2026-06-02 07:00:00" in row and "-" in row
+
+    await deploy_fr(fed, "one")
+    await put_schedule(api, "weekly", schedule(out))
+    clock.now = TUESDAY_0930
+    async with reporting(fed):
+        result = await cli("drill", "schedule", "run", "weekly")  # waits for the outcome
+    assert result.exit_code == 0, result.output
+    assert "run-" in result.output and "SUCCEEDED" in result.output
+    result = await cli("drill", "history")
+    assert result.exit_code == 0, result.output
+    assert "weekly" in result.output and "schedule" in result.output
+    result = await cli("drill", "schedule", "show", "weekly")
+    assert "recent runs" in result.output and "errors" in result.output
+    result = await cli("drill", "schedule", "delete", "weekly-ap-in")
+    assert (
+        result.exit_code == 0
+        and (await api.call("GET", "/v1/drill-schedules/weekly-ap-in"))[0] == 404
+    )
