@@ -112,7 +112,12 @@ async def runs(store: Store, schedule: str | None = None) -> list[tuple[Practice
     """The runs of one schedule (or of all), oldest first, with revisions."""
     prefix = keys.drill_runs(schedule) if schedule else keys.DRILL_RUNS
     entries, _ = await store.scan(prefix)
-    found = [(PracticeRun.model_validate(e.value), e.revision) for e in entries]
+    found = []
+    for e in entries:
+        try:
+            found.append((PracticeRun.model_validate(e.value), e.revision))
+        except ValidationError:
+            continue  # not ours to follow: a run that does not validate is history only
     found.sort(key=lambda item: (item[0].started_at, item[0].id))
     return found
 

@@ -446,3 +446,36 @@ async def test_cli_applies_the_example_lists_next_runs_and_shows_history(
         result.exit_code == 0
         and (await api.call("GET", "/v1/drill-schedules/weekly-ap-in"))[0] == 404
     )
+
+
+async def test_a_rollout_or_another_drill_on_the_services_blocks_the_start(
+    practice: Practice,
+) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await put_schedule(api, "weekly", schedule(out))
+    # A service placed in FR whose instances never report ready: still rolling out.
+    await fed.deploy({"name": "fresh", "command": COMMAND, "placement": {"prefer": ["eu-fr-1"]}})
+    await fed.wait_placed("fresh", {"eu-fr-1": 1})
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    run = await wait_run(api, "weekly", ended, timeout=10, what="blocked by the rollout")
+    assert run["outcome"] == "BLOCKED" and "fresh is in a rollout" in run["message"], run
+
+    async with reporting(fed):
+        await fed.wait_phase("fresh", "Running", timeout=10)
+    status, manual = await api.call(
+        "POST", "/v1/drills", json={"regions": ["eu-fr-1"], "mode": "live", "max_duration_s": 60}
+    )
+    assert status == 201, manual
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    run = await wait_run(
+        api,
+        "weekly",
+        lambda r: ended(r) and len(r["message"]) > 0 and "drill" in r["message"],
+        timeout=10,
+        what="blocked by the other drill",
+    )
+    assert run["outcome"] == "BLOCKED", run
+    assert manual["id"] in run["message"] or "cordoned" in run["message"], run
+    status, still = await api.call("GET", f"/v1/drills/{manual['id']}")
+    assert still["state"] == "running", still
+    assert (await api.call("POST", f"/v1/drills/{manual['id']}/abort"))[0] == 200
