@@ -218,6 +218,7 @@ class PracticeScheduler:
             regions=list(schedule.regions),
             outcome=Outcome.RUNNING,
             started_at=now,
+            notify=bool(schedule.notifications.webhooks),
         )
         also = [Op.delete(keys.drill_run_request(schedule.name))] if request_rev else []
         world = await read_world(self.store)
@@ -409,7 +410,7 @@ class PracticeScheduler:
         return ["start", "end"]
 
     def _unsent(self, run: PracticeRun) -> bool:
-        return any(e not in run.notified for e in self._events(run))
+        return run.notify and any(e not in run.notified for e in self._events(run))
 
     async def _key(self, reference: str) -> bytes | None:
         if self.keyring is None:
@@ -432,7 +433,7 @@ class PracticeScheduler:
         """Send the run's events not sent yet; mark them sent (attempted) in its record."""
         webhooks = schedule.notifications.webhooks
         pending = [e for e in self._events(run) if e not in run.notified]
-        if not webhooks or not pending:
+        if not webhooks or not pending or not run.notify:
             return
         for event in pending:
             body = self._event(event, run)

@@ -242,7 +242,10 @@ class PracticeRun(BaseModel):
     services: list[str] = Field(default_factory=list)  # named by CAPACITY_CHECK_FAILED
     checks_before: list[CheckResult] = Field(default_factory=list)
     checks_during: list[CheckResult] = Field(default_factory=list)
-    notified: list[str] = Field(default_factory=list)  # events already sent: start, end
+    # Whether the schedule had webhooks when the run began (only then are its events
+    # sent: adding a webhook later does not replay the history), and the events sent.
+    notify: bool = False
+    notified: list[str] = Field(default_factory=list)
 
 
 def new_run_id(now: datetime) -> str:

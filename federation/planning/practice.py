@@ -14,40 +14,64 @@ is judged by its own wall-clock reading.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
-from federation.model.schedule import DrillSchedule
+from federation.model.schedule import DrillSchedule, WeeklyWindow
 
 HORIZON_DAYS = 400  # far enough to step over a year of blocked dates
 Occurrence = tuple[date, int]
 
 
-def _local(schedule: DrillSchedule, at: datetime) -> datetime:
-    return at.astimezone(schedule.zone)
+@dataclass(frozen=True)
+class _Rules:
+    """A schedule's windows parsed once (a next_run looks at hundreds of instants)."""
+
+    zone: ZoneInfo
+    allowed: tuple[WeeklyWindow, ...]
+    blocked: tuple[WeeklyWindow, ...]
+    blocked_dates: frozenset[date]
+
+    @classmethod
+    def of(cls, schedule: DrillSchedule) -> _Rules:
+        return cls(
+            schedule.zone,
+            tuple(schedule.allowed()),
+            tuple(schedule.blocked()),
+            frozenset(schedule.blocked_dates),
+        )
+
+    def occurrence(self, local: datetime) -> Occurrence | None:
+        for index, window in enumerate(self.allowed):
+            if window.holds(local):
+                return local.date(), index
+        return None
 
 
 def occurrence(schedule: DrillSchedule, at: datetime) -> Occurrence | None:
     """The window occurrence `at` is in (its local date, the window's index), or None
     when `at` is outside every allowed window."""
-    local = _local(schedule, at)
-    for index, window in enumerate(schedule.allowed()):
+    rules = _Rules.of(schedule)
+    return rules.occurrence(at.astimezone(rules.zone))
+
+
+def _blocked(rules: _Rules, local: datetime, windows: str) -> str | None:
+    if local.date() in rules.blocked_dates:
+        return f"{local.date().isoformat()} is a blocked date"
+    for window in rules.blocked:
         if window.holds(local):
-            return local.date(), index
+            return f"inside blocked window {window}"
+    if rules.occurrence(local) is None:
+        return f"outside the allowed window(s) {windows}"
     return None
 
 
 def blocked_reason(schedule: DrillSchedule, at: datetime) -> str | None:
     """Why `at` may not start a run, as a sentence; None when it may."""
-    local = _local(schedule, at)
-    if local.date() in schedule.blocked_dates:
-        return f"{local.date().isoformat()} is a blocked date"
-    for window in schedule.blocked():
-        if window.holds(local):
-            return f"inside blocked window {window} ({schedule.time_zone})"
-    if occurrence(schedule, at) is None:
-        windows = ", ".join(schedule.windows)
-        return f"outside the allowed window(s) {windows} ({schedule.time_zone})"
-    return None
+    rules = _Rules.of(schedule)
+    reason = _blocked(rules, at.astimezone(rules.zone), ", ".join(schedule.windows))
+    return None if reason is None else f"{reason} ({schedule.time_zone})"
 
 
 def may_start(schedule: DrillSchedule, at: datetime) -> bool:
@@ -55,26 +79,18 @@ def may_start(schedule: DrillSchedule, at: datetime) -> bool:
     return blocked_reason(schedule, at) is None
 
 
-def _used(schedule: DrillSchedule, runs: Iterable[datetime]) -> set[Occurrence]:
-    found = set()
-    for started in runs:
-        occ = occurrence(schedule, started)
-        if occ is not None:
-            found.add(occ)
-    return found
-
-
-def _candidates(schedule: DrillSchedule, day: date) -> list[datetime]:
+def _candidates(rules: _Rules, day: date) -> list[datetime]:
     """Instants of local `day` at which starting may become possible: each allowed
     window's start and each blocked window's end (as UTC)."""
-    zone = schedule.zone
-    minutes = [w.start for w in schedule.allowed() if w.day == day.weekday()]
-    minutes += [w.end for w in schedule.blocked() if w.day == day.weekday() and w.end < 24 * 60]
-    out = []
-    for minute in sorted(set(minutes)):
-        local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=zone)
-        out.append(local.astimezone(UTC))
-    return out
+    weekday = day.weekday()
+    minutes = {w.start for w in rules.allowed if w.day == weekday}
+    if not minutes or day in rules.blocked_dates:
+        return []
+    minutes |= {w.end for w in rules.blocked if w.day == weekday and w.end < 24 * 60}
+    return [
+        datetime.combine(day, time(m // 60, m % 60), tzinfo=rules.zone).astimezone(UTC)
+        for m in sorted(minutes)
+    ]
 
 
 def next_run(
@@ -85,18 +101,19 @@ def next_run(
     used; None when there is none within HORIZON_DAYS or the schedule is disabled."""
     if not schedule.enabled:
         return None
-    used = _used(schedule, last_runs)
+    rules = _Rules.of(schedule)
+    used = {rules.occurrence(r.astimezone(rules.zone)) for r in last_runs} - {None}
 
     def fits(at: datetime) -> bool:
-        occ = occurrence(schedule, at)
-        return occ is not None and occ not in used and may_start(schedule, at)
+        local = at.astimezone(rules.zone)
+        occ = rules.occurrence(local)
+        return occ is not None and occ not in used and _blocked(rules, local, "") is None
 
     if fits(now):
         return now
-    first = _local(schedule, now).date()
+    first = now.astimezone(rules.zone).date()
     for offset in range(-1, HORIZON_DAYS + 1):
-        day = first + timedelta(days=offset)
-        for at in _candidates(schedule, day):
+        for at in _candidates(rules, first + timedelta(days=offset)):
             if at > now and fits(at):
                 return at
     return None
