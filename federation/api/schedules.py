@@ -130,6 +130,11 @@ async def run_schedule(request: web.Request) -> web.Response:
     store = request.app[STORE]
     if await store_schedules.get(store, name) is None:
         raise not_found("drill schedule", name)
+    running = [r for r, _ in await store_schedules.runs(store, name) if r.outcome == "RUNNING"]
+    if running:
+        raise ApiError(
+            409, f"run {running[0].id} of {name} is running (drill {running[0].drill_id})"
+        )
     try:
         revision = await store_schedules.request_run(
             store, name, by=who.subject, at=datetime.now(UTC)

@@ -43,7 +43,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
     return bytes(body)
 
 
-def _query_value(document: Any) -> tuple[bool, str]:
+def query_value(document: Any) -> tuple[bool, str]:
     """(all zero, the values seen) of a Prometheus `/api/v1/query` answer.
     ValueError when it is not one."""
     if not isinstance(document, dict) or document.get("status") != "success":
@@ -81,7 +81,7 @@ async def _call(
     async with session.get(url, params={"query": check.query}, allow_redirects=False) as resp:
         if resp.status != 200:
             return False, f"HTTP {resp.status}", f"Prometheus answered HTTP {resp.status}"
-        ok, value = _query_value(json.loads(await _read_bounded(resp)))
+        ok, value = query_value(json.loads(await _read_bounded(resp)))
         return ok, value, f"{check.query} = {value}" + ("" if ok else " (must be 0)")
 
 

@@ -17,7 +17,16 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
 
 from federation.model.names import Labels, Name
 from federation.model.secret import REFERENCE_PATTERN
@@ -91,6 +100,16 @@ def _windows(values: list[str]) -> list[str]:
 WindowText = Annotated[str, Field(max_length=32)]
 
 
+def _no_credentials(url: AnyHttpUrl) -> AnyHttpUrl:
+    # Viewers read schedules: a password in a URL would be shown to them.
+    if url.username or url.password:
+        raise ValueError("must not carry credentials (user:password@)")
+    return url
+
+
+PlainUrl = Annotated[AnyHttpUrl, AfterValidator(_no_credentials)]
+
+
 class HttpCheck(BaseModel):
     """Passes when a GET of `url` answers `expect_status` within `timeout_s`."""
 
@@ -98,7 +117,7 @@ class HttpCheck(BaseModel):
 
     name: Name
     kind: Literal["http"] = "http"
-    url: AnyHttpUrl
+    url: PlainUrl
     expect_status: int = Field(default=200, ge=100, le=599)
     timeout_s: float = Field(default=5.0, gt=0, le=30)
 
@@ -112,7 +131,7 @@ class PrometheusCheck(BaseModel):
 
     name: Name
     kind: Literal["prometheus"]
-    server: AnyHttpUrl
+    server: PlainUrl
     query: str = Field(min_length=1, max_length=4096)
     timeout_s: float = Field(default=5.0, gt=0, le=30)
 
@@ -137,7 +156,7 @@ class Webhook(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: AnyHttpUrl
+    url: PlainUrl
     secret: str = Field(pattern=REFERENCE_PATTERN, max_length=320)
     timeout_s: float = Field(default=5.0, gt=0, le=30)
 

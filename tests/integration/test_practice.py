@@ -297,6 +297,8 @@ async def test_failing_outcome_check_interrupts_and_uncordons(practice: Practice
     # Nothing reports ready, so the drill stays evacuating until the alarm fires.
     await wait_run(api, "weekly", lambda r: r["outcome"] == "RUNNING", timeout=10, what="running")
     await fed.wait_state("eu-fr-1", "cordoned", timeout=5)
+    status, busy = await api.call("POST", "/v1/drill-schedules/weekly/run")
+    assert status == 409 and "is running" in busy["error"]["message"], busy
     out.alarm = "3"
     run = await wait_run(api, "weekly", ended, timeout=10, what="interrupted")
     assert run["outcome"] == "INTERRUPTED", run
@@ -355,6 +357,13 @@ async def test_roles_and_bad_schedules(practice: Practice) -> None:
     for field_name, bad in [
         ("time_zone", "Mars/Olympus"),
         ("windows", ["Tue 12:00-09:00"]),
+        ("windows", ["Tue 09:00-12:00"] * 1000),
+        ("time_zone", "../../../etc/passwd"),
+        ("blocked_dates", ["2026-02-30"]),
+        ("blocking_checks", [{"name": "h", "url": "http://user:pw@10.0.0.1/health"}]),
+        ("blocking_checks", [{"name": "h", "url": "file:///etc/passwd"}]),
+        ("notifications", {"webhooks": [{"url": "http://h.example/", "secret": "nokey"}]}),
+        ("duration_s", 1e308),
         ("regions", ["nowhere-1"]),
         (
             "outcome_checks",
