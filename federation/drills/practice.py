@@ -171,11 +171,12 @@ class PracticeScheduler:
         active: set[str] = set()
         for run, revision in runs:
             schedule = by_name.get(run.schedule)
+            if schedule is not None and self._unsent(run):
+                # What a previous leader did not get to send (it stopped in between).
+                revision = await self._notify(schedule, run, revision)
             if run.outcome is Outcome.RUNNING:
                 active.add(run.schedule)
                 sentences.append(await self._follow(schedule, run, revision))
-            elif schedule is not None and self._unsent(run):
-                await self._notify(schedule, run, revision)
         for schedule, _ in schedules:
             if schedule.name in active:
                 continue
@@ -279,8 +280,8 @@ class PracticeScheduler:
             return await self._end_new(schedule, run, Outcome.BLOCKED, reason, also)
         except Conflict:
             return f"{schedule.name}: start lost a race (no longer leader?)"
-        await self._notify(schedule, run, None)
         sentence = f"{schedule.name}: {run.id} started drill {drill.id} ({trigger})"
+        await self._notify(schedule, run, None)
         # The outcome checks' first reading, at the start: a drill may end before the
         # next tick, and its report must still say what they were during it.
         entry = await self.store.get(run_key)
@@ -427,14 +428,13 @@ class PracticeScheduler:
         value = (values or {}).get(key)
         return value.encode() if value is not None else None
 
-    async def _notify(
-        self, schedule: DrillSchedule, run: PracticeRun, revision: int | None
-    ) -> None:
-        """Send the run's events not sent yet; mark them sent (attempted) in its record."""
+    async def _notify(self, schedule: DrillSchedule, run: PracticeRun, revision: int | None) -> int:
+        """Send the run's events not sent yet; mark them sent (attempted) in its record.
+        Returns the record's revision after (0 when it is not known)."""
         webhooks = schedule.notifications.webhooks
         pending = [e for e in self._events(run) if e not in run.notified]
         if not webhooks or not pending or not run.notify:
-            return
+            return revision or 0
         for event in pending:
             body = self._event(event, run)
             for webhook in webhooks:
@@ -445,11 +445,14 @@ class PracticeScheduler:
         if revision is None:
             found = await self.store.get(keys.drill_run(run.schedule, run.id))
             revision = found.revision if found else None
-        if revision is not None:
-            with contextlib.suppress(Conflict):
-                await store_schedules.write_run(
-                    self.store, run, revision, conditions=[self.election.fence()]
-                )
+        if revision is None:
+            return 0
+        try:
+            return await store_schedules.write_run(
+                self.store, run, revision, conditions=[self.election.fence()]
+            )
+        except Conflict:
+            return revision  # the next write of this run fails too, and rereads
 
     def _event(self, event: str, run: PracticeRun) -> dict[str, Any]:
         report = f"/v1/drills/{run.drill_id}/report.md" if run.drill_id else None
