@@ -376,6 +376,11 @@ async def test_roles_and_bad_schedules(practice: Practice) -> None:
         assert status == 422, answer
         assert answer["error"]["details"][0]["field"].startswith(field_name), answer
     assert (await api.call("GET", "/v1/drill-schedules/bad"))[0] == 404
+    assert (await api.call("DELETE", "/v1/drill-schedules/w", token=operator))[0] == 200
+    status, audit = await api.call("GET", "/v1/audit?since=0")
+    actions = [(e["action"], e["resource"]) for e in audit["items"]]
+    assert ("drill-schedule.put", "drill-schedules/w") in actions, actions
+    assert ("drill-schedule.delete", "drill-schedules/w") in actions, actions
     status, answer = await api.call("GET", "/v1/drill-schedules?x=1")
     assert status == 400
 
