@@ -420,14 +420,9 @@ class ApiClient:
         abort_on_unrecoverable: int,
     ) -> Json:
         """Start a live drill: the server cordons `regions` and follows the recovery."""
-        body = {
-            "regions": regions,
-            "mode": "live",
-            "force": force,
-            "failback": failback,
-            "max_duration_s": max_duration_s,
-            "abort_on": {"unrecoverable": abort_on_unrecoverable},
-        }
+        body: Json = {"regions": regions, "mode": "live", "force": force, "failback": failback}
+        body["max_duration_s"] = max_duration_s
+        body["abort_on"] = {"unrecoverable": abort_on_unrecoverable}
         return await self._call("POST", "/v1/drills", body=body)
 
     async def drills(self) -> Json:
@@ -440,6 +435,13 @@ class ApiClient:
         """Abort a live drill; its regions are uncordoned at once."""
         path = f"/v1/drills/{drill_id}/abort"
         return await self._call("POST", path, body={"reason": reason})
+
+    async def schedules(self, name: str = "", act: str = "", body: Json | None = None) -> Json:
+        """Drill schedules: list; with `name`, get, put `body`, or act delete, run, runs."""
+        verb = {"delete": "DELETE", "run": "POST", "runs": "GET"}.get(act, "PUT" if body else "GET")
+        path = "/v1/drill-schedules" + (f"/{name}" if name else "")
+        path += {"run": "/run", "runs": "/runs"}.get(act, "")
+        return await self._call(verb, path, body=body)
 
     # -- tokens and audit -------------------------------------------------------------
 

@@ -10,6 +10,7 @@ in the reverse order (aiohttp runs each step's teardown only if its start finish
     election    the campaign for the leader key (task `election`)
     controller  the reconcile loop (task `controller`)
     drill_runner  live drills (task `drill runner`)
+    practice    drill schedules' practice runs, by the leader (task `practice`)
     compaction  etcd's history kept to a window, by the leader (task `compaction`)
 
 So on SIGTERM: open assignment watches close first (on_shutdown), then the drill
@@ -41,6 +42,7 @@ from federation.api import (
     plan,
     regions,
     residency,
+    schedules,
     services,
     system,
     tokens,
@@ -59,6 +61,7 @@ from federation.api.context import (
     LAST_SEEN,
     MIRROR,
     OPEN_WATCHES,
+    PRACTICE,
     STORE,
     TASKS,
     WHOLE_READ,
@@ -70,6 +73,7 @@ from federation.api.query import query_middleware
 from federation.api.secrets import routes as secret_routes
 from federation.api.watches import Watches
 from federation.controller import Controller
+from federation.drills.practice import PracticeScheduler, utc_now
 from federation.drills.runner import DrillRunner
 from federation.model.secret import KeyringError
 from federation.model.token import (
@@ -205,6 +209,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(secret_routes)
     app.add_routes(assignments.routes)
     app.add_routes(drills.routes)
+    app.add_routes(schedules.routes)
     app.add_routes(metrics.routes)
     app.add_routes(audit.routes)
     app.add_routes(openapi.routes)
@@ -303,6 +308,21 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         yield
         await app[TASKS].stop("drill runner")
 
+    async def practice(app: web.Application) -> AsyncIterator[None]:
+        """Drill schedules' practice runs, while this replica leads
+        (federation.drills.practice)."""
+        scheduler = PracticeScheduler(
+            app[STORE],
+            app[ELECTION],
+            clock=config.clock or utc_now,
+            keyring=app.get(KEYRING),
+            region_ttl=config.region_ttl,
+        )
+        app[PRACTICE] = scheduler
+        app[TASKS].start("practice", scheduler.run)
+        yield
+        await app[TASKS].stop("practice")
+
     async def compaction(app: web.Application) -> AsyncIterator[None]:
         """etcd's history kept to `history_window_s` (compacted while this replica
         leads; sampled on every replica, so a new leader knows the window at once)."""
@@ -320,5 +340,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
         yield
         await app[TASKS].stop(store_compaction.TASK)
 
-    app.cleanup_ctx.extend([tasks, store, mirror, election, controller, drill_runner, compaction])
+    app.cleanup_ctx.extend(
+        [tasks, store, mirror, election, controller, drill_runner, practice, compaction]
+    )
     return app

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from federation.api.errors import ApiError
 from federation.api.failures import Failures
 from federation.api.watches import Watches
 from federation.controller import Controller
+from federation.drills.practice import PracticeScheduler
 from federation.drills.runner import DrillRunner
 from federation.runtime import Tasks
 from federation.store import Store
@@ -63,6 +65,9 @@ class ServerConfig:
     history_window_s: float = 300.0
     compaction_interval_s: float | None = None
     compaction_step: int = 10_000
+    # The clock drill schedules are judged by (tests move a fake one); None: the
+    # real UTC time.
+    clock: Callable[[], datetime] | None = field(default=None, repr=False, compare=False)
 
 
 CONFIG = web.AppKey("config", ServerConfig)
@@ -72,6 +77,7 @@ MIRROR = web.AppKey("mirror", Mirror)
 ELECTION = web.AppKey("election", LeaderElection)
 CONTROLLER = web.AppKey("controller", Controller)
 DRILLS = web.AppKey("drills", DrillRunner)
+PRACTICE = web.AppKey("practice", PracticeScheduler)
 # Set only when the server was given `--audit-key`.
 AUDIT_KEY = web.AppKey("audit_key", Ed25519PrivateKey)
 AUDIT_MONITOR = web.AppKey("audit_monitor", HeadMonitor)

@@ -28,6 +28,7 @@ from federation.model.drill import DrillRequest
 from federation.model.names import NAME_PATTERN
 from federation.model.policy import Group, Policy
 from federation.model.region import CapacityLimit, Heartbeat, RegionCreate, RegionLabels
+from federation.model.schedule import DrillSchedule
 from federation.model.secret import SecretRotation, SecretSpec
 from federation.model.service import RegionReport, ServiceSpec
 from federation.store.audit.checkpoint import Checkpoint
@@ -195,6 +196,28 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/v1/drills/{drill}/abort"): Operation(
         "Abort a drill", "operator", AbortRequest, body_required=False
+    ),
+    ("GET", "/v1/drill-schedules"): Operation(
+        "List drill schedules with next run and last run", "viewer", list_result=True
+    ),
+    ("GET", "/v1/drill-schedules/{schedule}"): Operation(
+        "One drill schedule with its next run and last run", "viewer"
+    ),
+    ("PUT", "/v1/drill-schedules/{schedule}"): Operation(
+        "Create or replace a drill schedule (practice drills run by the leader)",
+        "operator",
+        DrillSchedule,
+        success=(200, 201),
+        if_match=True,
+    ),
+    ("DELETE", "/v1/drill-schedules/{schedule}"): Operation(
+        "Delete a drill schedule (its runs stay as history)", "operator", if_match=True
+    ),
+    ("POST", "/v1/drill-schedules/{schedule}/run"): Operation(
+        "Ask for a practice run now (outside the windows)", "operator", success=(202,)
+    ),
+    ("GET", "/v1/drill-schedules/{schedule}/runs"): Operation(
+        "A drill schedule's practice runs, oldest first", "viewer"
     ),
     ("GET", "/v1/audit"): Operation(
         "Audit entries after since", "admin", query={"since": _SEQ}, list_result=True

@@ -10,13 +10,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from federation.cli.render import console, err_console, moment, outcome, progress, seconds
+from federation.cli.schedules import history, schedule
 from federation.cli.session import call
 from federation.client import ApiClient
 
 
 @click.group("drill")
 def drill() -> None:
-    """Plan and run failover drills, and read their reports."""
+    """Plan and run failover drills, schedule practice drills, and read their reports."""
+
+
+drill.add_command(schedule)
+drill.add_command(history)
 
 
 @drill.command("plan")

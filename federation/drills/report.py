@@ -92,6 +92,11 @@ def build_report(record: DrillRecord) -> dict[str, Any]:
             "restored": record.restored_at is not None,
             "restore_s": restore_s,
         },
+        "schedule": record.schedule,
+        "checks": {
+            "before": [c.model_dump(mode="json") for c in record.checks_before],
+            "during": [c.model_dump(mode="json") for c in record.checks_during],
+        },
         "timeline": [
             {
                 "at": e.at.isoformat(),
@@ -192,6 +197,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             else "services not all Running again when the drill ended"
         )
         lines.append(f"Regions uncordoned at {failback['uncordoned_at']}; {restored}.")
+    if report.get("schedule"):
+        lines += ["", f"Started by drill schedule `{report['schedule']}` (a practice run)."]
+    for when in ("before", "during"):
+        checks = report.get("checks", {}).get(when, [])
+        if checks:
+            lines += ["", f"## Checks {when} the run", "", "| check | at | state | value |"]
+            lines.append("|---|---|---|---|")
+            lines += [
+                f"| {_cell(c['name'])} ({c['phase']}) | {c['at']} "
+                f"| {'pass' if c['ok'] else 'FAIL'} | {_cell(c['message'])} |"
+                for c in checks
+            ]
     lines += ["", "## Timeline", "", "| t | at | event |", "|---|---|---|"]
     lines += [f"| {_s(e['t_s'])} | {e['at']} | {_cell(e['event'])} |" for e in report["timeline"]]
     lines.append("")

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from federation.model.names import Name
+from federation.model.schedule import CheckResult
 
 Outcome = Literal["recoverable", "degraded", "unrecoverable"]
 Settled = Literal["recovered", "degraded", "unrecoverable", "deleted"]
@@ -149,6 +150,11 @@ class DrillRecord(BaseModel):
     timeline: list[TimelineEvent] = Field(default_factory=list)
     outcome_message: str = ""
     leader: str = ""
+    # Set when a drill schedule started the drill (a practice run): its name and what
+    # its checks said before the start and, on each change, during the run.
+    schedule: str | None = None
+    checks_before: list[CheckResult] = Field(default_factory=list)
+    checks_during: list[CheckResult] = Field(default_factory=list)
 
     def note(self, at: datetime, event: str) -> None:
         self.timeline.append(TimelineEvent(at=at, event=event))

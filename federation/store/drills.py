@@ -30,16 +30,21 @@ class RegionHeld(Exception):
         self.drill_id = drill_id
 
 
-async def create(store: Store, record: DrillRecord) -> int:
+async def create(
+    store: Store, record: DrillRecord, *, conditions: Sequence[Cond] = (), also: Sequence[Op] = ()
+) -> int:
     """Store a new live drill and lock its regions, in one txn (create-if-absent on the
-    drill and on every region's lock). RegionHeld names a region another drill holds."""
+    drill and on every region's lock), with `conditions` and `also` (a practice run's
+    record, the leader fence) in the same txn. RegionHeld names a region another drill
+    holds; Conflict when another condition failed."""
     locks = [keys.drill_lock(r) for r in record.regions]
     ok, revision, entries = await audit_log.txn(
         store,
-        [Cond.absent(keys.drill(record.id)), *[Cond.absent(k) for k in locks]],
+        [Cond.absent(keys.drill(record.id)), *[Cond.absent(k) for k in locks], *conditions],
         [
             Op.put(keys.drill(record.id), record.model_dump(mode="json")),
             *[Op.put(k, {"drill": record.id}) for k in locks],
+            *also,
         ],
         Change(
             "drill.create",
@@ -54,7 +59,7 @@ async def create(store: Store, record: DrillRecord) -> int:
         for region, entry in zip(record.regions, entries, strict=True):
             if entry is not None:
                 raise RegionHeld(region, str(entry.value.get("drill", "?")))
-        raise Conflict(keys.drill(record.id), None, None)  # id clash: astronomically rare
+        raise Conflict(keys.drill(record.id), None, None)  # a condition, or an id clash
     return revision
 
 

@@ -96,6 +96,28 @@ def drill_lock(region: str) -> str:
     return DRILL_LOCKS + region
 
 
+DRILL_SCHEDULES = "drill-schedules/"  # drill-schedules/{name} -> DrillSchedule (operator-owned)
+DRILL_RUNS = "drill-runs/"  # drill-runs/{schedule}/{run id} -> PracticeRun (leader-owned)
+# drill-run-requests/{schedule} -> {"by", "at"}: an on-demand run the leader consumes.
+DRILL_RUN_REQUESTS = "drill-run-requests/"
+
+
+def drill_schedule(name: str) -> str:
+    return DRILL_SCHEDULES + name
+
+
+def drill_runs(schedule: str) -> str:
+    return f"{DRILL_RUNS}{schedule}/"
+
+
+def drill_run(schedule: str, run_id: str) -> str:
+    return f"{DRILL_RUNS}{schedule}/{run_id}"
+
+
+def drill_run_request(schedule: str) -> str:
+    return DRILL_RUN_REQUESTS + schedule
+
+
 AUDIT = "audit/"  # audit/{seq:020d} -> AuditEntry, hash-chained (federation.store.audit)
 AUDIT_HEAD = "audit-head"  # {"seq", "hash"} of the last entry; every audited txn compares it
 

@@ -225,3 +225,46 @@ secret_deliveries = _meter.create_counter(
 )
 residency_violations.add(0)  # shown as 0 from the start, not only after the first
 audit_head_regressions.add(0)
+
+# Practice drills: when each region last had a SUCCEEDED practice run, as the leader's
+# scheduler last read its history (a standby shows none: it would be stale).
+_practice_success: dict[str, float] = {}
+_practice_now: list[float] = [0.0]
+
+
+def observe_practice(last_success: Mapping[str, float], now: float) -> None:
+    """Per region, the POSIX time of its last successful practice run, and now (the
+    scheduler's clock)."""
+    _practice_success.clear()
+    _practice_success.update(last_success)
+    _practice_now[0] = now
+
+
+def clear_practice() -> None:
+    _practice_success.clear()
+
+
+def _since_practice(options: CallbackOptions) -> Iterable[Observation]:
+    now = _practice_now[0]
+    return [
+        Observation(max(0.0, now - at), {"region": region})
+        for region, at in sorted(_practice_success.items())
+    ]
+
+
+practice_runs = _meter.create_counter(
+    "federation_practice_runs",
+    description="Practice drill runs ended, by outcome (SUCCEEDED, INTERRUPTED, FAILED, "
+    "CAPACITY_CHECK_FAILED, BLOCKED).",
+)
+practice_since_success = _meter.create_observable_gauge(
+    "federation_practice_since_success",
+    [_since_practice],
+    unit="s",
+    description="Seconds since the region's last SUCCEEDED practice drill run (alert on "
+    "> 14 days).",
+)
+practice_webhook_failures = _meter.create_counter(
+    "federation_practice_webhook_failures",
+    description="Practice drill notifications that could not be delivered (the run goes on).",
+)

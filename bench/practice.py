@@ -1,0 +1,65 @@
+"""Practice schedule benchmark: `next_run` for the costliest schedules the API accepts.
+
+`GET /v1/drill-schedules` computes every schedule's next run on the event loop, so one
+must cost well under the few milliseconds a request may take (DESIGN section 10). The
+worst case: 28 allowed windows, 28 blocked windows and 366 blocked dates, so that no
+run is possible within the horizon and every candidate instant of 400 days is tried;
+and the common case: one weekly window in a time zone with daylight saving.
+
+    .venv/bin/python bench/practice.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from federation.model.schedule import DAYS, DrillSchedule
+from federation.planning.practice import next_run
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def worst() -> DrillSchedule:
+    windows = [f"{DAYS[i % 7]} {i % 24:02}:00-{i % 24:02}:30" for i in range(28)]
+    blocked = [f"{DAYS[i % 7]} 00:00-24:00" for i in range(7)]
+    blocked += [f"{DAYS[i % 7]} {i % 24:02}:10-{i % 24:02}:20" for i in range(21)]
+    dates = [date(2026, 1, 1) + timedelta(days=i) for i in range(366)]
+    return DrillSchedule(
+        name="worst",
+        regions=["eu-fr-1"],
+        windows=windows,
+        blocked_windows=blocked,
+        blocked_dates=dates,
+        time_zone="Europe/Berlin",
+    )
+
+
+def common() -> DrillSchedule:
+    return DrillSchedule(
+        name="weekly", regions=["eu-fr-1"], windows=["Tue 09:00-12:00"], time_zone="Europe/Paris"
+    )
+
+
+def timed(schedule: DrillSchedule, rounds: int) -> tuple[float, float]:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        next_run(schedule, NOW, [NOW - timedelta(days=2)])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000, max(times) * 1000
+
+
+def main() -> None:
+    for label, schedule, rounds in (("worst", worst(), 20), ("weekly", common(), 200)):
+        median, slowest = timed(schedule, rounds)
+        print(f"next_run {label:6}: median {median:.2f} ms, max {slowest:.2f} ms ({rounds} runs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Drill schedules over HTTP: list, get, put, delete, an on-demand run, and the runs.
+
+Operators write (a schedule makes the server call the URLs of its checks and webhooks,
+so no viewer may write one); viewers read. The leader's practice scheduler
+(federation.drills.practice) runs what is due; here a schedule is validated, stored
+(audited), shown with its next run and last outcome, and an on-demand run is asked
+for. A run's report is its drill's (`/v1/drills/{id}`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from federation.api.auth import require
+from federation.api.body import if_match, json_response, path_name, read_named
+from federation.api.context import CONFIG, PRACTICE, STORE
+from federation.api.errors import ApiError, from_validation, invalid, not_found
+from federation.model.schedule import DrillSchedule, Outcome, PracticeRun
+from federation.model.token import Role
+from federation.planning.practice import next_run
+from federation.store import AlreadyExists
+from federation.store import regions as store_regions
+from federation.store import schedules as store_schedules
+
+routes = web.RouteTableDef()
+
+
+def _now(request: web.Request) -> datetime:
+    clock = request.app[CONFIG].clock
+    return clock() if clock is not None else datetime.now(UTC)
+
+
+def run_view(run: PracticeRun) -> dict[str, Any]:
+    """A practice run as clients see it."""
+    view = run.model_dump(mode="json")
+    view["report"] = f"/v1/drills/{run.drill_id}" if run.drill_id else None
+    return view
+
+
+def _view(
+    schedule: DrillSchedule, revision: int, runs: list[PracticeRun], now: datetime
+) -> dict[str, Any]:
+    used = [r.started_at for r in runs if r.trigger == "schedule" and r.outcome != Outcome.BLOCKED]
+    upcoming = next_run(schedule, now, used)
+    last = runs[-1] if runs else None
+    return {
+        **schedule.model_dump(mode="json"),
+        "revision": revision,
+        "next_run": upcoming.isoformat() if upcoming else None,
+        "last_run": run_view(last) if last else None,
+        "running": any(r.outcome == Outcome.RUNNING for r in runs),
+    }
+
+
+async def _runs_of(request: web.Request, name: str | None = None) -> dict[str, list[PracticeRun]]:
+    found: dict[str, list[PracticeRun]] = {}
+    for run, _ in await store_schedules.runs(request.app[STORE], name):
+        found.setdefault(run.schedule, []).append(run)
+    return found
+
+
+@routes.get("/v1/drill-schedules")
+async def list_schedules(request: web.Request) -> web.Response:
+    """Every schedule with its next run and last run."""
+    await require(request, Role.VIEWER)
+    found, revision = await store_schedules.list_all(request.app[STORE])
+    runs = await _runs_of(request)
+    now = _now(request)
+    items = [_view(s, rev, runs.get(s.name, []), now) for s, rev in found]
+    return json_response({"items": items, "revision": revision})
+
+
+@routes.get("/v1/drill-schedules/{schedule}")
+async def get_schedule(request: web.Request) -> web.Response:
+    name = path_name(request, "schedule")
+    await require(request, Role.VIEWER)
+    found = await store_schedules.get(request.app[STORE], name)
+    if found is None:
+        raise not_found("drill schedule", name)
+    runs = await _runs_of(request, name)
+    view = _view(found[0], found[1], runs.get(name, []), _now(request))
+    return json_response(view, revision=found[1])
+
+
+@routes.put("/v1/drill-schedules/{schedule}")
+async def put_schedule(request: web.Request) -> web.Response:
+    """Create (201) or replace (200) a schedule; its regions must exist."""
+    name = path_name(request, "schedule")
+    who = await require(request, Role.OPERATOR)
+    data = await read_named(request, name, kind="drillschedule")
+    try:
+        schedule = DrillSchedule.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    store = request.app[STORE]
+    for i, region in enumerate(schedule.regions):
+        if await store_regions.get_record(store, region) is None:
+            raise invalid(f"regions.{i}", f"no region named {region!r}")
+    revision, created = await store_schedules.put(
+        store, schedule, if_match=if_match(request), actor=who.subject
+    )
+    runs = await _runs_of(request, name)
+    view = _view(schedule, revision, runs.get(name, []), _now(request))
+    return json_response(view, status=201 if created else 200, revision=revision)
+
+
+@routes.delete("/v1/drill-schedules/{schedule}")
+async def delete_schedule(request: web.Request) -> web.Response:
+    """Delete a schedule (its runs stay, as history); a running drill goes on."""
+    name = path_name(request, "schedule")
+    who = await require(request, Role.OPERATOR)
+    revision = await store_schedules.delete(
+        request.app[STORE], name, if_match=if_match(request), actor=who.subject
+    )
+    if revision is None:
+        raise not_found("drill schedule", name)
+    return json_response({"name": name, "deleted": True, "revision": revision})
+
+
+@routes.post("/v1/drill-schedules/{schedule}/run")
+async def run_schedule(request: web.Request) -> web.Response:
+    """Ask the leader for a run now, outside the windows (202); checks, incident
+    rules and the capacity pre-check still apply."""
+    name = path_name(request, "schedule")
+    who = await require(request, Role.OPERATOR)
+    store = request.app[STORE]
+    if await store_schedules.get(store, name) is None:
+        raise not_found("drill schedule", name)
+    running = [r for r, _ in await store_schedules.runs(store, name) if r.outcome == "RUNNING"]
+    if running:
+        raise ApiError(
+            409, f"run {running[0].id} of {name} is running (drill {running[0].drill_id})"
+        )
+    try:
+        revision = await store_schedules.request_run(
+            store, name, by=who.subject, at=datetime.now(UTC)
+        )
+    except AlreadyExists:
+        raise ApiError(409, f"a run of {name} is already requested") from None
+    request.app[PRACTICE].poke()
+    return json_response(
+        {"schedule": name, "requested": True, "revision": revision}, status=202, revision=revision
+    )
+
+
+@routes.get("/v1/drill-schedules/{schedule}/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    """The schedule's runs, oldest first (at most MAX_HISTORY are kept)."""
+    name = path_name(request, "schedule")
+    await require(request, Role.VIEWER)
+    runs = await _runs_of(request, name)
+    return json_response({"items": [run_view(r) for r in runs.get(name, [])]})

@@ -1,0 +1,151 @@
+"""Practice drills' checks and notifications: real HTTP calls, each bounded.
+
+A check never hangs the scheduler and never reads an unbounded answer: every call runs
+under its own `timeout_s` (connect, answer and body together), redirects are not
+followed (a check's URL is what the operator wrote), and a Prometheus answer is read to
+at most `MAX_BODY` bytes. Any failure to call or to understand the answer is a failing
+check whose value says why, never an exception.
+
+Webhooks get a JSON body signed with HMAC-SHA256 of a federation secret's value
+(`X-Federation-Signature: sha256=<hex>`); a delivery that fails is logged (host only,
+never the secret or the body) and counted, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import math
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from federation.model.schedule import CheckResult, HttpCheck, PrometheusCheck, Webhook
+from federation.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+SIGNATURE_HEADER = "X-Federation-Signature"
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(8192):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ValueError(f"answer larger than {MAX_BODY} bytes")
+    return bytes(body)
+
+
+def query_value(document: Any) -> tuple[bool, str]:
+    """(all zero, the values seen) of a Prometheus `/api/v1/query` answer.
+    ValueError when it is not one."""
+    if not isinstance(document, dict) or document.get("status") != "success":
+        error = document.get("error") if isinstance(document, dict) else None
+        raise ValueError(f"query failed: {str(error)[:200]}" if error else "not a query answer")
+    data = document.get("data")
+    if not isinstance(data, dict):
+        raise ValueError("answer has no data")
+    kind, result = data.get("resultType"), data.get("result")
+    samples: list[Any]
+    if kind == "vector" and isinstance(result, list):
+        samples = [r.get("value") if isinstance(r, dict) else None for r in result]
+    elif kind == "scalar":
+        samples = [result]
+    else:
+        raise ValueError(f"result type {str(kind)[:20]!r} is neither vector nor scalar")
+    values = []
+    for sample in samples:
+        if not isinstance(sample, list) or len(sample) != 2:
+            raise ValueError("malformed sample")
+        values.append(float(sample[1]))
+    shown = ", ".join(f"{v:g}" for v in values[:5]) + (" ..." if len(values) > 5 else "")
+    ok = all(v == 0 and not math.isnan(v) for v in values)
+    return ok, shown or "no series (0)"
+
+
+async def _call(
+    session: aiohttp.ClientSession, check: HttpCheck | PrometheusCheck
+) -> tuple[bool, str, str]:
+    if isinstance(check, HttpCheck):
+        async with session.get(str(check.url), allow_redirects=False) as resp:
+            ok = resp.status == check.expect_status
+            return ok, str(resp.status), f"HTTP {resp.status} (expected {check.expect_status})"
+    url = str(check.server).rstrip("/") + "/api/v1/query"
+    async with session.get(url, params={"query": check.query}, allow_redirects=False) as resp:
+        if resp.status != 200:
+            return False, f"HTTP {resp.status}", f"Prometheus answered HTTP {resp.status}"
+        ok, value = query_value(json.loads(await _read_bounded(resp)))
+        return ok, value, f"{check.query} = {value}" + ("" if ok else " (must be 0)")
+
+
+async def evaluate(
+    session: aiohttp.ClientSession,
+    check: HttpCheck | PrometheusCheck,
+    phase: Literal["blocking", "outcome"],
+    now: datetime,
+) -> CheckResult:
+    """Run one check, bounded by its timeout; a failure to call is a failing result."""
+    try:
+        async with asyncio.timeout(check.timeout_s):
+            ok, value, message = await _call(session, check)
+    except TimeoutError:
+        ok, value, message = False, "timeout", f"no answer within {check.timeout_s:g} s"
+    except (aiohttp.ClientError, ValueError, UnicodeDecodeError) as exc:
+        ok, value, message = False, "error", f"{type(exc).__name__}: {str(exc)[:200]}"
+    return CheckResult(
+        name=check.name, kind=check.kind, phase=phase, ok=ok, value=value, message=message, at=now
+    )
+
+
+async def evaluate_all(
+    session: aiohttp.ClientSession,
+    checks: list[HttpCheck | PrometheusCheck],
+    phase: Literal["blocking", "outcome"],
+    now: datetime,
+) -> list[CheckResult]:
+    """Every check at once; results in the schedule's order."""
+    return list(await asyncio.gather(*(evaluate(session, c, phase, now) for c in checks)))
+
+
+def sign(key: bytes, body: bytes) -> str:
+    """The signature header's value for `body`."""
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+async def deliver(
+    session: aiohttp.ClientSession, webhook: Webhook, key: bytes | None, event: dict[str, Any]
+) -> bool:
+    """POST `event` to the webhook, signed; False (logged, counted) when it failed."""
+    host = urlsplit(str(webhook.url)).hostname or "?"
+    if key is None:
+        log.warning(
+            "practice webhook to %s not sent: its secret %s cannot be read",
+            host,
+            webhook.secret.split("#")[0],
+        )
+        metrics.practice_webhook_failures.add(1, {"reason": "secret"})
+        return False
+    body = json.dumps(event, sort_keys=True).encode()
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(key, body)}
+    try:
+        async with asyncio.timeout(webhook.timeout_s):
+            async with session.post(
+                str(webhook.url), data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    return True
+                reason = f"HTTP {resp.status}"
+    except TimeoutError:
+        reason = "timeout"
+    except aiohttp.ClientError as exc:
+        reason = type(exc).__name__
+    log.warning("practice webhook to %s failed (%s); the run goes on", host, reason)
+    metrics.practice_webhook_failures.add(1, {"reason": "delivery"})
+    return False

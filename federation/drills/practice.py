@@ -1,0 +1,473 @@
+"""Practice drills: the leader runs every drill schedule when it is due
+(docs/drills.md#practice-runs).
+
+Each tick (while this replica leads) reads the schedules, their runs and pending
+on-demand requests from etcd, and for each schedule does one thing:
+
+- a run is RUNNING: evaluate its outcome checks; a failure aborts the drill (its
+  regions are uncordoned at once) and ends the run INTERRUPTED with the check and its
+  value; a drill that ended gives SUCCEEDED (completed, no residency violation) or
+  FAILED;
+- none is, and one is due (an on-demand request, or the clock inside an allowed window
+  whose occurrence no run has used, and not right after a BLOCKED attempt): refuse
+  during an incident (a region lost, a region cordoned or held by another drill,
+  another drill or a rollout touching the same services) or on a failing blocking
+  check (BLOCKED, retried `retry_s` later in the window); refuse when the drill plan
+  leaves a service without compliant room (CAPACITY_CHECK_FAILED, nothing cordoned);
+  else create the live drill and the RUNNING run in one leader-fenced txn, which the
+  drill runner (federation.drills.runner) then drives.
+
+Everything lives in etcd, so a new leader carries on every run where the old one
+stopped. The clock is injected (`clock`), so tests move time instead of waiting for it;
+the drill itself measures in real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from federation.drills import checks as practice_checks
+from federation.drills.runner import abort
+from federation.model.drill import DrillRecord, DrillRequest, DrillState, new_drill_id
+from federation.model.schedule import CheckResult, DrillSchedule, Outcome, PracticeRun, new_run_id
+from federation.model.secret import parse_reference
+from federation.model.service import Phase
+from federation.model.status import service_status
+from federation.planning.practice import blocked_reason, occurrence
+from federation.planning.what_if import what_if
+from federation.planning.world import World
+from federation.store import Cond, Conflict, Op, Store, StoreError, keys
+from federation.store import drills as store_drills
+from federation.store import schedules as store_schedules
+from federation.store import secrets as store_secrets
+from federation.store.election import LeaderElection
+from federation.store.envelope import KeyProvider
+from federation.store.world import read_world
+from federation.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+MAX_CHECKS_DURING = 200  # check results kept in a run: the first of each and every change
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _by_service(world: World) -> dict[str, set[str]]:
+    index: dict[str, set[str]] = {}
+    for region, service in world.assignments:
+        index.setdefault(service, set()).add(region)
+    return index
+
+
+def incident(world: World, schedule: DrillSchedule, services: set[str]) -> str | None:
+    """Why a practice run must not start now (a sentence), or None."""
+    for name in sorted(world.regions):
+        if name not in world.alive:
+            return f"region {name} is lost (unreachable): no practice during an incident"
+    for name in schedule.regions:
+        region = world.regions.get(name)
+        if region is None:
+            return f"region {name} does not exist"
+        if region.cordon is not None:
+            return f"region {name} is cordoned (by {region.cordon.by})"
+    assigned = _by_service(world)
+    for name in sorted(services):
+        found = world.services.get(name)
+        if found is None:
+            continue
+        placement = world.placements.get(name)
+        regions = {r: a for (r, s), a in world.assignments.items() if s == name}
+        status = service_status(
+            found[0],
+            placement[0] if placement else None,
+            regions,
+            world.reports_of(name, assigned.get(name, set())),
+            world.alive,
+        )
+        if status["phase"] == Phase.PROGRESSING.value:
+            return f"service {name} is in a rollout (Progressing)"
+    return None
+
+
+class PracticeScheduler:
+    """Runs drill schedules while this replica leads; idle otherwise."""
+
+    def __init__(
+        self,
+        store: Store,
+        election: LeaderElection,
+        *,
+        clock: Clock = utc_now,
+        keyring: KeyProvider | None = None,
+        region_ttl: float = 10.0,
+        poll_s: float = 1.0,
+        report_url: str = "",
+    ) -> None:
+        self.store = store
+        self.election = election
+        self.clock = clock
+        self.keyring = keyring
+        self.region_ttl = region_ttl
+        self.poll_s = poll_s
+        self.report_url = report_url.rstrip("/")
+        self._poked = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+
+    def poke(self) -> None:
+        """An on-demand run was asked for: tick now."""
+        self._poked.set()
+
+    async def run(self) -> None:
+        """Tick while leader, every `poll_s` or when poked."""
+        self._session = aiohttp.ClientSession()
+        try:
+            last: list[str] = []
+            while True:
+                if self.election.is_leader:
+                    try:
+                        sentences = await self.tick()
+                    except StoreError as exc:
+                        sentences = [f"practice: tick failed, retrying: {exc}"]
+                    except Exception:
+                        log.exception("practice: tick crashed; retrying")
+                        sentences = ["practice: tick crashed"]
+                    if sentences != last and sentences:
+                        log.info("practice: %s", "; ".join(sentences))
+                    last = sentences
+                else:
+                    metrics.clear_practice()
+                self._poked.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_s):
+                        await self._poked.wait()
+        finally:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def tick(self) -> list[str]:
+        """One look at every schedule; returns what was done, as sentences."""
+        now = self.clock()
+        schedules, _ = await store_schedules.list_all(self.store)
+        by_name = {s.name: s for s, _ in schedules}
+        runs = await store_schedules.runs(self.store)
+        requests = await store_schedules.requests(self.store)
+        self._observe(runs, now)
+        sentences: list[str] = []
+        active: set[str] = set()
+        for run, revision in runs:
+            schedule = by_name.get(run.schedule)
+            if schedule is not None and self._unsent(run):
+                # What a previous leader did not get to send (it stopped in between).
+                revision = await self._notify(schedule, run, revision)
+            if run.outcome is Outcome.RUNNING:
+                active.add(run.schedule)
+                sentences.append(await self._follow(schedule, run, revision))
+        for schedule, _ in schedules:
+            if schedule.name in active:
+                continue
+            request = requests.get(schedule.name)
+            mine = [r for r, _ in runs if r.schedule == schedule.name]
+            if request is not None:
+                sentences.append(await self._start(schedule, "on-demand", now, request[1]))
+            elif self._due(schedule, now, mine):
+                sentences.append(await self._start(schedule, "schedule", now, None))
+        return sentences
+
+    def _observe(self, runs: list[tuple[PracticeRun, int]], now: datetime) -> None:
+        last: dict[str, float] = {}
+        for run, _ in runs:
+            if run.outcome is Outcome.SUCCEEDED and run.ended_at is not None:
+                for region in run.regions:
+                    last[region] = max(last.get(region, 0.0), run.ended_at.timestamp())
+        metrics.observe_practice(last, now.timestamp())
+
+    def _due(self, schedule: DrillSchedule, now: datetime, runs: list[PracticeRun]) -> bool:
+        occ = occurrence(schedule, now)
+        if not schedule.enabled or occ is None or blocked_reason(schedule, now) is not None:
+            return False
+        for run in runs:
+            if run.trigger != "schedule" or occurrence(schedule, run.started_at) != occ:
+                continue
+            if run.outcome is not Outcome.BLOCKED:
+                return False  # this occurrence has had its run
+            if (now - run.started_at).total_seconds() < schedule.retry_s:
+                return False
+        return True
+
+    async def _start(
+        self, schedule: DrillSchedule, trigger: str, now: datetime, request_rev: int | None
+    ) -> str:
+        run = PracticeRun(
+            id=new_run_id(now),
+            schedule=schedule.name,
+            trigger="on-demand" if trigger == "on-demand" else "schedule",
+            regions=list(schedule.regions),
+            outcome=Outcome.RUNNING,
+            started_at=now,
+            notify=bool(schedule.notifications.webhooks),
+        )
+        also = [Op.delete(keys.drill_run_request(schedule.name))] if request_rev else []
+        world = await read_world(self.store)
+        plan = what_if(world, schedule.regions, datetime.now(UTC), region_ttl=self.region_ttl)
+        affected = {s.service for s in plan.services}
+        reason = incident(world, schedule, affected)
+        if reason is None:
+            reason = await self._drill_overlap(schedule, affected)
+        if reason is None:
+            run.checks_before = await practice_checks.evaluate_all(
+                self.session, list(schedule.blocking_checks), "blocking", now
+            )
+            failing = [c for c in run.checks_before if not c.ok]
+            if failing:
+                reason = "blocking check(s) failing: " + "; ".join(
+                    f"{c.name} = {c.value} ({c.message})" for c in failing
+                )
+        if reason is not None:
+            return await self._end_new(schedule, run, Outcome.BLOCKED, reason, also)
+        short = [s for s in plan.services if s.outcome in ("unrecoverable", "degraded")]
+        if short:
+            run.services = [s.service for s in short]
+            reason = "the drill plan leaves service(s) without compliant room: " + "; ".join(
+                f"{s.service} ({s.reason}: {s.message})" for s in short
+            )
+            return await self._end_new(schedule, run, Outcome.CAPACITY_CHECK_FAILED, reason, also)
+        started = datetime.now(UTC)
+        drill = DrillRecord(
+            id=new_drill_id(),
+            regions=list(schedule.regions),
+            state=DrillState.RUNNING,
+            phase="cordoning",
+            request=DrillRequest(
+                regions=list(schedule.regions),
+                mode="live",
+                max_duration_s=schedule.duration_s,
+                failback=schedule.fail_back,
+            ),
+            created_at=started,
+            created_by=f"schedule:{schedule.name}",
+            plan=plan,
+            schedule=schedule.name,
+            checks_before=run.checks_before,
+        )
+        drill.note(started, f"practice run {run.id} of schedule {schedule.name} ({trigger})")
+        run.drill_id = drill.id
+        run.message = f"drill {drill.id} started"
+        run_key = keys.drill_run(schedule.name, run.id)
+        try:
+            await store_drills.create(
+                self.store,
+                drill,
+                conditions=[self.election.fence(), Cond.absent(run_key)],
+                also=[Op.put(run_key, run.model_dump(mode="json")), *also],
+            )
+        except store_drills.RegionHeld as exc:
+            reason = f"region {exc.region} is in drill {exc.drill_id}"
+            return await self._end_new(schedule, run, Outcome.BLOCKED, reason, also)
+        except Conflict:
+            return f"{schedule.name}: start lost a race (no longer leader?)"
+        sentence = f"{schedule.name}: {run.id} started drill {drill.id} ({trigger})"
+        await self._notify(schedule, run, None)
+        # The outcome checks' first reading, at the start: a drill may end before the
+        # next tick, and its report must still say what they were during it.
+        entry = await self.store.get(run_key)
+        if entry is not None:
+            sentence += "; " + await self._follow(schedule, run, entry.revision)
+        return sentence
+
+    async def _drill_overlap(self, schedule: DrillSchedule, services: set[str]) -> str | None:
+        held = await store_drills.holders(self.store)
+        for region in schedule.regions:
+            if region in held:
+                return f"region {region} is in drill {held[region]}"
+        drills, _ = await store_drills.list_all(self.store)
+        for record, _ in drills:
+            if record.state is not DrillState.RUNNING:
+                continue
+            theirs = set(record.services) | {s.service for s in record.plan.services}
+            shared = sorted(theirs & services)
+            if shared:
+                return f"drill {record.id} touches the same service(s): {', '.join(shared)}"
+        return None
+
+    async def _end_new(
+        self,
+        schedule: DrillSchedule,
+        run: PracticeRun,
+        outcome: Outcome,
+        reason: str,
+        also: list[Op],
+    ) -> str:
+        run.outcome, run.message, run.ended_at = outcome, reason, run.started_at
+        try:
+            revision = await store_schedules.write_run(
+                self.store, run, None, conditions=[self.election.fence()], also=also
+            )
+        except Conflict:
+            return f"{schedule.name}: not recorded (no longer leader?)"
+        metrics.practice_runs.add(1, {"outcome": outcome.value})
+        await self._notify(schedule, run, revision)
+        return f"{schedule.name}: {outcome.value}: {reason}"
+
+    async def _follow(self, schedule: DrillSchedule | None, run: PracticeRun, revision: int) -> str:
+        now = self.clock()
+        found = await store_drills.get(self.store, run.drill_id or "")
+        if found is None:
+            return await self._finish(schedule, run, revision, Outcome.FAILED, "its drill is gone")
+        drill, drill_rev = found
+        if drill.state.terminal:
+            if drill.state is DrillState.COMPLETED and not drill.violations:
+                outcome = Outcome.SUCCEEDED
+            elif drill.state is DrillState.ABORTED and any(not c.ok for c in run.checks_during):
+                outcome = Outcome.INTERRUPTED
+            else:
+                outcome = Outcome.FAILED
+            message = f"drill {drill.id} {drill.state.value}: {drill.outcome_message}"
+            return await self._finish(schedule, run, revision, outcome, message)
+        if schedule is None or not schedule.outcome_checks:
+            return f"{run.schedule}: {run.id} running (drill {drill.id})"
+        results = await practice_checks.evaluate_all(
+            self.session, list(schedule.outcome_checks), "outcome", now
+        )
+        changed = self._record(run, results)
+        failing = [c for c in results if not c.ok]
+        if changed:
+            try:
+                revision = await store_schedules.write_run(
+                    self.store, run, revision, conditions=[self.election.fence()]
+                )
+            except Conflict:
+                return f"{run.schedule}: {run.id} write lost a race; rereading"
+            await self._note_checks(drill, drill_rev, run.checks_during)
+        if not failing:
+            return f"{run.schedule}: {run.id} running (drill {drill.id}), outcome checks pass"
+        reason = "outcome check(s) failed: " + "; ".join(
+            f"{c.name} = {c.value} ({c.message})" for c in failing
+        )
+        await abort(self.store, drill.id, by=f"schedule:{run.schedule}", reason=reason)
+        return await self._finish(
+            schedule, run, revision, Outcome.INTERRUPTED, reason + "; aborted and failed back"
+        )
+
+    @staticmethod
+    def _record(run: PracticeRun, results: list[CheckResult]) -> bool:
+        """Keep each check's first result and every change of state."""
+        last = {c.name: c.ok for c in run.checks_during}
+        new = [c for c in results if last.get(c.name) is not c.ok]
+        run.checks_during = (run.checks_during + new)[-MAX_CHECKS_DURING:]
+        return bool(new)
+
+    async def _note_checks(
+        self, drill: DrillRecord, revision: int, during: list[CheckResult]
+    ) -> None:
+        """The checks seen during the run, into the drill's record (for its report);
+        a lost race is retried on the next change."""
+        drill.checks_during = list(during)
+        with contextlib.suppress(Conflict):
+            await store_drills.transition(
+                self.store, drill, revision, conditions=[self.election.fence()]
+            )
+
+    async def _finish(
+        self,
+        schedule: DrillSchedule | None,
+        run: PracticeRun,
+        revision: int,
+        outcome: Outcome,
+        message: str,
+    ) -> str:
+        run.outcome, run.message, run.ended_at = outcome, message, self.clock()
+        try:
+            revision = await store_schedules.write_run(
+                self.store, run, revision, conditions=[self.election.fence()]
+            )
+        except Conflict:
+            return f"{run.schedule}: {run.id} write lost a race; rereading"
+        metrics.practice_runs.add(1, {"outcome": outcome.value})
+        if schedule is not None:
+            await self._notify(schedule, run, revision)
+        return f"{run.schedule}: {run.id} {outcome.value}: {message}"
+
+    @staticmethod
+    def _events(run: PracticeRun) -> list[str]:
+        if run.outcome in (Outcome.BLOCKED, Outcome.CAPACITY_CHECK_FAILED):
+            return ["block"]
+        if run.outcome is Outcome.RUNNING:
+            return ["start"]
+        return ["start", "end"]
+
+    def _unsent(self, run: PracticeRun) -> bool:
+        return run.notify and any(e not in run.notified for e in self._events(run))
+
+    async def _key(self, reference: str) -> bytes | None:
+        if self.keyring is None:
+            return None
+        name, key = parse_reference(reference)
+        try:
+            found = await store_secrets.get(self.store, name)
+            if found is None:
+                return None
+            values = await store_secrets.reveal(self.keyring, found[0], found[0].version)
+        except Exception:  # a KEK not held here, a record that does not open
+            log.warning("practice: webhook secret %s cannot be opened", name)
+            return None
+        value = (values or {}).get(key)
+        return value.encode() if value is not None else None
+
+    async def _notify(self, schedule: DrillSchedule, run: PracticeRun, revision: int | None) -> int:
+        """Send the run's events not sent yet; mark them sent (attempted) in its record.
+        Returns the record's revision after (0 when it is not known)."""
+        webhooks = schedule.notifications.webhooks
+        pending = [e for e in self._events(run) if e not in run.notified]
+        if not webhooks or not pending or not run.notify:
+            return revision or 0
+        for event in pending:
+            body = self._event(event, run)
+            for webhook in webhooks:
+                await practice_checks.deliver(
+                    self.session, webhook, await self._key(webhook.secret), body
+                )
+            run.notified.append(event)
+        if revision is None:
+            found = await self.store.get(keys.drill_run(run.schedule, run.id))
+            revision = found.revision if found else None
+        if revision is None:
+            return 0
+        try:
+            return await store_schedules.write_run(
+                self.store, run, revision, conditions=[self.election.fence()]
+            )
+        except Conflict:
+            return revision  # the next write of this run fails too, and rereads
+
+    def _event(self, event: str, run: PracticeRun) -> dict[str, Any]:
+        report = f"/v1/drills/{run.drill_id}/report.md" if run.drill_id else None
+        return {
+            "event": event,
+            "schedule": run.schedule,
+            "run": run.id,
+            "trigger": run.trigger,
+            "regions": run.regions,
+            "outcome": run.outcome.value,
+            "message": run.message,
+            "drill": run.drill_id,
+            "report": (self.report_url + report) if report else None,
+            "started_at": run.started_at.isoformat(),
+            "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+            "services": run.services,
+            "checks": [c.model_dump(mode="json") for c in run.checks_before + run.checks_during],
+        }

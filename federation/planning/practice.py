@@ -1,0 +1,119 @@
+"""When a drill schedule may run (pure: the clock is an argument).
+
+An instant may start a run when, in the schedule's time zone, it falls inside one of
+its weekly windows, on no blocked date and in no blocked window. A window's
+*occurrence* (its local date and index) runs at most once: a run that was not BLOCKED
+uses it up; BLOCKED attempts are retried later in the same occurrence.
+
+Wall-clock times are read through zoneinfo, so across a daylight saving change a
+09:00 window stays 09:00 local; a window inside the hour that does not exist that
+night (spring forward) does not happen, and an instant that exists twice (fall back)
+is judged by its own wall-clock reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from federation.model.schedule import DrillSchedule, WeeklyWindow
+
+HORIZON_DAYS = 400  # far enough to step over a year of blocked dates
+Occurrence = tuple[date, int]
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """A schedule's windows parsed once (a next_run looks at hundreds of instants)."""
+
+    zone: ZoneInfo
+    allowed: tuple[WeeklyWindow, ...]
+    blocked: tuple[WeeklyWindow, ...]
+    blocked_dates: frozenset[date]
+
+    @classmethod
+    def of(cls, schedule: DrillSchedule) -> _Rules:
+        return cls(
+            schedule.zone,
+            tuple(schedule.allowed()),
+            tuple(schedule.blocked()),
+            frozenset(schedule.blocked_dates),
+        )
+
+    def occurrence(self, local: datetime) -> Occurrence | None:
+        for index, window in enumerate(self.allowed):
+            if window.holds(local):
+                return local.date(), index
+        return None
+
+
+def occurrence(schedule: DrillSchedule, at: datetime) -> Occurrence | None:
+    """The window occurrence `at` is in (its local date, the window's index), or None
+    when `at` is outside every allowed window."""
+    rules = _Rules.of(schedule)
+    return rules.occurrence(at.astimezone(rules.zone))
+
+
+def _blocked(rules: _Rules, local: datetime, windows: str) -> str | None:
+    if local.date() in rules.blocked_dates:
+        return f"{local.date().isoformat()} is a blocked date"
+    for window in rules.blocked:
+        if window.holds(local):
+            return f"inside blocked window {window}"
+    if rules.occurrence(local) is None:
+        return f"outside the allowed window(s) {windows}"
+    return None
+
+
+def blocked_reason(schedule: DrillSchedule, at: datetime) -> str | None:
+    """Why `at` may not start a run, as a sentence; None when it may."""
+    rules = _Rules.of(schedule)
+    reason = _blocked(rules, at.astimezone(rules.zone), ", ".join(schedule.windows))
+    return None if reason is None else f"{reason} ({schedule.time_zone})"
+
+
+def may_start(schedule: DrillSchedule, at: datetime) -> bool:
+    """`at` is inside an allowed window, not on a blocked date, not in a blocked window."""
+    return blocked_reason(schedule, at) is None
+
+
+def _candidates(rules: _Rules, day: date) -> list[datetime]:
+    """Instants of local `day` at which starting may become possible: each allowed
+    window's start and each blocked window's end (as UTC)."""
+    weekday = day.weekday()
+    minutes = {w.start for w in rules.allowed if w.day == weekday}
+    if not minutes or day in rules.blocked_dates:
+        return []
+    minutes |= {w.end for w in rules.blocked if w.day == weekday and w.end < 24 * 60}
+    return [
+        datetime.combine(day, time(m // 60, m % 60), tzinfo=rules.zone).astimezone(UTC)
+        for m in sorted(minutes)
+    ]
+
+
+def next_run(
+    schedule: DrillSchedule, now: datetime, last_runs: Iterable[datetime] = ()
+) -> datetime | None:
+    """The first instant at or after `now` at which the schedule may start a run in an
+    occurrence no run (other than a BLOCKED one: leave those out of `last_runs`) has
+    used; None when there is none within HORIZON_DAYS or the schedule is disabled."""
+    if not schedule.enabled:
+        return None
+    rules = _Rules.of(schedule)
+    used = {rules.occurrence(r.astimezone(rules.zone)) for r in last_runs} - {None}
+
+    def fits(at: datetime) -> bool:
+        local = at.astimezone(rules.zone)
+        occ = rules.occurrence(local)
+        return occ is not None and occ not in used and _blocked(rules, local, "") is None
+
+    if fits(now):
+        return now
+    first = now.astimezone(rules.zone).date()
+    for offset in range(-1, HORIZON_DAYS + 1):
+        for at in _candidates(rules, first + timedelta(days=offset)):
+            if at > now and fits(at):
+                return at
+    return None
