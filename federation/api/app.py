@@ -92,8 +92,8 @@ from federation.store import tokens as store_tokens
 from federation.store.audit.checkpoint import private_key_from_pem
 from federation.store.election import LeaderElection
 from federation.store.envelope import FileKeyring
+from federation.store.heartbeats import LastSeen
 from federation.store.mirror import Mirror
-from federation.store.regions import LastSeen
 from federation.store.world import MIRROR_CACHED, MIRROR_GROUPED, MIRROR_PACKED, MIRRORED
 
 log = logging.getLogger(__name__)

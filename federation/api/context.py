@@ -25,8 +25,8 @@ from federation.store.audit import HeadMonitor
 from federation.store.compaction import Compactor
 from federation.store.election import LeaderElection
 from federation.store.envelope import KeyProvider
+from federation.store.heartbeats import LastSeen
 from federation.store.mirror import Mirror
-from federation.store.regions import LastSeen
 
 
 @dataclass(frozen=True)

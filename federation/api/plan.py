@@ -1,5 +1,5 @@
 """`POST /v1/plan`: a set of documents (region labels, groups, policies, secrets'
-metadata, services) planned as one, written nowhere. `federation plan`, `diff` and
+metadata, services, drill schedules) planned as one, written nowhere. `federation plan`, `diff` and
 `apply` ask it; `apply` then writes each resource with the revision the plan saw as
 `If-Match` (docs/gitops.md). Secrets' metadata is checked against the stored secrets,
 never written: values do not go in files.
@@ -28,10 +28,12 @@ from federation.api.secrets import check_references
 from federation.model.names import Labels
 from federation.model.policy import Group, Policy
 from federation.model.region import RegionLabels
+from federation.model.schedule import DrillSchedule
 from federation.model.secret import SecretDeclaration
 from federation.model.service import ServiceSpec
 from federation.model.token import Role
 from federation.planning.changeset import EXIT_ERROR, ChangeSet, StoredSecret, plan_changes
+from federation.store import schedules as store_schedules
 from federation.store import secrets as store_secrets
 from federation.store.world import read_world
 
@@ -70,8 +72,19 @@ class SecretDocument(BaseModel):
     spec: SecretDeclaration
 
 
+class ScheduleDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["drill-schedule"]
+    spec: DrillSchedule
+
+
 Document = Annotated[
-    ServiceDocument | PolicyDocument | GroupDocument | RegionDocument | SecretDocument,
+    ServiceDocument
+    | PolicyDocument
+    | GroupDocument
+    | RegionDocument
+    | SecretDocument
+    | ScheduleDocument,
     Field(discriminator="kind"),
 ]
 
@@ -97,6 +110,7 @@ def change_set(request: PlanRequest) -> ChangeSet:
         "group": changes.groups,
         "region": changes.regions,
         "secret": changes.secrets,
+        "drill-schedule": changes.schedules,
     }
     for i, doc in enumerate(request.documents):
         into = by_kind[doc.kind]
@@ -117,8 +131,14 @@ async def post_plan(request: web.Request) -> web.Response:
     async with whole_read(request):
         world = await read_world(request.app[STORE])
         secrets = await _stored_secrets(request, changes)
+        schedules, _ = await store_schedules.list_all(request.app[STORE])
         answer = await asyncio.to_thread(
-            partial(plan_changes, region_ttl=request.app[CONFIG].region_ttl, secrets=secrets),
+            partial(
+                plan_changes,
+                region_ttl=request.app[CONFIG].region_ttl,
+                secrets=secrets,
+                schedules={s.name: (s, revision) for s, revision in schedules},
+            ),
             world,
             changes,
             datetime.now(UTC),

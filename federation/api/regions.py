@@ -25,6 +25,7 @@ from federation.model.region import (
 )
 from federation.model.token import Role, TokenRecord, hash_secret, new_secret
 from federation.store import AlreadyExists, keys
+from federation.store import heartbeats as store_heartbeats
 from federation.store import regions as store_regions
 
 routes = web.RouteTableDef()
@@ -192,7 +193,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     mirror = request.app[MIRROR]
     known = mirror.get(keys.REGIONS, name, RegionRecord)
     try:
-        what = await store_regions.heartbeat(
+        what = await store_heartbeats.heartbeat(
             request.app[STORE],
             name,
             beat,

@@ -112,7 +112,9 @@ def apply_order(docs: list[Document]) -> list[Document]:
 # What `plan`, `diff` and `apply` take, in the order `apply` writes them. Regions and
 # secrets are told only by `kind:` (their fields look like the others'); a region
 # document sets its labels, a secret document declares metadata the plan checks.
-SET_KINDS = ("region", "group", "policy", "secret", "service")
+SET_KINDS = ("region", "group", "policy", "secret", "service", "drill-schedule")
+# `kind: DrillSchedule`, as `federation drill schedule apply` files say it, is the same.
+_KIND_ALIASES = {"drillschedule": "drill-schedule"}
 
 
 def classify_any(source: str, doc: Any) -> Document:
@@ -124,6 +126,7 @@ def classify_any(source: str, doc: Any) -> Document:
     kind = body.pop("kind", None)
     if kind is not None:
         kind = str(kind).lower()
+        kind = _KIND_ALIASES.get(kind, kind)
         if kind not in SET_KINDS:
             raise ValueError(f"kind: must be one of {', '.join(SET_KINDS)}, not {kind!r}")
     elif "countries" in body:

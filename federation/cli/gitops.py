@@ -30,7 +30,7 @@ JSON = dict[str, Any]
 MANAGED_BY = "managed-by"
 # Regions join by registration and secrets hold values files never do: neither is
 # deleted for being absent from the files.
-PRUNABLE = ("group", "policy", "service")
+PRUNABLE = ("group", "policy", "service", "drill-schedule")
 EXIT_ERROR = 1
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from federation.model.policy import Group, Policy
 from federation.model.region import RegionLabels
+from federation.model.schedule import DrillSchedule
 from federation.model.secret import SecretDeclaration
 from federation.model.service import ServiceRecord, ServiceSpec
 from federation.model.status import NO_COMPLIANT_FAILOVER_REGION, survivability
@@ -42,7 +43,7 @@ JSON = dict[str, Any]
 
 # The order `apply` writes in: what is named before what names it. Deletes go the
 # other way round.
-KINDS = ("region", "group", "policy", "secret", "service")
+KINDS = ("region", "group", "policy", "secret", "service", "drill-schedule")
 NO_ROOM = (NO_COMPLIANT_REGION, INSUFFICIENT_CAPACITY)
 
 # Exit codes, as `terraform plan -detailed-exitcode`.
@@ -60,6 +61,7 @@ class ChangeSet:
     regions: dict[str, RegionLabels] = field(default_factory=dict)
     # Checked against the stored secrets, never written (values never go in files).
     secrets: dict[str, SecretDeclaration] = field(default_factory=dict)
+    schedules: dict[str, DrillSchedule] = field(default_factory=dict)
     # Resources whose labels include all of these and that the set does not hold are
     # deleted; None: nothing is.
     prune: Mapping[str, str] | None = None
@@ -265,6 +267,38 @@ def _secrets_checked(
     return problems
 
 
+def _schedules_after(
+    world: World,
+    changes: ChangeSet,
+    stored: Mapping[str, tuple[DrillSchedule, int]],
+    resources: list[JSON],
+) -> list[JSON]:
+    """Each drill schedule document as a resource, and the stored schedules `--prune`
+    selects as deletes; problems for a schedule naming a region that is not
+    registered (its PUT would refuse it)."""
+    problems: list[JSON] = []
+    for name, schedule in sorted(changes.schedules.items()):
+        old = stored.get(name)
+        before = old[0].model_dump(mode="json") if old else None
+        after = schedule.model_dump(mode="json")
+        resources.append(_resource("drill-schedule", name, before, after, old[1] if old else 0))
+        for i, region in enumerate(schedule.regions):
+            if region not in world.regions:
+                problems.append(
+                    {
+                        "kind": "drill-schedule",
+                        "name": name,
+                        "field": f"regions.{i}",
+                        "message": f"no region named {region!r}",
+                    }
+                )
+    for name, (schedule, revision) in sorted(stored.items()):
+        if name not in changes.schedules and _selected(schedule.labels, changes.prune):
+            before = schedule.model_dump(mode="json")
+            resources.append(_resource("drill-schedule", name, before, None, revision))
+    return problems
+
+
 def _rejected(p: ServicePlan) -> dict[str, JSON]:
     assert p.evaluation is not None
     return {v.region: {"reasons": list(v.reasons)} for v in p.evaluation.verdicts if not v.allowed}
@@ -338,10 +372,12 @@ def plan_changes(
     *,
     region_ttl: float,
     secrets: Mapping[str, StoredSecret] | None = None,
+    schedules: Mapping[str, tuple[DrillSchedule, int]] | None = None,
 ) -> JSON:
     """Plan `changes` against `world` (read in full: every service, region, policy and
-    group) and the stored `secrets` the set declares. Returns the answer of
-    `POST /v1/plan`; `world` is not modified."""
+    group), the stored `secrets` the set declares and the stored drill `schedules`
+    (with their revisions). Returns the answer of `POST /v1/plan`; `world` is not
+    modified."""
     resources: list[JSON] = []
     residency = _residency_after(world.residency, changes, resources)
     after_world = _world_after(world, changes, resources, now)
@@ -349,6 +385,7 @@ def plan_changes(
     after_world.regions = dict(world.regions)
     problems = _regions_after(after_world, changes, resources)
     problems += _secrets_checked(changes, secrets or {}, resources)
+    problems += _schedules_after(after_world, changes, schedules or {}, resources)
     deleted = {(r["kind"], r["name"]) for r in resources if r["action"] == "delete"}
     problems += _problems(residency, changes, deleted)
     order = {kind: i for i, kind in enumerate(KINDS)}

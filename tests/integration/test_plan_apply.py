@@ -404,3 +404,46 @@ async def test_a_secret_in_the_files_is_checked_against_the_stored_one_and_never
         assert result.exit_code == 0, result.output
         status, body = await api.call("GET", "/v1/secrets/patient-db")
         assert status == 200 and body["version"] == version
+
+
+async def test_drill_schedules_in_the_files_are_planned_applied_and_pruned(
+    federation: Federation, api: Api, tmp_path: Path
+) -> None:
+    weekly = {
+        "kind": "DrillSchedule",  # as `federation drill schedule apply` files say it
+        "name": "weekly-fr",
+        "labels": {"managed-by": "repo"},
+        "regions": ["eu-fr-1"],
+        "windows": ["Tue 09:00-12:00"],
+        "time_zone": "Europe/Paris",
+    }
+    write(tmp_path, "weekly.yaml", {**weekly, "regions": ["eu-pl-1"]})
+    cli = Cli(api)
+    result = await cli("plan", "-f", str(tmp_path), "-o", "json")
+    assert result.exit_code == 1, result.output
+    (problem,) = json.loads(result.output)["problems"]
+    assert (problem["kind"], problem["field"]) == ("drill-schedule", "regions.0")
+
+    write(tmp_path, "weekly.yaml", weekly)
+    result = await cli("apply", "-f", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    status, body = await api.call("GET", "/v1/drill-schedules/weekly-fr")
+    assert status == 200 and body["regions"] == ["eu-fr-1"], body
+    result = await cli("plan", "-f", str(tmp_path))
+    assert result.exit_code == 0, result.output
+
+    write(tmp_path, "weekly.yaml", {**weekly, "windows": ["Wed 09:00-12:00"]})
+    result = await cli("diff", "-f", str(tmp_path))
+    assert result.exit_code == 2 and "Wed 09:00-12:00" in result.output, result.output
+
+    small = {**RECORDS, "name": "small", "replicas": 1, "placement": {"min_regions": 1}}
+    (tmp_path / "weekly.yaml").unlink()
+    write(tmp_path, "small.yaml", {**small, "labels": {"managed-by": "repo"}})
+    result = await cli("plan", "-f", str(tmp_path), "--prune", "-o", "json")
+    assert result.exit_code == 2, result.output
+    actions = {(r["kind"], r["name"]): r["action"] for r in json.loads(result.output)["resources"]}
+    assert actions == {("service", "small"): "create", ("drill-schedule", "weekly-fr"): "delete"}
+    result = await cli("apply", "-f", str(tmp_path), "--prune")
+    assert result.exit_code == 0, result.output
+    status, _ = await api.call("GET", "/v1/drill-schedules/weekly-fr")
+    assert status == 404

@@ -183,11 +183,18 @@ async def runs(api: Api, name: str) -> list[dict[str, Any]]:
 async def wait_run(
     api: Api, name: str, done: Callable[[dict[str, Any]], bool], *, timeout: float, what: str
 ) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        found = await runs(api, name)
-        return found[-1] if found and done(found[-1]) else None
+    seen: list[dict[str, Any]] = []
 
-    return await wait_until(check, timeout=timeout, what=what, every=0.2)
+    async def check() -> dict[str, Any] | None:
+        # Listed by id: runs begun in the same second of the injected clock may list
+        # in either order, so every one is looked at, the last listed first.
+        seen[:] = await runs(api, name)
+        return next((r for r in reversed(seen) if done(r)), None)
+
+    try:
+        return await wait_until(check, timeout=timeout, what=what, every=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the runs: {seen}") from None
 
 
 def ended(run: dict[str, Any]) -> bool:

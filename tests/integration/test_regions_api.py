@@ -9,7 +9,7 @@ import pytest
 
 from federation.model.region import Heartbeat
 from federation.store import Store
-from federation.store import regions as store_regions
+from federation.store import heartbeats as store_heartbeats
 from tests.conftest import Api, lose_answers
 
 
@@ -133,7 +133,7 @@ async def test_a_first_heartbeat_whose_answer_was_lost_keeps_the_region_ready(
     lose_answers(store, monkeypatch, 1)
     # Sent again, the liveness create fails (the key exists): on this heartbeat's own
     # lease it is recognised, not revoked, which would delete the key it just made.
-    said = await store_regions.heartbeat(store, "eu-de-1", Heartbeat(), ttl=2)
+    said = await store_heartbeats.heartbeat(store, "eu-de-1", Heartbeat(), ttl=2)
     assert said == "region became reachable: new liveness lease"
     alive = await store.get("alive/eu-de-1")
     assert alive is not None and alive.lease
