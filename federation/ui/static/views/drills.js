@@ -17,6 +17,19 @@ function download(name, type, text) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+// The runner's timeline, with each service's recovery placed in it (recovery times
+// count from the cordon).
+function events(report) {
+  const list = report.timeline.map((e) => ({ t_s: e.t_s, event: e.event }));
+  if (report.cordoned_at) {
+    const cordon = (Date.parse(report.cordoned_at) - Date.parse(report.started_at)) / 1000;
+    for (const [service, took] of Object.entries(report.recovery.per_service_s)) {
+      list.push({ t_s: cordon + took, event: `${service} recovered (${seconds(took)} after the cordon)` });
+    }
+  }
+  return list.sort((a, b) => a.t_s - b.t_s);
+}
+
 function listView(root, ctx) {
   const form = el("form", { id: "drill-form", class: "panel" });
   const planBox = el("div", { id: "drill-plan" });
@@ -184,7 +197,7 @@ function pageView(root, id, ctx) {
     );
     replace(
       timeline,
-      r.timeline.map((e) => el("li", {}, el("span", { class: "t" }, `+${seconds(e.t_s)}`), " ", e.event)),
+      events(r).map((e) => el("li", {}, el("span", { class: "t" }, `+${seconds(e.t_s)}`), " ", e.event)),
     );
     const per = Object.entries(r.recovery.per_service_s);
     replace(

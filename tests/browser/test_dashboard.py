@@ -1,0 +1,218 @@
+"""The dashboard in real headless chromium, against a real server, etcd and the demo
+regions' agents (tests/browser/conftest.py), as a person uses it.
+
+The tests share one federation and run in file order: the drill cordons and restores a
+region, and the last test kills a region's agent for good.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+from playwright.sync_api import Browser, Page, Route, expect
+
+from tests.browser.conftest import DEMO_REGIONS, TTL, Cluster, wait_until
+
+
+def marker(page: Page, region: str):  # type: ignore[no-untyped-def]
+    return page.locator(f'g.marker[data-region="{region}"]')
+
+
+def test_a_viewer_sees_the_four_demo_regions_on_the_map_in_their_countries(
+    as_role: Callable[[str], Page],
+) -> None:
+    page = as_role("viewer")
+    expect(page.locator("g.marker")).to_have_count(len(DEMO_REGIONS))
+    for region, country in DEMO_REGIONS.items():
+        expect(marker(page, region)).to_have_attribute("data-state", "ready")
+        expect(marker(page, region)).to_contain_text(f"{region} · ready")
+        # Each marker sits inside its country's outline on the map.
+        inside = page.evaluate(
+            """([region, country]) => {
+                const m = document.querySelector(`g.marker[data-region="${region}"]`);
+                const c = document.querySelector(`path.country[data-country="${country}"]`);
+                const at = m.transform.baseVal.consolidate().matrix;
+                const box = c.getBBox();
+                return at.e >= box.x && at.e <= box.x + box.width
+                    && at.f >= box.y && at.f <= box.y + box.height;
+            }""",
+            [region, country],
+        )
+        assert inside, f"{region}'s marker is not in {country}"
+        row = page.locator(f'table.regions tr[data-region="{region}"]')
+        expect(row).to_contain_text(country)
+        expect(row).to_contain_text("ready")
+    # The services placed in a region are on the map's list; patient-records is in the EU.
+    expect(page.locator('tr[data-region="eu-de-1"] .placed')).to_contain_text("patient-records")
+    expect(page.locator('tr[data-region="us-east-1"] .placed')).to_have_text("none")
+    # Clicking a marker opens the region: heartbeat, capacity, what runs there.
+    marker(page, "eu-fr-1").click()
+    panel = page.locator("#region-panel")
+    expect(panel).to_contain_text("Region eu-fr-1")
+    expect(panel).to_contain_text("last heartbeat")
+    expect(panel.locator("table.placed")).to_contain_text("patient-records")
+    # And by keyboard: a marker takes focus and Enter opens it.
+    marker(page, "eu-de-1").focus()
+    page.keyboard.press("Enter")
+    expect(panel).to_contain_text("Region eu-de-1")
+
+
+def test_the_residency_view_shows_us_and_in_rejected_for_phi_eu_with_the_reason(
+    as_role: Callable[[str], Page],
+) -> None:
+    page = as_role("viewer")
+    page.get_by_role("button", name="Residency").click()
+    page.get_by_label("phi-eu").check()
+    verdicts = page.locator("table.verdicts")
+    for region in ("us-east-1", "ap-in-1"):
+        row = verdicts.locator(f'tr[data-region="{region}"]')
+        expect(row.locator(".verdict")).to_have_text("rejected")
+        expect(row).to_contain_text("eu-patient-data")
+    for region in ("eu-de-1", "eu-fr-1"):
+        expect(verdicts.locator(f'tr[data-region="{region}"] .verdict')).to_have_text("allowed")
+    expect(page.locator('path.country[data-country="US"]')).to_have_class(
+        "country verdict-rejected"
+    )
+    expect(page.locator('path.country[data-country="DE"]')).to_have_class("country verdict-allowed")
+    # The reasons come with focus (keyboard) as well as hover.
+    page.locator('path.country[data-country="IN"]').focus()
+    detail = page.locator("#country-detail")
+    expect(detail).to_contain_text("India: rejected")
+    expect(detail).to_contain_text("eu-patient-data")
+    expect(page.locator("#deciding-policies")).to_contain_text("group:eea")
+
+
+def test_a_viewer_sees_no_cordon_or_drill_buttons_and_a_forced_request_gets_403(
+    as_role: Callable[[str], Page],
+) -> None:
+    operator = as_role("operator")
+    marker(operator, "eu-de-1").click()
+    expect(operator.get_by_role("button", name="Cordon")).to_be_visible()
+    expect(operator.get_by_role("button", name="Drills")).to_be_visible()
+
+    page = as_role("viewer")
+    marker(page, "eu-de-1").click()
+    expect(page.locator("#region-panel")).to_contain_text("Region eu-de-1")
+    expect(page.get_by_role("button", name="Cordon")).to_have_count(0)
+    expect(page.get_by_role("button", name="Drills")).to_have_count(0)
+    expect(page.get_by_role("button", name="Audit")).to_have_count(0)
+    # The page's own token, sent by hand: the server refuses it.
+    statuses = page.evaluate(
+        """async () => {
+            const headers = {
+                Authorization: `Bearer ${sessionStorage.getItem("federation.token")}`,
+                "Content-Type": "application/json",
+            };
+            const post = (path, body) => fetch(path, {method: "POST", headers,
+                body: JSON.stringify(body)}).then((r) => r.status);
+            return [
+                await post("/v1/regions/eu-de-1/cordon", {}),
+                await post("/v1/drills", {regions: ["eu-de-1"], mode: "live"}),
+            ];
+        }"""
+    )
+    assert statuses == [403, 403]
+
+
+def test_the_token_is_never_put_in_a_url(browser: Browser, cluster: Cluster) -> None:
+    """The login form cannot be submitted by the browser itself, not even before the
+    dashboard's script has loaded (a slow network): the token would land in the URL."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+
+        def slowly(route: Route) -> None:
+            time.sleep(1.5)
+            route.continue_()
+
+        page.route("**/app.js", slowly)
+        page.goto(cluster.url + "/ui/", wait_until="commit")
+        page.wait_for_selector("#login", state="attached")
+        assert not page.locator("#login").is_visible(), "the form is usable before its script"
+        page.fill("#token", cluster.tokens["viewer"], timeout=10_000)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#nav button")
+        secret = cluster.tokens["viewer"]
+        assert not [u for u in urls if secret in u], "the token went into a URL"
+        assert secret not in page.url
+        assert page.evaluate("sessionStorage.getItem('federation.token')") == secret
+    finally:
+        context.close()
+
+
+def test_a_region_label_with_a_script_renders_as_text(
+    as_role: Callable[[str], Page], cluster: Cluster
+) -> None:
+    hostile = "<script>window.__owned = 1</script><img src=x onerror='window.__owned = 2'>"
+    status, body = cluster.http(
+        "POST", "/v1/regions", {"name": "ch-x-1", "country": "CH", "labels": {"note": hostile}}
+    )
+    assert status == 201, body
+    try:
+        page = as_role("viewer")
+        page.locator('table.regions tr[data-region="ch-x-1"] button').click()
+        panel = page.locator("#region-panel")
+        expect(panel.locator("ul.labels")).to_have_text(f"note: {hostile}")
+        assert panel.locator("script, img").count() == 0
+        assert page.evaluate("window.__owned") is None
+        expect(marker(page, "ch-x-1")).to_have_attribute("data-state", "lost")
+    finally:
+        status, body = cluster.http("DELETE", "/v1/regions/ch-x-1")
+        assert status == 200, body
+
+
+def test_an_operator_starts_a_drill_and_watches_the_timeline_finish(
+    as_role: Callable[[str], Page], cluster: Cluster
+) -> None:
+    page = as_role("operator")
+    page.get_by_role("button", name="Drills").click()
+    page.get_by_label("eu-fr-1").check()
+    page.fill("#drill-max", "60")
+    page.get_by_role("button", name="Start live drill").click()
+    state = page.locator("#drill-state")
+    expect(state).to_have_text("running")
+    expect(page.get_by_role("button", name="Abort drill")).to_be_visible()
+    expect(page.locator("#drill-timeline li").first).to_contain_text("live drill started")
+    expect(state).to_have_text("completed", timeout=45_000)
+    timeline = page.locator("#drill-timeline")
+    expect(timeline).to_contain_text("cordoned")
+    expect(timeline).to_contain_text("patient-records recovered")
+    expect(page.locator("#drill-recovery")).not_to_have_text("- / - / -")
+    expect(page.get_by_role("button", name="Abort drill")).to_have_count(0)
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Download report (Markdown)").click()
+    assert "patient-records" in got.value.path().read_text()
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Download report (JSON)").click()
+    assert '"state": "completed"' in got.value.path().read_text()
+    # The drill restored what it cordoned before the next test.
+    wait_until(
+        lambda: cluster.service("patient-records")["status"]["phase"] == "Running",
+        30,
+        "patient-records Running after the drill",
+    )
+
+
+def test_a_killed_agents_marker_turns_lost_and_its_services_reappear_elsewhere(
+    as_role: Callable[[str], Page], cluster: Cluster
+) -> None:
+    page = as_role("viewer")
+    expect(marker(page, "eu-de-1")).to_have_attribute("data-state", "ready")
+    page.evaluate("window.__same_page = true")
+    cluster.agents["eu-de-1"].stop(signal.SIGKILL)
+    killed = time.monotonic()
+    expect(marker(page, "eu-de-1")).to_have_attribute(
+        "data-state", "lost", timeout=(TTL + 5) * 1000
+    )
+    print(f"marker lost {time.monotonic() - killed:.2f} s after the agent was killed")
+    expect(marker(page, "eu-de-1")).to_contain_text("eu-de-1 · lost")
+    fr = page.locator('table.regions tr[data-region="eu-fr-1"] .placed')
+    expect(fr).to_have_text("patient-records 4/4", timeout=15_000)
+    expect(page.locator('tr[data-region="eu-de-1"] .placed')).to_have_text("none")
+    for region in ("us-east-1", "ap-in-1"):
+        expect(page.locator(f'tr[data-region="{region}"] .placed')).to_have_text("none")
+    assert page.evaluate("window.__same_page") is True, "the page was reloaded"
