@@ -162,6 +162,7 @@ def cluster(etcd: LocalEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             status, body = http("POST", "/v1/regions", {"name": name, "country": country})
             assert status == 201, body
             cluster.agents[name] = start_agent([server.url], name, body["token"], tmp)
+        cluster.tokens["admin"] = admin
         for role in ("viewer", "operator"):
             status, body = http("POST", "/v1/tokens", {"role": role})
             assert status == 201, body

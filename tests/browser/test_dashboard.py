@@ -165,6 +165,37 @@ def test_a_region_label_with_a_script_renders_as_text(
         assert status == 200, body
 
 
+def test_the_services_view_lists_and_explains_a_service(
+    as_role: Callable[[str], Page],
+) -> None:
+    page = as_role("viewer")
+    page.get_by_role("button", name="Services").click()
+    row = page.locator('table.services tr[data-service="patient-records"]')
+    expect(row).to_contain_text("Running")
+    expect(row).to_contain_text("4/4")
+    expect(row).to_contain_text("eu-de-1 2/2")
+    row.get_by_role("button", name="patient-records").click()
+    explain = page.locator("table.explain")
+    for region in ("us-east-1", "ap-in-1"):
+        expect(explain.locator(f'tr[data-region="{region}"] .verdict')).to_have_text("rejected")
+        expect(explain.locator(f'tr[data-region="{region}"]')).to_contain_text("eu-patient-data")
+    expect(explain.locator('tr[data-region="eu-fr-1"] .verdict')).to_have_text("allowed")
+    expect(page.locator("#service-page")).to_contain_text("4 of 4 replicas ready")
+
+
+def test_an_admin_reads_the_latest_audit_entries_and_their_verification(
+    as_role: Callable[[str], Page],
+) -> None:
+    operator = as_role("operator")
+    expect(operator.get_by_role("button", name="Audit")).to_have_count(0)
+    page = as_role("admin")
+    page.get_by_role("button", name="Audit").click()
+    expect(page.locator("#audit-result")).to_contain_text("verified")
+    entries = page.locator("table.audit")
+    expect(entries).to_contain_text("patient-records")
+    expect(entries).to_contain_text("eu-patient-data")
+
+
 def test_an_operator_starts_a_drill_and_watches_the_timeline_finish(
     as_role: Callable[[str], Page], cluster: Cluster
 ) -> None:
