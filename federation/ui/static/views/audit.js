@@ -4,6 +4,13 @@ import { el, errorText, replace, table } from "../dom.js";
 
 const LATEST = 50;
 
+// Short details inline; long ones folded, the whole JSON one click away.
+function details(value) {
+  const text = JSON.stringify(value);
+  if (text.length <= 100) return el("code", {}, text);
+  return el("details", {}, el("summary", {}, `${text.slice(0, 90)}...`), el("pre", {}, JSON.stringify(value, null, 2)));
+}
+
 export function mount(root, params, ctx) {
   const verdict = el("div", { id: "audit-verify", "aria-live": "polite" });
   const box = el("div", { id: "audit-entries" });
@@ -57,11 +64,11 @@ export function mount(root, params, ctx) {
         ["seq", "at", "actor", "action", "resource", "details"],
         items.map((e) => [
           String(e.seq),
-          e.at,
+          String(e.at).replace("T", " ").slice(0, 19),
           e.actor,
           e.action,
           e.resource,
-          JSON.stringify(e.details || {}),
+          details(e.details || {}),
         ]),
         { class: "audit" },
       ),

@@ -132,8 +132,12 @@ function pageView(root, name, ctx) {
             r.country || "",
             r.outcome,
             String(r.replicas),
-            el("span", { class: `verdict verdict-${r.allowed ? "allowed" : "rejected"}` }, r.allowed ? "allowed" : "rejected"),
-            el("ul", { class: "reasons" }, [...r.residency, ...r.reasons].map((x) => el("li", {}, x))),
+            [
+              el("span", { class: `verdict verdict-${r.allowed ? "allowed" : "rejected"}` }, r.allowed ? "allowed" : "rejected"),
+              el("ul", { class: "reasons" }, r.residency.map((x) => el("li", {}, x))),
+            ],
+            // the scheduler repeats residency's reasons after "residency: "
+            el("ul", { class: "reasons" }, r.reasons.filter((x) => !x.startsWith("residency: ")).map((x) => el("li", {}, x))),
           ],
         })),
         { class: "explain" },
