@@ -88,9 +88,14 @@ def test_a_viewer_sees_no_cordon_or_drill_buttons_and_a_forced_request_gets_403(
     as_role: Callable[[str], Page],
 ) -> None:
     operator = as_role("operator")
-    marker(operator, "eu-de-1").click()
-    expect(operator.get_by_role("button", name="Cordon")).to_be_visible()
     expect(operator.get_by_role("button", name="Drills")).to_be_visible()
+    # An operator cordons a region from its panel, and lifts the cordon.
+    marker(operator, "us-east-1").click()
+    operator.get_by_role("button", name="Cordon").click()
+    expect(marker(operator, "us-east-1")).to_have_attribute("data-state", "cordoned")
+    expect(operator.locator("#region-panel")).to_contain_text("cordoned from the dashboard")
+    operator.get_by_role("button", name="Uncordon").click()
+    expect(marker(operator, "us-east-1")).to_have_attribute("data-state", "ready")
 
     page = as_role("viewer")
     marker(page, "eu-de-1").click()
@@ -142,6 +147,25 @@ def test_the_token_is_never_put_in_a_url(browser: Browser, cluster: Cluster) -> 
         assert page.evaluate("sessionStorage.getItem('federation.token')") == secret
     finally:
         context.close()
+
+
+def test_a_region_token_is_refused_at_login_and_not_kept(
+    browser: Browser, cluster: Cluster
+) -> None:
+    status, made = cluster.http("POST", "/v1/tokens", {"role": "region", "region": "ap-in-1"})
+    assert status == 201, made
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(cluster.url + "/ui/")
+        page.fill("#token", made["token"])
+        page.get_by_role("button", name="Log in").click()
+        expect(page.locator("#login-error")).to_contain_text("cannot read the federation")
+        assert page.locator("#nav button").count() == 0
+        assert page.evaluate("sessionStorage.getItem('federation.token')") is None
+    finally:
+        context.close()
+        cluster.http("DELETE", f"/v1/tokens/{made['id']}")
 
 
 def test_a_region_label_with_a_script_renders_as_text(

@@ -93,6 +93,10 @@ function buildNav() {
 
 async function start() {
   who = await api("GET", "/v1/whoami");
+  if (!who.roles.includes("viewer")) {
+    // a region's token: it may speak for its region, not read the federation
+    throw new Error(`a ${who.subject} token cannot read the federation: use a viewer's, operator's or admin's`);
+  }
   $("login").hidden = true;
   $("nav").hidden = false;
   $("view").hidden = false;
