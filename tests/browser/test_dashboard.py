@@ -226,6 +226,14 @@ def test_an_operator_starts_a_drill_and_watches_the_timeline_finish(
     page = as_role("operator")
     page.get_by_role("button", name="Drills").click()
     page.get_by_label("eu-fr-1").check()
+    # The plan first: what cordoning eu-fr-1 would do, changing nothing.
+    page.get_by_role("button", name="Plan").click()
+    plan = page.locator("#drill-plan")
+    # All 4 replicas fit in eu-de-1, below min_regions 2: degraded, not lost.
+    expect(plan).to_contain_text("1 degraded, 0 unrecoverable")
+    row = plan.locator("tr", has_text="patient-records")
+    expect(row).to_contain_text("degraded")
+    expect(row).to_contain_text("eu-de-1 4")
     page.fill("#drill-max", "60")
     page.get_by_role("button", name="Start live drill").click()
     state = page.locator("#drill-state")

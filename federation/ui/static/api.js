@@ -60,3 +60,20 @@ export async function api(method, path, body) {
 export async function apiText(path) {
   return (await send("GET", path, undefined, "text/markdown")).text();
 }
+
+// A GET to poll: asked again only when its last answer is older than its period,
+// 1 s, or 10 s once a list holds more than 1,000 items (a big federation's service
+// list is megabytes; a dashboard left open must not cost the server more than that).
+export const BIG_LIST = 1000;
+export function poller(path) {
+  let last = null;
+  let at = 0;
+  return async () => {
+    const big = last && Array.isArray(last.items) && last.items.length > BIG_LIST;
+    if (!last || Date.now() - at >= (big ? 10000 : 0)) {
+      last = await api("GET", path);
+      at = Date.now();
+    }
+    return last;
+  };
+}

@@ -1,6 +1,6 @@
 // Map: every region as a marker in its country, its state in text and colour, its
 // free capacity and the services placed there; a click (or Enter) opens the region.
-import { api, seg } from "../api.js";
+import { api, poller, seg } from "../api.js";
 import { el, errorText, replace, svg, table, when } from "../dom.js";
 import { anchor, countryName, drawCountries, loadWorld, mapFrame } from "../world.js";
 
@@ -50,6 +50,7 @@ export function mount(root, params, ctx) {
   let open = params[0] || null;
   let last = "";
   let data = { regions: [], byRegion: new Map() };
+  const services = poller("/v1/services");
   const openRegion = (name) => {
     open = name;
     last = "";
@@ -161,12 +162,12 @@ export function mount(root, params, ctx) {
   }
 
   async function refresh() {
-    const [world, regions, services] = await Promise.all([
+    const [world, regions, found] = await Promise.all([
       loadWorld(),
       api("GET", "/v1/regions"),
-      api("GET", "/v1/services"),
+      services(),
     ]);
-    const byRegion = placedIn(services.items);
+    const byRegion = placedIn(found.items);
     data = { regions: regions.items, byRegion };
     const key = JSON.stringify([regions.items.map((r) => [r.name, r.state, r.free, r.allocated, r.cordoned]), [...byRegion]]);
     if (key !== last) {

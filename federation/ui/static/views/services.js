@@ -1,7 +1,7 @@
 // Services: a table of every service (phase, ready/desired, placements, conditions);
 // a service's page adds its explain table (every region, chosen or rejected, and why)
 // and its rollout progress.
-import { api, seg } from "../api.js";
+import { api, BIG_LIST, poller, seg } from "../api.js";
 import { el, replace, table, when } from "../dom.js";
 
 function placements(status) {
@@ -30,13 +30,16 @@ function listView(root, ctx) {
   const box = el("div", { id: "service-list" });
   root.append(el("h2", {}, "Services"), box);
   let last = "";
+  const services = poller("/v1/services");
   async function refresh() {
-    const found = await api("GET", "/v1/services");
+    const found = await services();
     const key = JSON.stringify(found.items.map((s) => [s.name, s.status]));
     if (key === last) return;
     last = key;
     replace(
       box,
+      found.items.length > BIG_LIST &&
+        el("p", {}, `${found.items.length} services: this list is read every 10 s`),
       found.items.length === 0
         ? el("p", {}, "No service is deployed (federation deploy FILE).")
         : table(
