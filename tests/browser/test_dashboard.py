@@ -260,6 +260,44 @@ def test_an_operator_starts_a_drill_and_watches_the_timeline_finish(
     )
 
 
+def test_an_operator_aborts_a_drill_that_cannot_finish(
+    as_role: Callable[[str], Page], cluster: Cluster
+) -> None:
+    # A service whose instances never answer their health check: its replica never
+    # recovers elsewhere, so the drill runs until it is aborted.
+    stuck = {
+        "command": ["{python}", "-c", "import time; time.sleep(3600)"],
+        "replicas": 1,
+        "placement": {"prefer": ["ap-in-1"], "regions": ["ap-in-1", "us-east-1"]},
+        "health": {"http": "/health", "interval_s": 0.5},
+        "resources": {"cpu": 0.1, "memory_mb": 32},
+    }
+    status, body = cluster.http("PUT", "/v1/services/never-ready", stuck)
+    assert status == 201, body
+    try:
+        wait_until(
+            lambda: "ap-in-1" in cluster.service("never-ready")["status"]["placements"],
+            15,
+            "never-ready placed in ap-in-1",
+        )
+        page = as_role("operator")
+        page.get_by_role("button", name="Drills").click()
+        page.get_by_label("ap-in-1").check()
+        page.get_by_role("button", name="Start live drill").click()
+        expect(page.locator("#drill-state")).to_have_text("running")
+        head = page.locator("#drill-head")
+        expect(head).to_contain_text("0 of 1 services")
+        page.get_by_role("button", name="Abort drill").click()
+        expect(page.locator("#drill-state")).to_have_text("aborted")
+        expect(page.get_by_role("button", name="Abort drill")).to_have_count(0)
+        expect(head).to_contain_text("aborted from the dashboard")
+        status, region = cluster.http("GET", "/v1/regions/ap-in-1")
+        assert status == 200 and region["cordoned"] is False, region
+    finally:
+        status, body = cluster.http("DELETE", "/v1/services/never-ready")
+        assert status == 200, body
+
+
 def test_a_killed_agents_marker_turns_lost_and_its_services_reappear_elsewhere(
     as_role: Callable[[str], Page], cluster: Cluster
 ) -> None:
