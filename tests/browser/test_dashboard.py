@@ -168,6 +168,21 @@ def test_a_region_token_is_refused_at_login_and_not_kept(
         cluster.http("DELETE", f"/v1/tokens/{made['id']}")
 
 
+def test_a_revoked_token_logs_the_open_dashboard_out(
+    as_role: Callable[[str], Page], cluster: Cluster
+) -> None:
+    status, made = cluster.http("POST", "/v1/tokens", {"role": "viewer"})
+    assert status == 201, made
+    cluster.tokens["short-lived"] = made["token"]
+    page = as_role("short-lived")
+    expect(marker(page, "eu-de-1")).to_be_visible()
+    status, body = cluster.http("DELETE", f"/v1/tokens/{made['id']}")
+    assert status == 200, body
+    expect(page.locator("#login-error")).to_contain_text("log in again", timeout=3_000)
+    expect(page.locator("#nav button")).to_have_count(0)
+    assert page.evaluate("sessionStorage.getItem('federation.token')") is None
+
+
 def test_a_region_label_with_a_script_renders_as_text(
     as_role: Callable[[str], Page], cluster: Cluster
 ) -> None:

@@ -23,9 +23,8 @@ const VIEWS = {
 
 const $ = (id) => document.getElementById(id);
 let who = null;
-let current = null; // {name, params, view}
+let current = null; // {name, params, view, busy}
 let timer = null;
-let busy = false;
 
 function status(text, kind = "") {
   const bar = $("status");
@@ -48,10 +47,12 @@ export function go(name, ...params) {
 }
 
 async function tick() {
-  if (busy || !current) return;
-  busy = true;
+  // one refresh at a time per view; a view just opened does not wait for the last one's
+  const shown = current;
+  if (!shown || shown.busy) return;
+  shown.busy = true;
   try {
-    await current.view.refresh();
+    await shown.view.refresh();
     status(`updated ${new Date().toLocaleTimeString()}`);
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) {
@@ -60,7 +61,7 @@ async function tick() {
     }
     status(`could not update: ${errorText(err)} (retrying)`, "error");
   } finally {
-    busy = false;
+    shown.busy = false;
   }
 }
 
@@ -74,7 +75,7 @@ function show() {
   const root = $("view");
   replace(root);
   const context = { who, may, go, status };
-  current = { name, params, view: VIEWS[name].module.mount(root, params, context) };
+  current = { name, params, view: VIEWS[name].module.mount(root, params, context), busy: false };
   document.title = `${VIEWS[name].title} · federation`;
   tick();
 }
