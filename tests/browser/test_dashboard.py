@@ -145,6 +145,10 @@ def test_the_token_is_never_put_in_a_url(browser: Browser, cluster: Cluster) -> 
         assert not [u for u in urls if secret in u], "the token went into a URL"
         assert secret not in page.url
         assert page.evaluate("sessionStorage.getItem('federation.token')") == secret
+        # Everything the page asked for is its own: its files and the public /v1 API.
+        expect(marker(page, "eu-de-1")).to_be_visible()
+        strays = [u for u in urls if not u.startswith((cluster.url + "/ui/", cluster.url + "/v1/"))]
+        assert strays == [], strays
     finally:
         context.close()
 
@@ -181,6 +185,40 @@ def test_a_revoked_token_logs_the_open_dashboard_out(
     expect(page.locator("#login-error")).to_contain_text("log in again", timeout=3_000)
     expect(page.locator("#nav button")).to_have_count(0)
     assert page.evaluate("sessionStorage.getItem('federation.token')") is None
+
+
+def test_the_dashboard_works_from_the_keyboard_alone(browser: Browser, cluster: Cluster) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(cluster.url + "/ui/")
+
+        def tab_to(selector: str) -> None:
+            for _ in range(40):
+                page.keyboard.press("Tab")
+                if page.evaluate(f"document.activeElement.matches({selector!r})"):
+                    return
+            raise AssertionError(f"Tab never reaches {selector}")
+
+        tab_to("#token")
+        page.keyboard.type(cluster.tokens["viewer"])
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#nav button")
+        tab_to("nav button[data-view=residency]")
+        page.keyboard.press("Enter")
+        tab_to("input[value=phi-eu]")
+        page.keyboard.press("Space")
+        row = page.locator('table.verdicts tr[data-region="us-east-1"]')
+        expect(row.locator(".verdict")).to_have_text("rejected")
+        tab_to('path.country[data-country="US"]')
+        expect(page.locator("#country-detail")).to_contain_text("United States: rejected")
+        tab_to("nav button[data-view=map]")
+        page.keyboard.press("Enter")
+        tab_to('g.marker[data-region="eu-fr-1"]')
+        page.keyboard.press("Enter")
+        expect(page.locator("#region-panel")).to_contain_text("Region eu-fr-1")
+    finally:
+        context.close()
 
 
 def test_a_region_label_with_a_script_renders_as_text(
