@@ -91,6 +91,7 @@ async def root(request: web.Request) -> web.Response:
 
 @routes.get("/ui")
 async def ui_folder(request: web.Request) -> web.Response:
+    """`/ui` is the folder `/ui/`: its pages load their files relative to it."""
     raise web.HTTPPermanentRedirect("/ui/", headers=HEADERS)
 
 
