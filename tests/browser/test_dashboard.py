@@ -212,6 +212,10 @@ def test_the_dashboard_works_from_the_keyboard_alone(browser: Browser, cluster: 
         expect(row.locator(".verdict")).to_have_text("rejected")
         tab_to('path.country[data-country="US"]')
         expect(page.locator("#country-detail")).to_contain_text("United States: rejected")
+        # An odd address typed by hand: the page says what is wrong, it does not go blank.
+        page.goto(cluster.url + "/ui/#/services/%E0%A4%A/../../v1/tokens")
+        expect(page.locator("#status")).to_contain_text("must be a DNS-1123 label")
+        expect(page.locator("#nav button")).to_have_count(3)
         tab_to("nav button[data-view=map]")
         page.keyboard.press("Enter")
         tab_to('g.marker[data-region="eu-fr-1"]')

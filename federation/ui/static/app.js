@@ -36,10 +36,19 @@ function may(role) {
   return Boolean(who && who.roles.includes(role));
 }
 
+// A hash is typed by anyone: a bad escape is taken as it stands, not a blank page.
+function decoded(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
 function route() {
   const [name, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
   const view = VIEWS[name] && may(VIEWS[name].role) ? name : "map";
-  return { name: view, params: rest.map((p) => decodeURIComponent(p)) };
+  return { name: view, params: rest.map(decoded) };
 }
 
 export function go(name, ...params) {
