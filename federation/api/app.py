@@ -46,6 +46,7 @@ from federation.api import (
     services,
     system,
     tokens,
+    ui,
 )
 from federation.api.auth import confirm_middleware
 from federation.api.context import (
@@ -217,6 +218,7 @@ def create_app(config: ServerConfig, *, announce: bool = True) -> web.Applicatio
     app.add_routes(evidence.routes)
     app[WHOLE_READ] = asyncio.Lock()
     app.add_routes(etcd.routes)
+    app.add_routes(ui.routes)
     app.on_shutdown.append(assignments.close_streams)
 
     async def tasks(app: web.Application) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from federation.api.plan import PlanRequest
 from federation.api.regions import CordonRequest
 from federation.api.residency import EvaluateRequest
 from federation.api.tokens import TokenCreate
+from federation.api.ui import PATHS as DASHBOARD_PATHS
 from federation.model.drill import DrillRequest
 from federation.model.names import NAME_PATTERN
 from federation.model.policy import Group, Policy
@@ -105,6 +106,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Make a token; answers its secret once", "admin", TokenCreate, success=(201,)
     ),
     ("DELETE", "/v1/tokens/{token}"): Operation("Revoke a token", "admin"),
+    ("GET", "/v1/whoami"): Operation("The caller's token and the roles it holds", "any token"),
     ("GET", "/v1/policies"): Operation("List policies", "viewer", list_result=True),
     ("GET", "/v1/policies/{policy}"): Operation("One policy", "viewer"),
     ("PUT", "/v1/policies/{policy}"): Operation(
@@ -331,6 +333,8 @@ def build(app: web.Application) -> JSON:
             continue
         info = route.resource.get_info()
         path = str(info.get("path") or info.get("formatter") or "")
+        if path in DASHBOARD_PATHS:
+            continue  # the dashboard's static files, not the API
         op = OPERATIONS.get((route.method, path)) or Operation("(undocumented)", "admin")
         paths.setdefault(path, {})[route.method.lower()] = _operation(
             route.method, path, op, components
@@ -359,6 +363,8 @@ def undocumented(app: web.Application) -> list[str]:
             continue
         info = route.resource.get_info()
         path = str(info.get("path") or info.get("formatter") or "")
+        if path in DASHBOARD_PATHS:
+            continue  # the dashboard's static files, not the API
         if (route.method, path) not in OPERATIONS:
             missing.append(f"{route.method} {path}")
     return missing

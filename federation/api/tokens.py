@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from federation.api.auth import require
+from federation.api.auth import authenticate, require
 from federation.api.body import json_response, path_name, read_model
 from federation.api.context import STORE
 from federation.api.errors import ApiError
 from federation.model.names import Name
-from federation.model.token import Role, TokenRecord, hash_secret, new_secret
+from federation.model.token import Role, TokenRecord, hash_secret, new_secret, role_allows
 from federation.store import regions as store_regions
 from federation.store import tokens as store_tokens
 
@@ -109,3 +109,12 @@ async def revoke_token(request: web.Request) -> web.Response:
             409, "this is the last admin token; create another admin token first"
         ) from None
     return json_response({**_view(record), "revoked": True})
+
+
+@routes.get("/v1/whoami")
+async def whoami(request: web.Request) -> web.Response:
+    """The caller's own token (never its secret), and the roles it holds, so a client
+    such as the dashboard shows only the actions the server would allow. Any token."""
+    record = await authenticate(request)
+    roles = [r.value for r in Role if role_allows(record.role, r)]
+    return json_response({**_view(record), "roles": roles})

@@ -432,6 +432,7 @@ class LocalFederation:
                 table.add_row(item["name"], item["country"], item["state"])
             console.print(table)
         console.print(f"API URL:      {', '.join(self.urls)}")
+        console.print(f"dashboard:    {self.url}/ui/  (log in with the admin token)")
         console.print(f"admin token:  {self.admin_token}")
         console.print(f"data and logs: {self.data_dir}")
         console.print(

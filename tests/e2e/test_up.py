@@ -103,6 +103,9 @@ def test_up_starts_four_ready_regions_and_sigint_leaves_nothing(tmp_path: Path) 
             time.sleep(0.2)
         assert {n: c for n, (c, _) in regions.items()} == EXPECTED
         assert all(state == "ready" for _, state in regions.values()), regions
+        # The dashboard, served by the server `up` started, at the address it prints.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/", timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("text/html")
         children |= descendants(proc.pid)
         assert len(children) >= 6  # etcd, server, four agents
         proc.send_signal(signal.SIGINT)
@@ -111,6 +114,7 @@ def test_up_starts_four_ready_regions_and_sigint_leaves_nothing(tmp_path: Path) 
         text = out.decode()
         assert f"http://127.0.0.1:{port}" in text
         assert token in text  # `up` prints the admin token it uses
+        assert f"dashboard:    http://127.0.0.1:{port}/ui/" in text
         # The key that signs audit checkpoints: made by `up`, readable by its owner only.
         assert (tmp_path / "data" / "audit.key").stat().st_mode & 0o777 == 0o600
         # And the KEK file that seals secrets, given to the servers.
