@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.browser.conftest import DEMO_REGIONS, TTL, Cluster, wait_until
@@ -151,6 +152,21 @@ def test_the_token_is_never_put_in_a_url(browser: Browser, cluster: Cluster) -> 
         assert strays == [], strays
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("view", ["services", "drills", "map"])
+def test_a_dot_segment_typed_in_the_address_never_moves_a_request_up_the_path(
+    as_role: Callable[[str], Page], cluster: Cluster, view: str
+) -> None:
+    page = as_role("viewer")
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.goto(f"{cluster.url}/ui/#/{view}/..")
+    page.goto(f"{cluster.url}/ui/#/{view}/.")
+    page.wait_for_timeout(1500)  # a poll or two
+    api = [u.removeprefix(cluster.url) for u in urls if u.startswith(cluster.url + "/v1")]
+    # Before the fix, `/v1/` itself and `/v1/explain` (a service page's `..`).
+    assert all(u.split("?")[0].rstrip("/") not in ("/v1", "/v1/explain") for u in api), api
 
 
 def test_a_region_token_is_refused_at_login_and_not_kept(

@@ -23,9 +23,15 @@ export function clearToken() {
   sessionStorage.removeItem(KEY);
 }
 
-// A path segment from data (a service or region name): never spliced in raw.
+// A path segment from data (a service or region name): never spliced in raw, and never
+// "." or "..", which the browser resolves (escaping leaves dots as they are), moving
+// the request up the path.
 export function seg(value) {
-  return encodeURIComponent(String(value));
+  const text = String(value);
+  if (text === "." || text === "..") {
+    throw new Error(`not a name: ${text}`);
+  }
+  return encodeURIComponent(text);
 }
 
 async function send(method, path, body, accept) {
