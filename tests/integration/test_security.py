@@ -225,7 +225,16 @@ def _write_routes() -> list[tuple[str, str]]:
         path = info.get("path") or info.get("formatter") or ""
         if path in READS_BY_POST:
             continue
-        for param in ("region", "service", "policy", "group", "drill", "token", "secret"):
+        for param in (
+            "region",
+            "service",
+            "policy",
+            "group",
+            "drill",
+            "token",
+            "secret",
+            "schedule",
+        ):
             path = path.replace("{" + param + "}", "x-1")
         found.append((route.method, path))
     return found
