@@ -43,6 +43,23 @@ async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
     return bytes(body)
 
 
+def _number(sample: Any) -> float:
+    """A sample's value; ValueError naming what is wrong with it."""
+    if not isinstance(sample, list) or len(sample) != 2:
+        raise ValueError("malformed sample")
+    raw = sample[1]
+    # bool is an int to Python, but no Prometheus value.
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ValueError(f"sample value is not a number (a {type(raw).__name__})")
+    try:
+        value = float(raw)
+    except OverflowError:
+        raise ValueError("sample value out of range") from None
+    if math.isinf(value) and not (isinstance(raw, str) and raw.lstrip("+-").lower() == "inf"):
+        raise ValueError("sample value out of range")
+    return value
+
+
 def query_value(document: Any) -> tuple[bool, str]:
     """(all zero, the values seen) of a Prometheus `/api/v1/query` answer.
     ValueError when it is not one."""
@@ -60,11 +77,7 @@ def query_value(document: Any) -> tuple[bool, str]:
         samples = [result]
     else:
         raise ValueError(f"result type {str(kind)[:20]!r} is neither vector nor scalar")
-    values = []
-    for sample in samples:
-        if not isinstance(sample, list) or len(sample) != 2:
-            raise ValueError("malformed sample")
-        values.append(float(sample[1]))
+    values = [_number(sample) for sample in samples]
     shown = ", ".join(f"{v:g}" for v in values[:5]) + (" ..." if len(values) > 5 else "")
     ok = all(v == 0 and not math.isnan(v) for v in values)
     return ok, shown or "no series (0)"
@@ -97,7 +110,9 @@ async def evaluate(
             ok, value, message = await _call(session, check)
     except TimeoutError:
         ok, value, message = False, "timeout", f"no answer within {check.timeout_s:g} s"
-    except (aiohttp.ClientError, ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        ok, value, message = False, "error", "answer nested too deeply to read"
+    except Exception as exc:  # any answer at all must be a result, never a crash
         ok, value, message = False, "error", f"{type(exc).__name__}: {str(exc)[:200]}"
     return CheckResult(
         name=check.name, kind=check.kind, phase=phase, ok=ok, value=value, message=message, at=now
@@ -144,7 +159,7 @@ async def deliver(
                 reason = f"HTTP {resp.status}"
     except TimeoutError:
         reason = "timeout"
-    except aiohttp.ClientError as exc:
+    except Exception as exc:  # a webhook never stops the run
         reason = type(exc).__name__
     log.warning("practice webhook to %s failed (%s); the run goes on", host, reason)
     metrics.practice_webhook_failures.add(1, {"reason": "delivery"})

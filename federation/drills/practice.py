@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -170,23 +170,48 @@ class PracticeScheduler:
         sentences: list[str] = []
         active: set[str] = set()
         for run, revision in runs:
-            schedule = by_name.get(run.schedule)
-            if schedule is not None and self._unsent(run):
-                # What a previous leader did not get to send (it stopped in between).
-                revision = await self._notify(schedule, run, revision)
             if run.outcome is Outcome.RUNNING:
                 active.add(run.schedule)
-                sentences.append(await self._follow(schedule, run, revision))
+            sentence = await self._guarded(run.schedule, self._look(by_name, run, revision))
+            if sentence:
+                sentences.append(sentence)
         for schedule, _ in schedules:
             if schedule.name in active:
                 continue
             request = requests.get(schedule.name)
             mine = [r for r, _ in runs if r.schedule == schedule.name]
             if request is not None:
-                sentences.append(await self._start(schedule, "on-demand", now, request[1]))
+                start = self._start(schedule, "on-demand", now, request[1])
             elif self._due(schedule, now, mine):
-                sentences.append(await self._start(schedule, "schedule", now, None))
+                start = self._start(schedule, "schedule", now, None)
+            else:
+                continue
+            sentences.append(await self._guarded(schedule.name, start))
         return sentences
+
+    @staticmethod
+    async def _guarded(name: str, step: Coroutine[Any, Any, str]) -> str:
+        """One schedule's step; a failure of it is logged and counted, and the tick
+        goes on with the other schedules (etcd being down still ends the tick)."""
+        try:
+            return await step
+        except StoreError:
+            raise
+        except Exception:
+            log.exception("practice: schedule %s: step failed; the others go on", name)
+            metrics.practice_errors.add(1)
+            return f"{name}: step failed (logged)"
+
+    async def _look(
+        self, by_name: dict[str, DrillSchedule], run: PracticeRun, revision: int
+    ) -> str:
+        schedule = by_name.get(run.schedule)
+        if schedule is not None and self._unsent(run):
+            # What a previous leader did not get to send (it stopped in between).
+            revision = await self._notify(schedule, run, revision)
+        if run.outcome is Outcome.RUNNING:
+            return await self._follow(schedule, run, revision)
+        return ""
 
     def _observe(self, runs: list[tuple[PracticeRun, int]], now: datetime) -> None:
         last: dict[str, float] = {}

@@ -95,7 +95,14 @@ async def outside() -> AsyncIterator[Outside]:
         state.hooks.append((dict(request.headers), await request.read()))
         return web.Response(status=204)
 
+    async def garbled(request: web.Request) -> web.Response:
+        # A Prometheus-shaped answer whose value is no number at all.
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "scalar", "result": [0, None]}}
+        )
+
     app = web.Application()
+    app.router.add_get("/garbled/api/v1/query", garbled)
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/query", query)
     app.router.add_post("/hook", hook)
@@ -314,6 +321,22 @@ async def test_failing_outcome_check_interrupts_and_uncordons(practice: Practice
     assert await fed.region_state("eu-fr-1") == "ready"
     status, drill = await api.call("GET", f"/v1/drills/{run['drill_id']}")
     assert drill["state"] == "aborted" and "errors = 3" in drill["report"]["message"]
+
+
+async def test_a_garbled_check_answer_blocks_its_schedule_only(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await deploy_fr(fed, "one")
+    garbled = {"name": "g", "kind": "prometheus", "server": f"{out.url}/garbled", "query": "x"}
+    body = schedule(out, regions=["eu-de-1"], blocking_checks=[garbled])
+    await put_schedule(api, "a-garbled", body)  # looked at first: names sort
+    await put_schedule(api, "weekly", schedule(out))
+    for name in ("a-garbled", "weekly"):
+        assert (await api.call("POST", f"/v1/drill-schedules/{name}/run"))[0] == 202
+    async with reporting(fed):
+        bad = await wait_run(api, "a-garbled", ended, timeout=10, what="blocked")
+        good = await wait_run(api, "weekly", ended, timeout=30, what="the other run ended")
+    assert bad["outcome"] == "BLOCKED" and "not a number" in bad["message"], bad
+    assert good["outcome"] == "SUCCEEDED", good
 
 
 async def test_no_compliant_room_is_capacity_check_failed_and_cordons_nothing(
