@@ -38,11 +38,7 @@ from federation.drills.runner import abort
 from federation.model.drill import DrillRecord, DrillRequest, DrillState, new_drill_id
 from federation.model.schedule import CheckResult, DrillSchedule, Outcome, PracticeRun, new_run_id
 from federation.model.secret import parse_reference
-from federation.model.service import Phase
-from federation.model.status import service_status
-from federation.planning.practice import blocked_reason, occurrence
-from federation.planning.what_if import what_if
-from federation.planning.world import World
+from federation.planning.practice import blocked_reason, occurrence, preflight
 from federation.store import Cond, Conflict, Op, Store, StoreError, keys
 from federation.store import drills as store_drills
 from federation.store import schedules as store_schedules
@@ -60,43 +56,6 @@ MAX_CHECKS_DURING = 200  # check results kept in a run: the first of each and ev
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _by_service(world: World) -> dict[str, set[str]]:
-    index: dict[str, set[str]] = {}
-    for region, service in world.assignments:
-        index.setdefault(service, set()).add(region)
-    return index
-
-
-def incident(world: World, schedule: DrillSchedule, services: set[str]) -> str | None:
-    """Why a practice run must not start now (a sentence), or None."""
-    for name in sorted(world.regions):
-        if name not in world.alive:
-            return f"region {name} is lost (unreachable): no practice during an incident"
-    for name in schedule.regions:
-        region = world.regions.get(name)
-        if region is None:
-            return f"region {name} does not exist"
-        if region.cordon is not None:
-            return f"region {name} is cordoned (by {region.cordon.by})"
-    assigned = _by_service(world)
-    for name in sorted(services):
-        found = world.services.get(name)
-        if found is None:
-            continue
-        placement = world.placements.get(name)
-        regions = {r: a for (r, s), a in world.assignments.items() if s == name}
-        status = service_status(
-            found[0],
-            placement[0] if placement else None,
-            regions,
-            world.reports_of(name, assigned.get(name, set())),
-            world.alive,
-        )
-        if status["phase"] == Phase.PROGRESSING.value:
-            return f"service {name} is in a rollout (Progressing)"
-    return None
 
 
 class PracticeScheduler:
@@ -248,9 +207,8 @@ class PracticeScheduler:
         )
         also = [Op.delete(keys.drill_run_request(schedule.name))] if request_rev else []
         world = await read_world(self.store)
-        plan = what_if(world, schedule.regions, datetime.now(UTC), region_ttl=self.region_ttl)
+        plan, reason = await asyncio.to_thread(preflight, world, schedule, self.region_ttl)
         affected = {s.service for s in plan.services}
-        reason = incident(world, schedule, affected)
         if reason is None:
             reason = await self._drill_overlap(schedule, affected)
         if reason is None:

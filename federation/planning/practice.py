@@ -1,5 +1,8 @@
 """When a drill schedule may run (pure: the clock is an argument).
 
+Also whether one may start now at all (`incident`, `preflight`): never during an
+incident, and never when the drill plan leaves a service without compliant room.
+
 An instant may start a run when, in the schedule's time zone, it falls inside one of
 its weekly windows, on no blocked date and in no blocked window. A window's
 *occurrence* (its local date and index) runs at most once: a run that was not BLOCKED
@@ -18,7 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from federation.model.drill import DrillPlan
 from federation.model.schedule import DrillSchedule, WeeklyWindow
+from federation.model.service import Assignment, Phase
+from federation.model.status import service_status
+from federation.planning.what_if import what_if
+from federation.planning.world import World
 
 HORIZON_DAYS = 400  # far enough to step over a year of blocked dates
 Occurrence = tuple[date, int]
@@ -117,3 +125,50 @@ def next_run(
             if at > now and fits(at):
                 return at
     return None
+
+
+def _by_service(world: World) -> dict[str, dict[str, Assignment]]:
+    """Service -> {region: its assignment}, in one pass over the assignments."""
+    index: dict[str, dict[str, Assignment]] = {}
+    for (region, service), assignment in world.assignments.items():
+        index.setdefault(service, {})[region] = assignment
+    return index
+
+
+def incident(world: World, schedule: DrillSchedule, services: set[str]) -> str | None:
+    """Why a practice run must not start now (a sentence), or None."""
+    for name in sorted(world.regions):
+        if name not in world.alive:
+            return f"region {name} is lost (unreachable): no practice during an incident"
+    for name in schedule.regions:
+        region = world.regions.get(name)
+        if region is None:
+            return f"region {name} does not exist"
+        if region.cordon is not None:
+            return f"region {name} is cordoned (by {region.cordon.by})"
+    assigned = _by_service(world)
+    for name in sorted(services):
+        found = world.services.get(name)
+        if found is None:
+            continue
+        placement = world.placements.get(name)
+        regions = assigned.get(name, {})
+        status = service_status(
+            found[0],
+            placement[0] if placement else None,
+            regions,
+            world.reports_of(name, regions),
+            world.alive,
+        )
+        if status["phase"] == Phase.PROGRESSING.value:
+            return f"service {name} is in a rollout (Progressing)"
+    return None
+
+
+def preflight(
+    world: World, schedule: DrillSchedule, region_ttl: float
+) -> tuple[DrillPlan, str | None]:
+    """The drill plan and why the run must not start (or None): CPU-bound, so the
+    scheduler runs it in a thread."""
+    plan = what_if(world, schedule.regions, datetime.now(UTC), region_ttl=region_ttl)
+    return plan, incident(world, schedule, {s.service for s in plan.services})
