@@ -20,11 +20,13 @@ from federation.api.body import if_match, json_response, path_name, read_named
 from federation.api.context import CONFIG, PRACTICE, STORE
 from federation.api.errors import ApiError, from_validation, invalid, not_found
 from federation.model.schedule import DrillSchedule, Outcome, PracticeRun
+from federation.model.secret import WEBHOOK_SIGNING, parse_reference
 from federation.model.token import Role
 from federation.planning.practice import next_run
 from federation.store import AlreadyExists
 from federation.store import regions as store_regions
 from federation.store import schedules as store_schedules
+from federation.store import secrets as store_secrets
 
 routes = web.RouteTableDef()
 
@@ -61,6 +63,26 @@ async def _runs_of(request: web.Request, name: str | None = None) -> dict[str, l
     for run, _ in await store_schedules.runs(request.app[STORE], name):
         found.setdefault(run.schedule, []).append(run)
     return found
+
+
+async def check_signing_keys(request: web.Request, schedule: DrillSchedule) -> None:
+    """422 unless each webhook names a key of a secret whose only data class is
+    `webhook-signing`: any other secret's value (a database password) would be given
+    away as an HMAC to whoever runs the webhook's URL."""
+    for i, webhook in enumerate(schedule.notifications.webhooks):
+        field = f"notifications.webhooks.{i}.secret"
+        name, key = parse_reference(webhook.secret)
+        found = await store_secrets.get(request.app[STORE], name)
+        if found is None:
+            raise invalid(field, f"no secret named {name!r}")
+        if found[0].data_classes != [WEBHOOK_SIGNING]:
+            raise invalid(
+                field,
+                f"secret {name!r} is not a webhook signing key: its only data class "
+                f"must be {WEBHOOK_SIGNING!r}",
+            )
+        if key not in found[0].current().fingerprints:
+            raise invalid(field, f"secret {name!r} has no key {key!r}")
 
 
 @routes.get("/v1/drill-schedules")
@@ -100,6 +122,7 @@ async def put_schedule(request: web.Request) -> web.Response:
     for i, region in enumerate(schedule.regions):
         if await store_regions.get_record(store, region) is None:
             raise invalid(f"regions.{i}", f"no region named {region!r}")
+    await check_signing_keys(request, schedule)
     revision, created = await store_schedules.put(
         store, schedule, if_match=if_match(request), actor=who.subject
     )

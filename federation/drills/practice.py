@@ -37,7 +37,7 @@ from federation.drills import checks as practice_checks
 from federation.drills.runner import abort
 from federation.model.drill import DrillRecord, DrillRequest, DrillState, new_drill_id
 from federation.model.schedule import CheckResult, DrillSchedule, Outcome, PracticeRun, new_run_id
-from federation.model.secret import parse_reference
+from federation.model.secret import WEBHOOK_SIGNING, parse_reference
 from federation.planning.practice import blocked_reason, occurrence, preflight
 from federation.store import Cond, Conflict, Op, Store, StoreError, keys
 from federation.store import drills as store_drills
@@ -403,6 +403,10 @@ class PracticeScheduler:
         try:
             found = await store_secrets.get(self.store, name)
             if found is None:
+                return None
+            if found[0].data_classes != [WEBHOOK_SIGNING]:
+                # Changed since the schedule was stored: never sign with another value.
+                log.warning("practice: secret %s is not a webhook signing key", name)
                 return None
             values = await store_secrets.reveal(self.keyring, found[0], found[0].version)
         except Exception:  # a KEK not held here, a record that does not open

@@ -138,7 +138,7 @@ async def practice(
         status, body = await api.call(
             "PUT",
             "/v1/secrets/practice-hook",
-            json={"data_classes": ["public"], "data": {"key": HOOK_KEY}},
+            json={"data_classes": ["webhook-signing"], "data": {"key": HOOK_KEY}},
         )
         assert status == 201, body
         yield Practice(api, fed, clock, out)
@@ -369,6 +369,52 @@ async def test_a_region_lost_elsewhere_blocks_the_start(practice: Practice) -> N
     run = await wait_run(api, "weekly", ended, timeout=10, what="blocked")
     assert run["outcome"] == "BLOCKED", run
     assert "region ap-in-1 is lost" in run["message"]
+    assert await fed.region_state("eu-fr-1") == "ready"
+
+
+async def test_webhook_keys_are_webhook_signing_secrets_only(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    patient = {"data_classes": ["phi-eu"], "data": {"password": "hunter2-patients"}}
+    assert (await api.call("PUT", "/v1/secrets/patient-db", json=patient))[0] == 201
+    for reference in ("patient-db#password", "missing#key", "practice-hook#other"):
+        hooks = {"webhooks": [{"url": f"{out.url}/hook", "secret": reference}]}
+        status, answer = await api.call(
+            "PUT", "/v1/drill-schedules/w", json=schedule(out, notifications=hooks)
+        )
+        assert status == 422, (reference, answer)
+        assert answer["error"]["details"][0]["field"] == "notifications.webhooks.0.secret"
+    # A plan says so before an apply would be refused.
+    hooks = {"webhooks": [{"url": f"{out.url}/hook", "secret": "patient-db#password"}]}
+    spec = {"name": "w", **schedule(out, notifications=hooks)}
+    status, plan = await api.call(
+        "POST", "/v1/plan", json={"documents": [{"kind": "drill-schedule", "spec": spec}]}
+    )
+    assert status == 200, plan
+    assert [(p["kind"], p["field"]) for p in plan["problems"]] == [
+        ("drill-schedule", "notifications.webhooks.0.secret")
+    ], plan
+    # A signing key is for signing only: mixed with another class, or given to a
+    # service (which would carry it to regions), it is refused.
+    mixed = {"data_classes": ["webhook-signing", "phi-eu"], "data": {"key": "k"}}
+    status, answer = await api.call("PUT", "/v1/secrets/mixed", json=mixed)
+    assert status == 422 and "webhook-signing" in str(answer), answer
+    spec = {"name": "leaky", "command": COMMAND, "secrets": {"KEY": "practice-hook#key"}}
+    status, answer = await api.call("PUT", "/v1/services/leaky", json=spec)
+    assert status == 422, answer
+    spec = {"name": "leaky", "command": COMMAND, "data_classes": ["webhook-signing"]}
+    status, answer = await api.call("PUT", "/v1/services/leaky", json=spec)
+    assert status == 422 and "webhook-signing" in str(answer), answer
+
+    # A key that stops being a signing key after the schedule was stored is not used.
+    out.health = 503
+    await put_schedule(api, "weekly", schedule(out))
+    demoted = {"data_classes": ["phi-eu"], "data": {"key": HOOK_KEY}}
+    assert (await api.call("PUT", "/v1/secrets/practice-hook", json=demoted))[0] == 200
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    run = await wait_run(api, "weekly", ended, timeout=10, what="blocked")
+    assert run["outcome"] == "BLOCKED", run
+    await asyncio.sleep(TICKS_S)
+    assert out.hooks == []
     assert await fed.region_state("eu-fr-1") == "ready"
 
 
