@@ -25,7 +25,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from federation.model.schedule import CheckResult, HttpCheck, PrometheusCheck, Webhook
+from federation.model.schedule import (
+    CheckResult,
+    HttpCheck,
+    Outcome,
+    PracticeRun,
+    PrometheusCheck,
+    Webhook,
+)
 from federation.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -127,6 +134,35 @@ async def evaluate_all(
 ) -> list[CheckResult]:
     """Every check at once; results in the schedule's order."""
     return list(await asyncio.gather(*(evaluate(session, c, phase, now) for c in checks)))
+
+
+def events(run: PracticeRun) -> list[str]:
+    """The events a run in its state has to send: block, or start (and end)."""
+    if run.outcome in (Outcome.BLOCKED, Outcome.CAPACITY_CHECK_FAILED):
+        return ["block"]
+    if run.outcome is Outcome.RUNNING:
+        return ["start"]
+    return ["start", "end"]
+
+
+def event_body(event: str, run: PracticeRun, report_url: str) -> dict[str, Any]:
+    """The JSON a webhook gets for `event` of `run` (docs/drills.md#practice-runs)."""
+    report = f"/v1/drills/{run.drill_id}/report.md" if run.drill_id else None
+    return {
+        "event": event,
+        "schedule": run.schedule,
+        "run": run.id,
+        "trigger": run.trigger,
+        "regions": run.regions,
+        "outcome": run.outcome.value,
+        "message": run.message,
+        "drill": run.drill_id,
+        "report": (report_url + report) if report else None,
+        "started_at": run.started_at.isoformat(),
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+        "services": run.services,
+        "checks": [c.model_dump(mode="json") for c in run.checks_before + run.checks_during],
+    }
 
 
 def sign(key: bytes, body: bytes) -> str:

@@ -42,6 +42,7 @@ from tests.integration.test_plan_apply import Cli
 from tests.integration.test_telemetry import scrape, value
 
 COMMAND = ["python", "-m", "http.server", "{port}"]
+TICKS_S = 2.5  # more than two of the scheduler's ticks
 HOOK_KEY = "hook-key-for-tests-0123456789"
 # Tuesday 2026-06-02 in Berlin (CEST, UTC+2); the window is 09:00-12:00 local.
 MONDAY = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -101,7 +102,12 @@ async def outside() -> AsyncIterator[Outside]:
             {"status": "success", "data": {"resultType": "scalar", "result": [0, None]}}
         )
 
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(SLOW_S)
+        return web.Response(text="late")
+
     app = web.Application()
+    app.router.add_get("/slow", slow)
     app.router.add_get("/garbled/api/v1/query", garbled)
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/query", query)
@@ -208,7 +214,7 @@ def ended(run: dict[str, Any]) -> bool:
     return bool(run["outcome"] != "RUNNING")
 
 
-TICKS_S = 2.5  # more than two of the scheduler's ticks
+SLOW_S = 10  # a health endpoint that answers this late
 
 
 async def test_runs_inside_its_window_only_and_signs_start_and_end(practice: Practice) -> None:
@@ -337,6 +343,28 @@ async def test_a_garbled_check_answer_blocks_its_schedule_only(practice: Practic
         good = await wait_run(api, "weekly", ended, timeout=30, what="the other run ended")
     assert bad["outcome"] == "BLOCKED" and "not a number" in bad["message"], bad
     assert good["outcome"] == "SUCCEEDED", good
+
+
+async def test_a_slow_blocking_check_does_not_delay_another_runs_safety_stop(
+    practice: Practice,
+) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await deploy_fr(fed, "one")
+    await put_schedule(api, "weekly", schedule(out))
+    slow = [{"name": "slow", "url": f"{out.url}/slow", "timeout_s": SLOW_S - 1}]
+    await put_schedule(api, "slow", schedule(out, regions=["ap-in-1"], blocking_checks=slow))
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    await wait_run(api, "weekly", lambda r: r["outcome"] == "RUNNING", timeout=10, what="running")
+    assert (await api.call("POST", "/v1/drill-schedules/slow/run"))[0] == 202
+    await asyncio.sleep(1.5)  # its blocking check is being waited for
+    out.alarm = "3"
+    started = asyncio.get_running_loop().time()
+    run = await wait_run(api, "weekly", ended, timeout=SLOW_S, what="interrupted")
+    assert run["outcome"] == "INTERRUPTED", run
+    assert asyncio.get_running_loop().time() - started < 4, "the safety stop waited"
+    assert await fed.region_state("eu-fr-1") == "ready"
+    blocked = await wait_run(api, "slow", ended, timeout=SLOW_S + 5, what="slow blocked")
+    assert blocked["outcome"] == "BLOCKED" and "timeout" in blocked["message"], blocked
 
 
 async def test_no_compliant_room_is_capacity_check_failed_and_cordons_nothing(
