@@ -6,9 +6,10 @@ followed (a check's URL is what the operator wrote), and a Prometheus answer is 
 at most `MAX_BODY` bytes. Any failure to call or to understand the answer is a failing
 check whose value says why, never an exception.
 
-Webhooks get a JSON body signed with HMAC-SHA256 of a federation secret's value
-(`X-Federation-Signature: sha256=<hex>`); a delivery that fails is logged (host only,
-never the secret or the body) and counted, and the run goes on.
+Webhooks get a JSON body signed with HMAC-SHA256 of a webhook signing key (a secret
+whose only data class is `webhook-signing`; `X-Federation-Signature: sha256=<hex>`);
+a delivery that fails is logged (host only, never the secret or the body) and
+counted, and the run goes on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from federation.model.schedule import (
     PrometheusCheck,
     Webhook,
 )
+from federation.model.secret import WEBHOOK_SIGNING, parse_reference
+from federation.store import Store
+from federation.store import secrets as store_secrets
+from federation.store.envelope import KeyProvider
 from federation.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -163,6 +168,28 @@ def event_body(event: str, run: PracticeRun, report_url: str) -> dict[str, Any]:
         "services": run.services,
         "checks": [c.model_dump(mode="json") for c in run.checks_before + run.checks_during],
     }
+
+
+async def signing_key(store: Store, keyring: KeyProvider | None, reference: str) -> bytes | None:
+    """The value of a webhook's key (`name#key`), or None (logged) when it cannot be
+    read or its secret is not a webhook signing key (anymore): never sign with
+    another secret's value."""
+    if keyring is None:
+        return None
+    name, key = parse_reference(reference)
+    try:
+        found = await store_secrets.get(store, name)
+        if found is None:
+            return None
+        if found[0].data_classes != [WEBHOOK_SIGNING]:
+            log.warning("practice: secret %s is not a webhook signing key", name)
+            return None
+        values = await store_secrets.reveal(keyring, found[0], found[0].version)
+    except Exception:  # a KEK not held here, a record that does not open
+        log.warning("practice: webhook secret %s cannot be opened", name)
+        return None
+    value = (values or {}).get(key)
+    return value.encode() if value is not None else None
 
 
 def sign(key: bytes, body: bytes) -> str:

@@ -39,12 +39,11 @@ from federation.drills import checks as practice_checks
 from federation.drills.runner import abort
 from federation.model.drill import DrillRecord, DrillRequest, DrillState, new_drill_id
 from federation.model.schedule import CheckResult, DrillSchedule, Outcome, PracticeRun, new_run_id
-from federation.model.secret import WEBHOOK_SIGNING, parse_reference
 from federation.planning.practice import blocked_reason, occurrence, preflight
 from federation.store import Cond, Conflict, Op, Store, StoreError, keys
 from federation.store import drills as store_drills
+from federation.store import regions as store_regions
 from federation.store import schedules as store_schedules
-from federation.store import secrets as store_secrets
 from federation.store.election import LeaderElection
 from federation.store.envelope import KeyProvider
 from federation.store.world import read_world
@@ -380,6 +379,11 @@ class PracticeScheduler:
                 outcome = Outcome.FAILED
             message = f"drill {drill.id} {drill.state.value}: {drill.outcome_message}"
             return await self._finish(schedule, run, revision, outcome, message)
+        elsewhere = [r for r in await store_regions.lost(self.store) if r not in run.regions]
+        if elsewhere:
+            # A real outage: the drilled regions' capacity is needed now.
+            reason = f"region {elsewhere[0]} is lost (unreachable) during the run"
+            return await self._interrupt(schedule, run, revision, drill.id, reason)
         if schedule is None or not schedule.outcome_checks:
             return f"{run.schedule}: {run.id} running (drill {drill.id})"
         results = await practice_checks.evaluate_all(
@@ -400,9 +404,19 @@ class PracticeScheduler:
         reason = "outcome check(s) failed: " + "; ".join(
             f"{c.name} = {c.value} ({c.message})" for c in failing
         )
+        return await self._interrupt(schedule, run, revision, drill.id, reason)
+
+    async def _interrupt(
+        self,
+        schedule: DrillSchedule | None,
+        run: PracticeRun,
+        revision: int,
+        drill_id: str,
+        reason: str,
+    ) -> str:
         if not self.election.is_leader:
             return f"{run.schedule}: {run.id} not aborted: no longer leader"
-        await abort(self.store, drill.id, by=f"schedule:{run.schedule}", reason=reason)
+        await abort(self.store, drill_id, by=f"schedule:{run.schedule}", reason=reason)
         return await self._finish(
             schedule, run, revision, Outcome.INTERRUPTED, reason + "; aborted and failed back"
         )
@@ -449,25 +463,6 @@ class PracticeScheduler:
     def _unsent(self, run: PracticeRun) -> bool:
         return run.notify and any(e not in run.notified for e in practice_checks.events(run))
 
-    async def _key(self, reference: str) -> bytes | None:
-        if self.keyring is None:
-            return None
-        name, key = parse_reference(reference)
-        try:
-            found = await store_secrets.get(self.store, name)
-            if found is None:
-                return None
-            if found[0].data_classes != [WEBHOOK_SIGNING]:
-                # Changed since the schedule was stored: never sign with another value.
-                log.warning("practice: secret %s is not a webhook signing key", name)
-                return None
-            values = await store_secrets.reveal(self.keyring, found[0], found[0].version)
-        except Exception:  # a KEK not held here, a record that does not open
-            log.warning("practice: webhook secret %s cannot be opened", name)
-            return None
-        value = (values or {}).get(key)
-        return value.encode() if value is not None else None
-
     async def _notify(self, schedule: DrillSchedule, run: PracticeRun, revision: int | None) -> int:
         """Send the run's events not sent yet; mark them sent (attempted) in its record.
         Returns the record's revision after (0 when it is not known)."""
@@ -475,7 +470,9 @@ class PracticeScheduler:
         pending = [e for e in practice_checks.events(run) if e not in run.notified]
         if not webhooks or not pending or not run.notify:
             return revision or 0
-        signing = [await self._key(w.secret) for w in webhooks]
+        signing = [
+            await practice_checks.signing_key(self.store, self.keyring, w.secret) for w in webhooks
+        ]
         for event in pending:  # in order; each to every webhook at once
             body = practice_checks.event_body(event, run, self.report_url)
             await asyncio.gather(

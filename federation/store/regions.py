@@ -84,6 +84,16 @@ async def list_views(store: Store) -> tuple[list[RegionView], int]:
     return views, revision
 
 
+async def lost(store: Store) -> list[str]:
+    """Registered regions with no liveness key (lost: unreachable), sorted."""
+    records, _ = await store.scan(keys.REGIONS)
+    alive, _ = await store.scan(keys.ALIVE)
+    alive_names = {e.key.removeprefix(keys.ALIVE) for e in alive}
+    return sorted(
+        name for e in records if (name := e.key.removeprefix(keys.REGIONS)) not in alive_names
+    )
+
+
 async def get_view(store: Store, name: str) -> RegionView:
     """One region with its state; RegionNotFound if there is none."""
     entry = await record_entry(store, name)

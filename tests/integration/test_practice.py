@@ -446,6 +446,22 @@ async def test_webhook_keys_are_webhook_signing_secrets_only(practice: Practice)
     assert await fed.region_state("eu-fr-1") == "ready"
 
 
+async def test_a_region_lost_mid_run_interrupts_it(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await deploy_fr(fed, "one")
+    await put_schedule(api, "weekly", schedule(out))
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    # Nothing reports ready, so the drill stays evacuating until the outage.
+    await wait_run(api, "weekly", lambda r: r["outcome"] == "RUNNING", timeout=10, what="running")
+    await fed.wait_state("eu-fr-1", "cordoned", timeout=5)
+    await fed.stop_heartbeats("ap-in-1")
+    await fed.wait_state("ap-in-1", "unreachable", timeout=10)
+    run = await wait_run(api, "weekly", ended, timeout=5, what="interrupted by the outage")
+    assert run["outcome"] == "INTERRUPTED", run
+    assert "region ap-in-1 is lost" in run["message"], run
+    assert await fed.region_state("eu-fr-1") == "ready"
+
+
 async def test_roles_and_bad_schedules(practice: Practice) -> None:
     api, out = practice.api, practice.out
     viewer, operator = await token(api, "viewer"), await token(api, "operator")
