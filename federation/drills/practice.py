@@ -147,7 +147,7 @@ class PracticeScheduler:
         schedules, _ = await store_schedules.list_all(self.store)
         by_name = {s.name: s for s, _ in schedules}
         runs = await store_schedules.runs(self.store)
-        self._observe(runs, now)
+        self._observe(runs, await store_schedules.last_successes(self.store), now)
         looks = [
             self._guarded(run.schedule, self._look(by_name, run, revision))
             for run, revision in runs
@@ -213,8 +213,10 @@ class PracticeScheduler:
         finally:
             self._busy.discard(run.id)
 
-    def _observe(self, runs: list[tuple[PracticeRun, int]], now: datetime) -> None:
-        last: dict[str, float] = {}
+    def _observe(
+        self, runs: list[tuple[PracticeRun, int]], kept: dict[str, float], now: datetime
+    ) -> None:
+        last = dict(kept)
         for run, _ in runs:
             if run.outcome is Outcome.SUCCEEDED and run.ended_at is not None:
                 for region in run.regions:

@@ -3,7 +3,9 @@
 `drill-schedules/{name}` holds the operator's document; writes are audited and take
 `If-Match`. `drill-runs/{schedule}/{id}` holds each practice run, written by the
 leader only (its txns compare the leader key), at most `MAX_HISTORY` per schedule:
-the oldest are deleted in the txn that stores a new one. `drill-run-requests/{name}`
+the oldest are deleted in the txn that stores a new one. The txn that stores a
+SUCCEEDED run also sets `practice-success/{region}` for each of its regions, which
+no pruning deletes. `drill-run-requests/{name}`
 is an operator's on-demand run, created if absent (one pending per schedule) and
 deleted by the leader in the txn that records the run it started.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from federation.model.schedule import MAX_HISTORY, DrillSchedule, PracticeRun
+from federation.model.schedule import MAX_HISTORY, DrillSchedule, Outcome, PracticeRun
 from federation.store import audit, keys
 from federation.store.audit import Change
 from federation.store.errors import AlreadyExists, Conflict
@@ -122,6 +124,20 @@ async def runs(store: Store, schedule: str | None = None) -> list[tuple[Practice
     return found
 
 
+async def last_successes(store: Store) -> dict[str, float]:
+    """Each region's last SUCCEEDED practice run's end, as POSIX time."""
+    entries, _ = await store.scan(keys.PRACTICE_SUCCESS)
+    found = {}
+    for e in entries:
+        try:
+            found[e.key.removeprefix(keys.PRACTICE_SUCCESS)] = datetime.fromisoformat(
+                str(e.value["at"])
+            ).timestamp()
+        except (KeyError, TypeError, ValueError):
+            continue  # written by no server of ours
+    return found
+
+
 async def write_run(
     store: Store,
     run: PracticeRun,
@@ -137,6 +153,11 @@ async def write_run(
     key = keys.drill_run(run.schedule, run.id)
     conds = [*conditions]
     ops = [Op.put(key, run.model_dump(mode="json")), *also]
+    if run.outcome is Outcome.SUCCEEDED and run.ended_at is not None:
+        # Runs are pruned (BLOCKED retries push old ones out); a region's last
+        # success must not go with them.
+        success = {"at": run.ended_at.isoformat(), "schedule": run.schedule, "run": run.id}
+        ops += [Op.put(keys.practice_success(r), success) for r in run.regions]
     if revision is None:
         conds.append(Cond.absent(key))
         entries, _ = await store.scan(keys.drill_runs(run.schedule))

@@ -26,9 +26,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from federation.model.schedule import MAX_HISTORY, Outcome, PracticeRun, new_run_id
 from federation.processes.certs import make_kek_file
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import Store, keys
+from federation.store import schedules as store_schedules
 from tests.conftest import Api, ServerProcess, server_config, serving
 from tests.integration.agents import (
     EU_PATIENT_DATA,
@@ -460,6 +462,31 @@ async def test_a_region_lost_mid_run_interrupts_it(practice: Practice) -> None:
     assert run["outcome"] == "INTERRUPTED", run
     assert "region ap-in-1 is lost" in run["message"], run
     assert await fed.region_state("eu-fr-1") == "ready"
+
+
+async def test_the_last_success_outlives_a_hundred_blocked_attempts(practice: Practice) -> None:
+    api, fed, clock, out = practice.api, practice.federation, practice.clock, practice.out
+    await put_schedule(api, "weekly", schedule(out))
+    succeeded = datetime(2026, 5, 26, 8, tzinfo=UTC)
+    stored = [(succeeded, "SUCCEEDED")]
+    stored += [(succeeded + timedelta(hours=1 + i), "BLOCKED") for i in range(MAX_HISTORY)]
+    for at, outcome in stored:  # as the leader writes them
+        run = PracticeRun(
+            id=new_run_id(at),
+            schedule="weekly",
+            trigger="schedule",
+            regions=["eu-fr-1"],
+            outcome=Outcome(outcome),
+            started_at=at,
+            ended_at=at,
+        )
+        await store_schedules.write_run(fed.store, run, None)
+    assert all(r["outcome"] == "BLOCKED" for r in await runs(api, "weekly"))
+    clock.now = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    await asyncio.sleep(TICKS_S)
+    samples = await scrape(api)
+    since = value(samples, "federation_practice_since_success_seconds", region="eu-fr-1")
+    assert since == (clock.now - succeeded).total_seconds()
 
 
 async def test_roles_and_bad_schedules(practice: Practice) -> None:
