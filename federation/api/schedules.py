@@ -9,6 +9,7 @@ for. A run's report is its drill's (`/v1/drills/{id}`).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from federation.api.auth import require
 from federation.api.body import if_match, json_response, path_name, read_named
 from federation.api.context import CONFIG, PRACTICE, STORE
 from federation.api.errors import ApiError, from_validation, invalid, not_found
-from federation.model.schedule import DrillSchedule, Outcome, PracticeRun
+from federation.model.schedule import MAX_SCHEDULES, DrillSchedule, Outcome, PracticeRun
 from federation.model.secret import WEBHOOK_SIGNING, parse_reference
 from federation.model.token import Role
 from federation.planning.practice import next_run
@@ -92,7 +93,10 @@ async def list_schedules(request: web.Request) -> web.Response:
     found, revision = await store_schedules.list_all(request.app[STORE])
     runs = await _runs_of(request)
     now = _now(request)
-    items = [_view(s, rev, runs.get(s.name, []), now) for s, rev in found]
+    # next_run of up to MAX_SCHEDULES schedules: milliseconds each, off the event loop.
+    items = await asyncio.to_thread(
+        lambda: [_view(s, rev, runs.get(s.name, []), now) for s, rev in found]
+    )
     return json_response({"items": items, "revision": revision})
 
 
@@ -119,6 +123,12 @@ async def put_schedule(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise from_validation(exc) from None
     store = request.app[STORE]
+    if await store_schedules.get(store, name) is None:
+        count = len((await store_schedules.list_all(store))[0])
+        if count >= MAX_SCHEDULES:
+            raise ApiError(
+                409, f"there are {count} drill schedules, the most allowed: delete one first"
+            )
     for i, region in enumerate(schedule.regions):
         if await store_regions.get_record(store, region) is None:
             raise invalid(f"regions.{i}", f"no region named {region!r}")

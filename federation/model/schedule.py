@@ -38,6 +38,7 @@ _WINDOW_RE = re.compile(
 MAX_WINDOWS = 28
 MAX_BLOCKED_DATES = 366
 MAX_CHECKS = 16
+MAX_SCHEDULES = 100  # each costs a next_run per list, and the leader's attention
 MAX_HISTORY = 100  # runs kept per schedule; older ones are deleted when a run is stored
 
 

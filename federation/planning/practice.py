@@ -40,15 +40,44 @@ class _Rules:
     allowed: tuple[WeeklyWindow, ...]
     blocked: tuple[WeeklyWindow, ...]
     blocked_dates: frozenset[date]
+    # Per weekday: the minutes at which starting may become possible (each allowed
+    # window's start, each blocked window's end), and those of them that the weekly
+    # windows let start (inside an allowed window, in no blocked window).
+    turns: tuple[tuple[int, ...], ...] = ()
+    open: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def of(cls, schedule: DrillSchedule) -> _Rules:
-        return cls(
+        rules = cls(
             schedule.zone,
             tuple(schedule.allowed()),
             tuple(schedule.blocked()),
             frozenset(schedule.blocked_dates),
         )
+        turns, open_ = [], []
+        for weekday in range(7):
+            minutes = {w.start for w in rules.allowed if w.day == weekday}
+            if minutes:
+                minutes |= {w.end for w in rules.blocked if w.day == weekday and w.end < 1440}
+            turns.append(tuple(sorted(minutes)))
+            open_.append(tuple(m for m in turns[-1] if rules.weekly_open(weekday, m)))
+        return cls(
+            rules.zone,
+            rules.allowed,
+            rules.blocked,
+            rules.blocked_dates,
+            tuple(turns),
+            tuple(open_),
+        )
+
+    def weekly_open(self, weekday: int, minute: int) -> bool:
+        """The wall-clock minute of that weekday is in an allowed window and in no
+        blocked one."""
+
+        def inside(w: WeeklyWindow) -> bool:
+            return w.day == weekday and w.start <= minute < w.end
+
+        return any(map(inside, self.allowed)) and not any(map(inside, self.blocked))
 
     def occurrence(self, local: datetime) -> Occurrence | None:
         for index, window in enumerate(self.allowed):
@@ -87,17 +116,26 @@ def may_start(schedule: DrillSchedule, at: datetime) -> bool:
     return blocked_reason(schedule, at) is None
 
 
+def _shifts(zone: ZoneInfo, day: date) -> bool:
+    """The zone's offset changes during local `day` (daylight saving)."""
+    start = datetime.combine(day, time(0), tzinfo=zone)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+    return start.utcoffset() != end.utcoffset()
+
+
 def _candidates(rules: _Rules, day: date) -> list[datetime]:
-    """Instants of local `day` at which starting may become possible: each allowed
-    window's start and each blocked window's end (as UTC)."""
+    """Instants of local `day` at which starting may become possible (as UTC). Only
+    those the weekly windows let start, except on a day whose wall clock jumps (a
+    minute that does not exist is read as another, so every turn is tried)."""
     weekday = day.weekday()
-    minutes = {w.start for w in rules.allowed if w.day == weekday}
-    if not minutes or day in rules.blocked_dates:
+    if not rules.turns[weekday] or day in rules.blocked_dates:
         return []
-    minutes |= {w.end for w in rules.blocked if w.day == weekday and w.end < 24 * 60}
+    minutes = rules.open[weekday]
+    if minutes != rules.turns[weekday] and _shifts(rules.zone, day):
+        minutes = rules.turns[weekday]
     return [
         datetime.combine(day, time(m // 60, m % 60), tzinfo=rules.zone).astimezone(UTC)
-        for m in sorted(minutes)
+        for m in minutes
     ]
 
 

@@ -26,7 +26,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from federation.model.schedule import MAX_HISTORY, Outcome, PracticeRun, new_run_id
+from federation.model.schedule import (
+    MAX_HISTORY,
+    MAX_SCHEDULES,
+    DrillSchedule,
+    Outcome,
+    PracticeRun,
+    new_run_id,
+)
 from federation.processes.certs import make_kek_file
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import Store, keys
@@ -487,6 +494,20 @@ async def test_the_last_success_outlives_a_hundred_blocked_attempts(practice: Pr
     samples = await scrape(api)
     since = value(samples, "federation_practice_since_success_seconds", region="eu-fr-1")
     assert since == (clock.now - succeeded).total_seconds()
+
+
+async def test_at_most_max_schedules(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    body = DrillSchedule.model_validate({"name": "x", **schedule(out)})
+    for i in range(MAX_SCHEDULES):
+        named = body.model_copy(update={"name": f"s-{i:03}"})
+        await store_schedules.put(fed.store, named, if_match=None, actor="test")
+    status, answer = await api.call("PUT", "/v1/drill-schedules/one-more", json=schedule(out))
+    assert status == 409 and "delete one first" in answer["error"]["message"], answer
+    assert (await api.call("GET", "/v1/drill-schedules/one-more"))[0] == 404
+    assert (await api.call("PUT", "/v1/drill-schedules/s-000", json=schedule(out)))[0] == 200
+    status, listed = await api.call("GET", "/v1/drill-schedules")
+    assert status == 200 and len(listed["items"]) == MAX_SCHEDULES
 
 
 async def test_roles_and_bad_schedules(practice: Practice) -> None:
