@@ -86,6 +86,11 @@ async def check_signing_keys(request: web.Request, schedule: DrillSchedule) -> N
             raise invalid(field, f"secret {name!r} has no key {key!r}")
 
 
+async def _running(request: web.Request, name: str) -> PracticeRun | None:
+    runs = await store_schedules.runs(request.app[STORE], name)
+    return next((r for r, _ in runs if r.outcome is Outcome.RUNNING), None)
+
+
 @routes.get("/v1/drill-schedules")
 async def list_schedules(request: web.Request) -> web.Response:
     """Every schedule with its next run and last run."""
@@ -143,9 +148,17 @@ async def put_schedule(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/drill-schedules/{schedule}")
 async def delete_schedule(request: web.Request) -> web.Response:
-    """Delete a schedule (its runs stay, as history); a running drill goes on."""
+    """Delete a schedule and its runs; 409 while one of them is running (its outcome
+    checks are the drill's safety stop: abort the drill first)."""
     name = path_name(request, "schedule")
     who = await require(request, Role.OPERATOR)
+    running = await _running(request, name)
+    if running is not None:
+        raise ApiError(
+            409,
+            f"run {running.id} of {name} is running (drill {running.drill_id}): "
+            f"abort the drill first (federation drill abort {running.drill_id})",
+        )
     revision = await store_schedules.delete(
         request.app[STORE], name, if_match=if_match(request), actor=who.subject
     )
@@ -163,11 +176,9 @@ async def run_schedule(request: web.Request) -> web.Response:
     store = request.app[STORE]
     if await store_schedules.get(store, name) is None:
         raise not_found("drill schedule", name)
-    running = [r for r, _ in await store_schedules.runs(store, name) if r.outcome == "RUNNING"]
-    if running:
-        raise ApiError(
-            409, f"run {running[0].id} of {name} is running (drill {running[0].drill_id})"
-        )
+    running = await _running(request, name)
+    if running is not None:
+        raise ApiError(409, f"run {running.id} of {name} is running (drill {running.drill_id})")
     try:
         revision = await store_schedules.request_run(
             store, name, by=who.subject, at=datetime.now(UTC)
@@ -185,5 +196,7 @@ async def list_runs(request: web.Request) -> web.Response:
     """The schedule's runs, oldest first (at most MAX_HISTORY are kept)."""
     name = path_name(request, "schedule")
     await require(request, Role.VIEWER)
+    if await store_schedules.get(request.app[STORE], name) is None:
+        raise not_found("drill schedule", name)
     runs = await _runs_of(request, name)
     return json_response({"items": [run_view(r) for r in runs.get(name, [])]})

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 SIGNATURE_HEADER = "X-Federation-Signature"
+MAX_CHECKS_DURING = 200  # check results kept in a run: the first of each and every change
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
@@ -139,6 +140,15 @@ async def evaluate_all(
 ) -> list[CheckResult]:
     """Every check at once; results in the schedule's order."""
     return list(await asyncio.gather(*(evaluate(session, c, phase, now) for c in checks)))
+
+
+def record(run: PracticeRun, results: list[CheckResult]) -> bool:
+    """Keep in `run` each check's first result and every change of state (at most
+    MAX_CHECKS_DURING); whether any was new."""
+    last = {c.name: c.ok for c in run.checks_during}
+    new = [c for c in results if last.get(c.name) is not c.ok]
+    run.checks_during = (run.checks_during + new)[-MAX_CHECKS_DURING:]
+    return bool(new)
 
 
 def events(run: PracticeRun) -> list[str]:

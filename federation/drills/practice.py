@@ -52,7 +52,6 @@ from federation.telemetry import metrics
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-MAX_CHECKS_DURING = 200  # check results kept in a run: the first of each and every change
 
 
 def utc_now() -> datetime:
@@ -169,6 +168,11 @@ class PracticeScheduler:
         requests = await store_schedules.requests(self.store)
         active = {r.schedule for r, _ in runs if r.outcome is Outcome.RUNNING}
         sentences: list[str] = []
+        names = {s.name for s, _ in schedules}
+        for orphan in sorted({r.schedule for r, _ in runs} - names - active):
+            fence = [self.election.fence()]
+            if await store_schedules.delete_orphan_runs(self.store, orphan, conditions=fence):
+                sentences.append(f"{orphan}: runs of the deleted schedule removed")
         for schedule, _ in schedules:
             if schedule.name in active:
                 continue
@@ -391,7 +395,7 @@ class PracticeScheduler:
         results = await practice_checks.evaluate_all(
             self.session, list(schedule.outcome_checks), "outcome", now
         )
-        changed = self._record(run, results)
+        changed = practice_checks.record(run, results)
         failing = [c for c in results if not c.ok]
         if changed:
             try:
@@ -422,14 +426,6 @@ class PracticeScheduler:
         return await self._finish(
             schedule, run, revision, Outcome.INTERRUPTED, reason + "; aborted and failed back"
         )
-
-    @staticmethod
-    def _record(run: PracticeRun, results: list[CheckResult]) -> bool:
-        """Keep each check's first result and every change of state."""
-        last = {c.name: c.ok for c in run.checks_during}
-        new = [c for c in results if last.get(c.name) is not c.ok]
-        run.checks_during = (run.checks_during + new)[-MAX_CHECKS_DURING:]
-        return bool(new)
 
     async def _note_checks(
         self, drill: DrillRecord, revision: int, during: list[CheckResult]

@@ -1,8 +1,8 @@
 """Drill schedules, their runs and on-demand run requests in etcd.
 
 `drill-schedules/{name}` holds the operator's document; writes are audited and take
-`If-Match`. `drill-runs/{schedule}/{id}` holds each practice run, written by the
-leader only (its txns compare the leader key), at most `MAX_HISTORY` per schedule:
+`If-Match`. `drill-runs/{schedule}/{id}` holds each practice run (deleted with its schedule),
+written by the leader only (its txns compare the leader key), at most `MAX_HISTORY` per schedule:
 the oldest are deleted in the txn that stores a new one. The txn that stores a
 SUCCEEDED run also sets `practice-success/{region}` for each of its regions, which
 no pruning deletes. `drill-run-requests/{name}`
@@ -70,8 +70,8 @@ async def put(
 
 
 async def delete(store: Store, name: str, *, if_match: int | None, actor: str) -> int | None:
-    """Delete the schedule and any pending on-demand request; its runs stay as
-    history. None when there is no such schedule."""
+    """Delete the schedule, its runs and any pending on-demand request, in one txn
+    (one range delete: under any op limit). None when there is no such schedule."""
     key = keys.drill_schedule(name)
     current = await store.get(key)
     if current is None:
@@ -82,8 +82,17 @@ async def delete(store: Store, name: str, *, if_match: int | None, actor: str) -
         key,
         change=change,
         revision=if_match if if_match is not None else current.revision,
-        also=[Op.delete(keys.drill_run_request(name))],
+        also=[Op.delete(keys.drill_run_request(name)), Op.delete_prefix(keys.drill_runs(name))],
     )
+
+
+async def delete_orphan_runs(store: Store, name: str, *, conditions: Sequence[Cond]) -> bool:
+    """Delete the runs of schedule `name` if it does not exist (runs stored before
+    their schedule's delete took them along); False when it exists or a condition
+    failed."""
+    conds = [*conditions, Cond.absent(keys.drill_schedule(name))]
+    ok, _, _ = await store.txn(conds, [Op.delete_prefix(keys.drill_runs(name))])
+    return ok
 
 
 async def request_run(store: Store, name: str, *, by: str, at: datetime) -> int:

@@ -510,6 +510,44 @@ async def test_at_most_max_schedules(practice: Practice) -> None:
     assert status == 200 and len(listed["items"]) == MAX_SCHEDULES
 
 
+async def test_a_deleted_schedule_takes_its_runs_with_it(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await deploy_fr(fed, "one")
+    await put_schedule(api, "weekly", schedule(out))
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    run = await wait_run(api, "weekly", lambda r: r["outcome"] == "RUNNING", timeout=10, what="run")
+    # Its outcome checks are its safety stop: not deleted from under a running drill.
+    status, answer = await api.call("DELETE", "/v1/drill-schedules/weekly")
+    assert status == 409 and run["drill_id"] in answer["error"]["message"], answer
+    assert (await api.call("POST", f"/v1/drills/{run['drill_id']}/abort"))[0] == 200
+    await wait_run(api, "weekly", ended, timeout=10, what="the run ended")
+    assert (await api.call("DELETE", "/v1/drill-schedules/weekly"))[0] == 200
+    entries, _ = await fed.store.scan(keys.drill_runs("weekly"))
+    assert entries == []
+    assert (await api.call("GET", "/v1/drill-schedules/weekly/runs"))[0] == 404
+    await put_schedule(api, "weekly", schedule(out))  # a new schedule, no old history
+    assert await runs(api, "weekly") == []
+
+    # Runs left behind by a schedule deleted before its runs went with it: the leader
+    # removes them.
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    orphan = PracticeRun(
+        id=new_run_id(at),
+        schedule="gone",
+        trigger="schedule",
+        regions=["eu-fr-1"],
+        outcome=Outcome.BLOCKED,
+        started_at=at,
+        ended_at=at,
+    )
+    await store_schedules.write_run(fed.store, orphan, None)
+
+    async def removed() -> bool:
+        return not (await fed.store.scan(keys.drill_runs("gone")))[0]
+
+    await wait_until(removed, timeout=5, what="the orphan runs removed")
+
+
 async def test_roles_and_bad_schedules(practice: Practice) -> None:
     api, out = practice.api, practice.out
     viewer, operator = await token(api, "viewer"), await token(api, "operator")
