@@ -568,6 +568,8 @@ async def test_roles_and_bad_schedules(practice: Practice) -> None:
         ("blocked_dates", ["2026-02-30"]),
         ("blocking_checks", [{"name": "h", "url": "http://user:pw@10.0.0.1/health"}]),
         ("blocking_checks", [{"name": "h", "url": "file:///etc/passwd"}]),
+        ("blocking_checks", [{"name": "h", "url": "http://10.0.0.1/health?api_key=k"}]),
+        ("notifications", {"webhooks": [{"url": "http://h.example/?token=t", "secret": "a#b"}]}),
         ("notifications", {"webhooks": [{"url": "http://h.example/", "secret": "nokey"}]}),
         ("duration_s", 1e308),
         ("regions", ["nowhere-1"]),
