@@ -146,7 +146,8 @@ class PracticeScheduler:
         schedules, _ = await store_schedules.list_all(self.store)
         by_name = {s.name: s for s, _ in schedules}
         runs = await store_schedules.runs(self.store)
-        self._observe(runs, await store_schedules.last_successes(self.store), now)
+        # Each region's last success, kept apart from the (pruned) runs.
+        metrics.observe_practice(await store_schedules.last_successes(self.store), now.timestamp())
         looks = [
             self._guarded(run.schedule, self._look(by_name, run, revision))
             for run, revision in runs
@@ -216,16 +217,6 @@ class PracticeScheduler:
             return ""
         finally:
             self._busy.discard(run.id)
-
-    def _observe(
-        self, runs: list[tuple[PracticeRun, int]], kept: dict[str, float], now: datetime
-    ) -> None:
-        last = dict(kept)
-        for run, _ in runs:
-            if run.outcome is Outcome.SUCCEEDED and run.ended_at is not None:
-                for region in run.regions:
-                    last[region] = max(last.get(region, 0.0), run.ended_at.timestamp())
-        metrics.observe_practice(last, now.timestamp())
 
     def _due(self, schedule: DrillSchedule, now: datetime, runs: list[PracticeRun]) -> bool:
         occ = occurrence(schedule, now)

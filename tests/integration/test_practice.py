@@ -495,6 +495,14 @@ async def test_the_last_success_outlives_a_hundred_blocked_attempts(practice: Pr
     since = value(samples, "federation_practice_since_success_seconds", region="eu-fr-1")
     assert since == (clock.now - succeeded).total_seconds()
 
+    # A deleted region takes its last success along: no alert for a region gone.
+    await fed.stop_heartbeats("eu-fr-1")
+    assert (await api.call("DELETE", "/v1/regions/eu-fr-1"))[0] == 200
+    assert await fed.store.get(keys.practice_success("eu-fr-1")) is None
+    await asyncio.sleep(TICKS_S)
+    samples = await scrape(api)
+    assert ("federation_practice_since_success_seconds", (("region", "eu-fr-1"),)) not in samples
+
 
 async def test_at_most_max_schedules(practice: Practice) -> None:
     api, fed, out = practice.api, practice.federation, practice.out
