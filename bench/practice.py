@@ -1,10 +1,12 @@
 """Practice schedule benchmark: `next_run` for the costliest schedules the API accepts.
 
 `GET /v1/drill-schedules` computes every schedule's next run on the event loop, so one
-must cost well under the few milliseconds a request may take (DESIGN section 10). The
-worst case: 28 allowed windows, 28 blocked windows and 366 blocked dates, so that no
-run is possible within the horizon and every candidate instant of 400 days is tried;
-and the common case: one weekly window in a time zone with daylight saving.
+must cost well under the few milliseconds a request may take (DESIGN section 10). Three
+cases: `dates`, 28 allowed and 28 blocked windows and 366 blocked dates (no run
+possible within the horizon, but a blocked date skips its day at once); `covered`, the
+worst: 28 allowed windows each exactly covered by a blocked window and no blocked date,
+so every day of the 400-day horizon has candidate instants; and `weekly`, the common
+case, one weekly window in a time zone with daylight saving.
 
     .venv/bin/python bench/practice.py
 """
@@ -19,8 +21,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+
+from federation.model.region import RegionRecord
 from federation.model.schedule import DAYS, DrillSchedule
-from federation.planning.practice import next_run
+from federation.model.service import (
+    Assignment,
+    Runtime,
+    ServiceRecord,
+    ServiceSpec,
+)
+from federation.planning.practice import incident, next_run
+from federation.planning.world import World
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -40,6 +51,19 @@ def worst() -> DrillSchedule:
     )
 
 
+def covered() -> DrillSchedule:
+    """28 windows, each exactly covered by a blocked window, no blocked date: every
+    day of the horizon has candidates, and each must be tried."""
+    windows = [f"{DAYS[i % 7]} {i // 7 * 5:02}:00-{i // 7 * 5 + 4:02}:00" for i in range(28)]
+    return DrillSchedule(
+        name="covered",
+        regions=["eu-fr-1"],
+        windows=windows,
+        blocked_windows=windows,
+        time_zone="Europe/Berlin",
+    )
+
+
 def common() -> DrillSchedule:
     return DrillSchedule(
         name="weekly", regions=["eu-fr-1"], windows=["Tue 09:00-12:00"], time_zone="Europe/Paris"
@@ -55,10 +79,50 @@ def timed(schedule: DrillSchedule, rounds: int) -> tuple[float, float]:
     return statistics.median(times) * 1000, max(times) * 1000
 
 
+def big_world(services: int, regions: int) -> World:
+    """`services` services, each assigned in every one of `regions` regions."""
+    world = World()
+    names = [f"r-{i:03}" for i in range(regions)]
+    for name in names:
+        world.regions[name] = RegionRecord(name=name, country="DE", created_at=NOW)
+        world.alive.add(name)
+    for i in range(services):
+        spec = ServiceSpec.model_validate({"name": f"svc-{i:04}", "command": ["run"]})
+        record = ServiceRecord(spec=spec, generation=1, created_at=NOW, updated_at=NOW)
+        world.services[spec.name] = (record, 1)
+        runtime = Runtime.of(spec, 1)
+        for region in names:
+            world.assignments[(region, spec.name)] = Assignment(
+                service=spec.name, region=region, replicas=1, runtime=runtime
+            )
+    return world
+
+
+def timed_incident(world: World, rounds: int) -> tuple[float, float]:
+    schedule = DrillSchedule(name="all", regions=["r-000"], windows=["Tue 09:00-12:00"])
+    affected = set(world.services)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        incident(world, schedule, affected)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000, max(times) * 1000
+
+
 def main() -> None:
-    for label, schedule, rounds in (("worst", worst(), 20), ("weekly", common(), 200)):
+    for label, schedule, rounds in (
+        ("dates", worst(), 20),
+        ("covered", covered(), 20),
+        ("weekly", common(), 200),
+    ):
         median, slowest = timed(schedule, rounds)
-        print(f"next_run {label:6}: median {median:.2f} ms, max {slowest:.2f} ms ({rounds} runs)")
+        print(f"next_run {label:7}: median {median:.2f} ms, max {slowest:.2f} ms ({rounds} runs)")
+    world = big_world(1000, 30)
+    median, slowest = timed_incident(world, 5)
+    print(
+        f"incident 1,000 services x 30 regions: median {median:.1f} ms, max {slowest:.1f} ms"
+        " (5 runs)"
+    )
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         if_match=True,
     ),
     ("DELETE", "/v1/drill-schedules/{schedule}"): Operation(
-        "Delete a drill schedule (its runs stay as history)", "operator", if_match=True
+        "Delete a drill schedule and its runs (409 while one runs)", "operator", if_match=True
     ),
     ("POST", "/v1/drill-schedules/{schedule}/run"): Operation(
         "Ask for a practice run now (outside the windows)", "operator", success=(202,)

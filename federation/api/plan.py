@@ -24,6 +24,7 @@ from federation.api.auth import require
 from federation.api.body import json_response, read_model
 from federation.api.context import CONFIG, STORE, whole_read
 from federation.api.errors import ApiError, invalid
+from federation.api.schedules import check_signing_keys
 from federation.api.secrets import check_references
 from federation.model.names import Labels
 from federation.model.policy import Group, Policy
@@ -165,7 +166,8 @@ async def _stored_secrets(request: web.Request, changes: ChangeSet) -> dict[str,
 
 async def _secret_problems(request: web.Request, changes: ChangeSet) -> list[dict[str, str]]:
     """Each service's secret references checked as its PUT checks them (the secret and
-    its key exist, its data classes are among the service's), as plan problems."""
+    its key exist, its data classes are among the service's), and each drill schedule's
+    webhook keys (signing keys only), as plan problems."""
     problems = []
     read: dict[str, Any] = {}
     for name, spec in sorted(changes.services.items()):
@@ -178,6 +180,19 @@ async def _secret_problems(request: web.Request, changes: ChangeSet) -> list[dic
                         "kind": "service",
                         "name": name,
                         "field": str(detail.get("field", "secrets")),
+                        "message": exc.message,
+                    }
+                )
+    for name, schedule in sorted(changes.schedules.items()):
+        try:
+            await check_signing_keys(request, schedule)
+        except ApiError as exc:
+            for detail in exc.details if isinstance(exc.details, list) else []:
+                problems.append(
+                    {
+                        "kind": "drill-schedule",
+                        "name": name,
+                        "field": str(detail.get("field", "notifications")),
                         "message": exc.message,
                     }
                 )

@@ -9,6 +9,7 @@ for. A run's report is its drill's (`/v1/drills/{id}`).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +20,14 @@ from federation.api.auth import require
 from federation.api.body import if_match, json_response, path_name, read_named
 from federation.api.context import CONFIG, PRACTICE, STORE
 from federation.api.errors import ApiError, from_validation, invalid, not_found
-from federation.model.schedule import DrillSchedule, Outcome, PracticeRun
+from federation.model.schedule import MAX_SCHEDULES, DrillSchedule, Outcome, PracticeRun
+from federation.model.secret import WEBHOOK_SIGNING, parse_reference
 from federation.model.token import Role
 from federation.planning.practice import next_run
 from federation.store import AlreadyExists
 from federation.store import regions as store_regions
 from federation.store import schedules as store_schedules
+from federation.store import secrets as store_secrets
 
 routes = web.RouteTableDef()
 
@@ -63,6 +66,31 @@ async def _runs_of(request: web.Request, name: str | None = None) -> dict[str, l
     return found
 
 
+async def check_signing_keys(request: web.Request, schedule: DrillSchedule) -> None:
+    """422 unless each webhook names a key of a secret whose only data class is
+    `webhook-signing`: any other secret's value (a database password) would be given
+    away as an HMAC to whoever runs the webhook's URL."""
+    for i, webhook in enumerate(schedule.notifications.webhooks):
+        field = f"notifications.webhooks.{i}.secret"
+        name, key = parse_reference(webhook.secret)
+        found = await store_secrets.get(request.app[STORE], name)
+        if found is None:
+            raise invalid(field, f"no secret named {name!r}")
+        if found[0].data_classes != [WEBHOOK_SIGNING]:
+            raise invalid(
+                field,
+                f"secret {name!r} is not a webhook signing key: its only data class "
+                f"must be {WEBHOOK_SIGNING!r}",
+            )
+        if key not in found[0].current().fingerprints:
+            raise invalid(field, f"secret {name!r} has no key {key!r}")
+
+
+async def _running(request: web.Request, name: str) -> PracticeRun | None:
+    runs = await store_schedules.runs(request.app[STORE], name)
+    return next((r for r, _ in runs if r.outcome is Outcome.RUNNING), None)
+
+
 @routes.get("/v1/drill-schedules")
 async def list_schedules(request: web.Request) -> web.Response:
     """Every schedule with its next run and last run."""
@@ -70,7 +98,10 @@ async def list_schedules(request: web.Request) -> web.Response:
     found, revision = await store_schedules.list_all(request.app[STORE])
     runs = await _runs_of(request)
     now = _now(request)
-    items = [_view(s, rev, runs.get(s.name, []), now) for s, rev in found]
+    # next_run of up to MAX_SCHEDULES schedules: milliseconds each, off the event loop.
+    items = await asyncio.to_thread(
+        lambda: [_view(s, rev, runs.get(s.name, []), now) for s, rev in found]
+    )
     return json_response({"items": items, "revision": revision})
 
 
@@ -97,9 +128,16 @@ async def put_schedule(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise from_validation(exc) from None
     store = request.app[STORE]
+    if await store_schedules.get(store, name) is None:
+        count = len((await store_schedules.list_all(store))[0])
+        if count >= MAX_SCHEDULES:
+            raise ApiError(
+                409, f"there are {count} drill schedules, the most allowed: delete one first"
+            )
     for i, region in enumerate(schedule.regions):
         if await store_regions.get_record(store, region) is None:
             raise invalid(f"regions.{i}", f"no region named {region!r}")
+    await check_signing_keys(request, schedule)
     revision, created = await store_schedules.put(
         store, schedule, if_match=if_match(request), actor=who.subject
     )
@@ -110,9 +148,17 @@ async def put_schedule(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/drill-schedules/{schedule}")
 async def delete_schedule(request: web.Request) -> web.Response:
-    """Delete a schedule (its runs stay, as history); a running drill goes on."""
+    """Delete a schedule and its runs; 409 while one of them is running (its outcome
+    checks are the drill's safety stop: abort the drill first)."""
     name = path_name(request, "schedule")
     who = await require(request, Role.OPERATOR)
+    running = await _running(request, name)
+    if running is not None:
+        raise ApiError(
+            409,
+            f"run {running.id} of {name} is running (drill {running.drill_id}): "
+            f"abort the drill first (federation drill abort {running.drill_id})",
+        )
     revision = await store_schedules.delete(
         request.app[STORE], name, if_match=if_match(request), actor=who.subject
     )
@@ -130,11 +176,9 @@ async def run_schedule(request: web.Request) -> web.Response:
     store = request.app[STORE]
     if await store_schedules.get(store, name) is None:
         raise not_found("drill schedule", name)
-    running = [r for r, _ in await store_schedules.runs(store, name) if r.outcome == "RUNNING"]
-    if running:
-        raise ApiError(
-            409, f"run {running[0].id} of {name} is running (drill {running[0].drill_id})"
-        )
+    running = await _running(request, name)
+    if running is not None:
+        raise ApiError(409, f"run {running.id} of {name} is running (drill {running.drill_id})")
     try:
         revision = await store_schedules.request_run(
             store, name, by=who.subject, at=datetime.now(UTC)
@@ -152,5 +196,7 @@ async def list_runs(request: web.Request) -> web.Response:
     """The schedule's runs, oldest first (at most MAX_HISTORY are kept)."""
     name = path_name(request, "schedule")
     await require(request, Role.VIEWER)
+    if await store_schedules.get(request.app[STORE], name) is None:
+        raise not_found("drill schedule", name)
     runs = await _runs_of(request, name)
     return json_response({"items": [run_view(r) for r in runs.get(name, [])]})

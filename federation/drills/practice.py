@@ -1,21 +1,23 @@
 """Practice drills: the leader runs every drill schedule when it is due
 (docs/drills.md#practice-runs).
 
-Each tick (while this replica leads) reads the schedules, their runs and pending
-on-demand requests from etcd, and for each schedule does one thing:
+While this replica leads, two loops read the schedules, their runs and pending
+on-demand requests from etcd every second, apart so that a slow blocking check or
+webhook of one schedule never delays another run's safety stop:
 
-- a run is RUNNING: evaluate its outcome checks; a failure aborts the drill (its
-  regions are uncordoned at once) and ends the run INTERRUPTED with the check and its
-  value; a drill that ended gives SUCCEEDED (completed, no residency violation) or
-  FAILED;
-- none is, and one is due (an on-demand request, or the clock inside an allowed window
-  whose occurrence no run has used, and not right after a BLOCKED attempt): refuse
-  during an incident (a region lost, a region cordoned or held by another drill,
-  another drill or a rollout touching the same services) or on a failing blocking
-  check (BLOCKED, retried `retry_s` later in the window); refuse when the drill plan
-  leaves a service without compliant room (CAPACITY_CHECK_FAILED, nothing cordoned);
-  else create the live drill and the RUNNING run in one leader-fenced txn, which the
-  drill runner (federation.drills.runner) then drives.
+- following (every running run at once, each on its own): evaluate its outcome
+  checks; a failure aborts the drill (its regions are uncordoned at once) and ends
+  the run INTERRUPTED with the check and its value; a drill that ended gives
+  SUCCEEDED (completed, no residency violation) or FAILED;
+- starting (one schedule after another): for a schedule with no running run that is
+  due (an on-demand request, or the clock inside an allowed window whose occurrence
+  no run has used, and not right after a BLOCKED attempt): refuse during an incident
+  (a region lost, a region cordoned or held by another drill, another drill or a
+  rollout touching the same services) or on a failing blocking check (BLOCKED,
+  retried `retry_s` later in the window); refuse when the drill plan leaves a service
+  without compliant room (CAPACITY_CHECK_FAILED, nothing cordoned); else create the
+  live drill and the RUNNING run in one leader-fenced txn, which the drill runner
+  (federation.drills.runner) then drives.
 
 Everything lives in etcd, so a new leader carries on every run where the old one
 stopped. The clock is injected (`clock`), so tests move time instead of waiting for it;
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,16 +39,11 @@ from federation.drills import checks as practice_checks
 from federation.drills.runner import abort
 from federation.model.drill import DrillRecord, DrillRequest, DrillState, new_drill_id
 from federation.model.schedule import CheckResult, DrillSchedule, Outcome, PracticeRun, new_run_id
-from federation.model.secret import parse_reference
-from federation.model.service import Phase
-from federation.model.status import service_status
-from federation.planning.practice import blocked_reason, occurrence
-from federation.planning.what_if import what_if
-from federation.planning.world import World
+from federation.planning.practice import blocked_reason, occurrence, preflight
 from federation.store import Cond, Conflict, Op, Store, StoreError, keys
 from federation.store import drills as store_drills
+from federation.store import regions as store_regions
 from federation.store import schedules as store_schedules
-from federation.store import secrets as store_secrets
 from federation.store.election import LeaderElection
 from federation.store.envelope import KeyProvider
 from federation.store.world import read_world
@@ -55,48 +52,10 @@ from federation.telemetry import metrics
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-MAX_CHECKS_DURING = 200  # check results kept in a run: the first of each and every change
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _by_service(world: World) -> dict[str, set[str]]:
-    index: dict[str, set[str]] = {}
-    for region, service in world.assignments:
-        index.setdefault(service, set()).add(region)
-    return index
-
-
-def incident(world: World, schedule: DrillSchedule, services: set[str]) -> str | None:
-    """Why a practice run must not start now (a sentence), or None."""
-    for name in sorted(world.regions):
-        if name not in world.alive:
-            return f"region {name} is lost (unreachable): no practice during an incident"
-    for name in schedule.regions:
-        region = world.regions.get(name)
-        if region is None:
-            return f"region {name} does not exist"
-        if region.cordon is not None:
-            return f"region {name} is cordoned (by {region.cordon.by})"
-    assigned = _by_service(world)
-    for name in sorted(services):
-        found = world.services.get(name)
-        if found is None:
-            continue
-        placement = world.placements.get(name)
-        regions = {r: a for (r, s), a in world.assignments.items() if s == name}
-        status = service_status(
-            found[0],
-            placement[0] if placement else None,
-            regions,
-            world.reports_of(name, assigned.get(name, set())),
-            world.alive,
-        )
-        if status["phase"] == Phase.PROGRESSING.value:
-            return f"service {name} is in a rollout (Progressing)"
-    return None
 
 
 class PracticeScheduler:
@@ -121,37 +80,54 @@ class PracticeScheduler:
         self.poll_s = poll_s
         self.report_url = report_url.rstrip("/")
         self._poked = asyncio.Event()
+        # Runs one of the two loops is working on: the other leaves them alone.
+        self._busy: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
 
     def poke(self) -> None:
-        """An on-demand run was asked for: tick now."""
+        """An on-demand run was asked for: look for runs to start now."""
         self._poked.set()
 
     async def run(self) -> None:
-        """Tick while leader, every `poll_s` or when poked."""
+        """While leader: follow running runs every `poll_s`, and, apart from that (so a
+        slow blocking check or webhook never delays a safety stop), start what is due
+        every `poll_s` or when poked."""
         self._session = aiohttp.ClientSession()
         try:
-            last: list[str] = []
-            while True:
-                if self.election.is_leader:
-                    try:
-                        sentences = await self.tick()
-                    except StoreError as exc:
-                        sentences = [f"practice: tick failed, retrying: {exc}"]
-                    except Exception:
-                        log.exception("practice: tick crashed; retrying")
-                        sentences = ["practice: tick crashed"]
-                    if sentences != last and sentences:
-                        log.info("practice: %s", "; ".join(sentences))
-                    last = sentences
-                else:
-                    metrics.clear_practice()
-                self._poked.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_s):
-                        await self._poked.wait()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._loop("follow", self.follow, None))
+                tasks.create_task(self._loop("start", self.start_due, self._poked))
         finally:
             await self._session.close()
+
+    async def _loop(
+        self,
+        name: str,
+        step: Callable[[], Coroutine[Any, Any, list[str]]],
+        wake: asyncio.Event | None,
+    ) -> None:
+        last: list[str] = []
+        while True:
+            if self.election.is_leader:
+                try:
+                    sentences = await step()
+                except StoreError as exc:
+                    sentences = [f"practice: {name} failed, retrying: {exc}"]
+                except Exception:
+                    log.exception("practice: %s crashed; retrying", name)
+                    sentences = [f"practice: {name} crashed"]
+                if sentences != last and sentences:
+                    log.info("practice: %s", "; ".join(sentences))
+                last = sentences
+            elif wake is None:
+                metrics.clear_practice()
+            if wake is None:
+                await asyncio.sleep(self.poll_s)
+                continue
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await wake.wait()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -160,41 +136,87 @@ class PracticeScheduler:
         return self._session
 
     async def tick(self) -> list[str]:
-        """One look at every schedule; returns what was done, as sentences."""
+        """One look at every schedule: follow, then start; what was done, as sentences."""
+        return [*await self.follow(), *await self.start_due()]
+
+    async def follow(self) -> list[str]:
+        """Every running run followed at once (outcome checks, the drill's end), and
+        events a previous leader did not get to send."""
         now = self.clock()
         schedules, _ = await store_schedules.list_all(self.store)
         by_name = {s.name: s for s, _ in schedules}
         runs = await store_schedules.runs(self.store)
+        # Each region's last success, kept apart from the (pruned) runs.
+        metrics.observe_practice(await store_schedules.last_successes(self.store), now.timestamp())
+        looks = [
+            self._guarded(run.schedule, self._look(by_name, run, revision))
+            for run, revision in runs
+            if run.outcome is Outcome.RUNNING or (run.schedule in by_name and self._unsent(run))
+        ]
+        done = await asyncio.gather(*looks, return_exceptions=True)
+        return [
+            s if isinstance(s, str) else f"practice: store error: {s}"
+            for s in done
+            if not isinstance(s, str) or s
+        ]
+
+    async def start_due(self) -> list[str]:
+        """Each schedule with no running run that is due (or asked for), started or
+        refused, one after another."""
+        now = self.clock()
+        schedules, _ = await store_schedules.list_all(self.store)
+        runs = await store_schedules.runs(self.store)
         requests = await store_schedules.requests(self.store)
-        self._observe(runs, now)
+        active = {r.schedule for r, _ in runs if r.outcome is Outcome.RUNNING}
         sentences: list[str] = []
-        active: set[str] = set()
-        for run, revision in runs:
-            schedule = by_name.get(run.schedule)
-            if schedule is not None and self._unsent(run):
-                # What a previous leader did not get to send (it stopped in between).
-                revision = await self._notify(schedule, run, revision)
-            if run.outcome is Outcome.RUNNING:
-                active.add(run.schedule)
-                sentences.append(await self._follow(schedule, run, revision))
+        names = {s.name for s, _ in schedules}
+        for orphan in sorted({r.schedule for r, _ in runs} - names - active):
+            fence = [self.election.fence()]
+            if await store_schedules.delete_orphan_runs(self.store, orphan, conditions=fence):
+                sentences.append(f"{orphan}: runs of the deleted schedule removed")
         for schedule, _ in schedules:
             if schedule.name in active:
                 continue
             request = requests.get(schedule.name)
             mine = [r for r, _ in runs if r.schedule == schedule.name]
             if request is not None:
-                sentences.append(await self._start(schedule, "on-demand", now, request[1]))
+                start = self._start(schedule, "on-demand", now, request[1])
             elif self._due(schedule, now, mine):
-                sentences.append(await self._start(schedule, "schedule", now, None))
+                start = self._start(schedule, "schedule", now, None)
+            else:
+                continue
+            sentences.append(await self._guarded(schedule.name, start))
         return sentences
 
-    def _observe(self, runs: list[tuple[PracticeRun, int]], now: datetime) -> None:
-        last: dict[str, float] = {}
-        for run, _ in runs:
-            if run.outcome is Outcome.SUCCEEDED and run.ended_at is not None:
-                for region in run.regions:
-                    last[region] = max(last.get(region, 0.0), run.ended_at.timestamp())
-        metrics.observe_practice(last, now.timestamp())
+    @staticmethod
+    async def _guarded(name: str, step: Coroutine[Any, Any, str]) -> str:
+        """One schedule's step; a failure of it is logged and counted, and the others
+        go on (etcd being down still ends the tick)."""
+        try:
+            return await step
+        except StoreError:
+            raise
+        except Exception:
+            log.exception("practice: schedule %s: step failed; the others go on", name)
+            metrics.practice_errors.add(1)
+            return f"{name}: step failed (logged)"
+
+    async def _look(
+        self, by_name: dict[str, DrillSchedule], run: PracticeRun, revision: int
+    ) -> str:
+        if run.id in self._busy:
+            return ""  # the start of it is reading its checks this moment
+        self._busy.add(run.id)
+        try:
+            schedule = by_name.get(run.schedule)
+            if schedule is not None and self._unsent(run):
+                # What a previous leader did not get to send (it stopped in between).
+                revision = await self._notify(schedule, run, revision)
+            if run.outcome is Outcome.RUNNING:
+                return await self._follow(schedule, run, revision)
+            return ""
+        finally:
+            self._busy.discard(run.id)
 
     def _due(self, schedule: DrillSchedule, now: datetime, runs: list[PracticeRun]) -> bool:
         occ = occurrence(schedule, now)
@@ -212,8 +234,25 @@ class PracticeScheduler:
     async def _start(
         self, schedule: DrillSchedule, trigger: str, now: datetime, request_rev: int | None
     ) -> str:
+        run_id = new_run_id(now)
+        # The follow loop leaves the new run alone until its start is done (its events
+        # sent, its first outcome reading taken): nothing is sent twice.
+        self._busy.add(run_id)
+        try:
+            return await self._start_run(schedule, trigger, now, request_rev, run_id)
+        finally:
+            self._busy.discard(run_id)
+
+    async def _start_run(
+        self,
+        schedule: DrillSchedule,
+        trigger: str,
+        now: datetime,
+        request_rev: int | None,
+        run_id: str,
+    ) -> str:
         run = PracticeRun(
-            id=new_run_id(now),
+            id=run_id,
             schedule=schedule.name,
             trigger="on-demand" if trigger == "on-demand" else "schedule",
             regions=list(schedule.regions),
@@ -223,9 +262,8 @@ class PracticeScheduler:
         )
         also = [Op.delete(keys.drill_run_request(schedule.name))] if request_rev else []
         world = await read_world(self.store)
-        plan = what_if(world, schedule.regions, datetime.now(UTC), region_ttl=self.region_ttl)
+        plan, reason = await asyncio.to_thread(preflight, world, schedule, self.region_ttl)
         affected = {s.service for s in plan.services}
-        reason = incident(world, schedule, affected)
         if reason is None:
             reason = await self._drill_overlap(schedule, affected)
         if reason is None:
@@ -338,12 +376,17 @@ class PracticeScheduler:
                 outcome = Outcome.FAILED
             message = f"drill {drill.id} {drill.state.value}: {drill.outcome_message}"
             return await self._finish(schedule, run, revision, outcome, message)
+        elsewhere = [r for r in await store_regions.lost(self.store) if r not in run.regions]
+        if elsewhere:
+            # A real outage: the drilled regions' capacity is needed now.
+            reason = f"region {elsewhere[0]} is lost (unreachable) during the run"
+            return await self._interrupt(schedule, run, revision, drill.id, reason)
         if schedule is None or not schedule.outcome_checks:
             return f"{run.schedule}: {run.id} running (drill {drill.id})"
         results = await practice_checks.evaluate_all(
             self.session, list(schedule.outcome_checks), "outcome", now
         )
-        changed = self._record(run, results)
+        changed = practice_checks.record(run, results)
         failing = [c for c in results if not c.ok]
         if changed:
             try:
@@ -358,18 +401,22 @@ class PracticeScheduler:
         reason = "outcome check(s) failed: " + "; ".join(
             f"{c.name} = {c.value} ({c.message})" for c in failing
         )
-        await abort(self.store, drill.id, by=f"schedule:{run.schedule}", reason=reason)
+        return await self._interrupt(schedule, run, revision, drill.id, reason)
+
+    async def _interrupt(
+        self,
+        schedule: DrillSchedule | None,
+        run: PracticeRun,
+        revision: int,
+        drill_id: str,
+        reason: str,
+    ) -> str:
+        if not self.election.is_leader:
+            return f"{run.schedule}: {run.id} not aborted: no longer leader"
+        await abort(self.store, drill_id, by=f"schedule:{run.schedule}", reason=reason)
         return await self._finish(
             schedule, run, revision, Outcome.INTERRUPTED, reason + "; aborted and failed back"
         )
-
-    @staticmethod
-    def _record(run: PracticeRun, results: list[CheckResult]) -> bool:
-        """Keep each check's first result and every change of state."""
-        last = {c.name: c.ok for c in run.checks_during}
-        new = [c for c in results if last.get(c.name) is not c.ok]
-        run.checks_during = (run.checks_during + new)[-MAX_CHECKS_DURING:]
-        return bool(new)
 
     async def _note_checks(
         self, drill: DrillRecord, revision: int, during: list[CheckResult]
@@ -402,45 +449,27 @@ class PracticeScheduler:
             await self._notify(schedule, run, revision)
         return f"{run.schedule}: {run.id} {outcome.value}: {message}"
 
-    @staticmethod
-    def _events(run: PracticeRun) -> list[str]:
-        if run.outcome in (Outcome.BLOCKED, Outcome.CAPACITY_CHECK_FAILED):
-            return ["block"]
-        if run.outcome is Outcome.RUNNING:
-            return ["start"]
-        return ["start", "end"]
-
     def _unsent(self, run: PracticeRun) -> bool:
-        return run.notify and any(e not in run.notified for e in self._events(run))
-
-    async def _key(self, reference: str) -> bytes | None:
-        if self.keyring is None:
-            return None
-        name, key = parse_reference(reference)
-        try:
-            found = await store_secrets.get(self.store, name)
-            if found is None:
-                return None
-            values = await store_secrets.reveal(self.keyring, found[0], found[0].version)
-        except Exception:  # a KEK not held here, a record that does not open
-            log.warning("practice: webhook secret %s cannot be opened", name)
-            return None
-        value = (values or {}).get(key)
-        return value.encode() if value is not None else None
+        return run.notify and any(e not in run.notified for e in practice_checks.events(run))
 
     async def _notify(self, schedule: DrillSchedule, run: PracticeRun, revision: int | None) -> int:
         """Send the run's events not sent yet; mark them sent (attempted) in its record.
         Returns the record's revision after (0 when it is not known)."""
         webhooks = schedule.notifications.webhooks
-        pending = [e for e in self._events(run) if e not in run.notified]
+        pending = [e for e in practice_checks.events(run) if e not in run.notified]
         if not webhooks or not pending or not run.notify:
             return revision or 0
-        for event in pending:
-            body = self._event(event, run)
-            for webhook in webhooks:
-                await practice_checks.deliver(
-                    self.session, webhook, await self._key(webhook.secret), body
+        signing = [
+            await practice_checks.signing_key(self.store, self.keyring, w.secret) for w in webhooks
+        ]
+        for event in pending:  # in order; each to every webhook at once
+            body = practice_checks.event_body(event, run, self.report_url)
+            await asyncio.gather(
+                *(
+                    practice_checks.deliver(self.session, webhook, key, body)
+                    for webhook, key in zip(webhooks, signing, strict=True)
                 )
+            )
             run.notified.append(event)
         if revision is None:
             found = await self.store.get(keys.drill_run(run.schedule, run.id))
@@ -453,21 +482,3 @@ class PracticeScheduler:
             )
         except Conflict:
             return revision  # the next write of this run fails too, and rereads
-
-    def _event(self, event: str, run: PracticeRun) -> dict[str, Any]:
-        report = f"/v1/drills/{run.drill_id}/report.md" if run.drill_id else None
-        return {
-            "event": event,
-            "schedule": run.schedule,
-            "run": run.id,
-            "trigger": run.trigger,
-            "regions": run.regions,
-            "outcome": run.outcome.value,
-            "message": run.message,
-            "drill": run.drill_id,
-            "report": (self.report_url + report) if report else None,
-            "started_at": run.started_at.isoformat(),
-            "ended_at": run.ended_at.isoformat() if run.ended_at else None,
-            "services": run.services,
-            "checks": [c.model_dump(mode="json") for c in run.checks_before + run.checks_during],
-        }

@@ -38,6 +38,7 @@ _WINDOW_RE = re.compile(
 MAX_WINDOWS = 28
 MAX_BLOCKED_DATES = 366
 MAX_CHECKS = 16
+MAX_SCHEDULES = 100  # each costs a next_run per list, and the leader's attention
 MAX_HISTORY = 100  # runs kept per schedule; older ones are deleted when a run is stored
 
 
@@ -100,10 +101,22 @@ def _windows(values: list[str]) -> list[str]:
 WindowText = Annotated[str, Field(max_length=32)]
 
 
+# Query parameters that carry credentials (`?api_key=`, `?access_token=`, ...).
+_CREDENTIAL_PARAM = re.compile(
+    r"(api[-_]?key|token|passw(or)?d|secret|credential|auth|signature|^key$|^sig$)", re.I
+)
+
+
 def _no_credentials(url: AnyHttpUrl) -> AnyHttpUrl:
     # Viewers read schedules: a password in a URL would be shown to them.
     if url.username or url.password:
         raise ValueError("must not carry credentials (user:password@)")
+    for name, _ in url.query_params():
+        if _CREDENTIAL_PARAM.search(name):
+            raise ValueError(
+                f"must not carry credentials in its query ({name[:40]!r}): viewers read "
+                "schedules; put them behind the URL's server instead"
+            )
     return url
 
 

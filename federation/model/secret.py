@@ -40,6 +40,16 @@ SecretKey = Annotated[str, Field(pattern=KEY_PATTERN)]
 # `secrets: {DB_PASSWORD: patient-db#password}`: a secret's name, `#`, one of its keys.
 REFERENCE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?#[A-Za-z0-9._-]{1,253}$"
 KEK_ID_PATTERN = r"^[a-z0-9][-a-z0-9]{0,62}$"
+# The data class of a key that signs practice drills' webhooks (docs/drills.md): needs
+# no policy, stands alone on its secret, and no service may carry it, so such a key is
+# never delivered to a region and no other secret's value can be made a signing key.
+WEBHOOK_SIGNING = "webhook-signing"
+
+
+def _signing_alone(classes: list[str]) -> list[str]:
+    if WEBHOOK_SIGNING in classes and len(classes) > 1:
+        raise ValueError(f"{WEBHOOK_SIGNING!r} must be the secret's only data class")
+    return classes
 
 
 def _value(value: str) -> str:
@@ -82,7 +92,7 @@ class SecretSpec(BaseModel):
     @field_validator("data_classes")
     @classmethod
     def _unique(cls, classes: list[str]) -> list[str]:
-        return sorted(set(classes))
+        return _signing_alone(sorted(set(classes)))
 
 
 class SecretDeclaration(BaseModel):

@@ -12,11 +12,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
 from federation.model.names import Labels, Name
-from federation.model.secret import REFERENCE_PATTERN, parse_reference
+from federation.model.secret import REFERENCE_PATTERN, WEBHOOK_SIGNING, parse_reference
 
 Text = Annotated[str, Field(max_length=4096)]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
@@ -103,6 +104,13 @@ class ServiceSpec(BaseModel):
     # Also give each secret as a file, /run/secrets/ENV_NAME (FEDERATION_SECRETS_DIR):
     # a tmpfs inside the exec driver's sandbox, on no disk. The raw driver refuses it.
     secret_files: bool = False
+
+    @field_validator("data_classes")
+    @classmethod
+    def _no_signing_keys(cls, classes: list[str]) -> list[str]:
+        if WEBHOOK_SIGNING in classes:
+            raise ValueError(f"{WEBHOOK_SIGNING!r} is for webhook signing keys, not services")
+        return classes
 
     @model_validator(mode="after")
     def _runnable(self) -> ServiceSpec:

@@ -1,5 +1,8 @@
 """When a drill schedule may run (pure: the clock is an argument).
 
+Also whether one may start now at all (`incident`, `preflight`): never during an
+incident, and never when the drill plan leaves a service without compliant room.
+
 An instant may start a run when, in the schedule's time zone, it falls inside one of
 its weekly windows, on no blocked date and in no blocked window. A window's
 *occurrence* (its local date and index) runs at most once: a run that was not BLOCKED
@@ -18,7 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from federation.model.drill import DrillPlan
 from federation.model.schedule import DrillSchedule, WeeklyWindow
+from federation.model.service import Assignment, Phase
+from federation.model.status import service_status
+from federation.planning.what_if import what_if
+from federation.planning.world import World
 
 HORIZON_DAYS = 400  # far enough to step over a year of blocked dates
 Occurrence = tuple[date, int]
@@ -32,15 +40,44 @@ class _Rules:
     allowed: tuple[WeeklyWindow, ...]
     blocked: tuple[WeeklyWindow, ...]
     blocked_dates: frozenset[date]
+    # Per weekday: the minutes at which starting may become possible (each allowed
+    # window's start, each blocked window's end), and those of them that the weekly
+    # windows let start (inside an allowed window, in no blocked window).
+    turns: tuple[tuple[int, ...], ...] = ()
+    open: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def of(cls, schedule: DrillSchedule) -> _Rules:
-        return cls(
+        rules = cls(
             schedule.zone,
             tuple(schedule.allowed()),
             tuple(schedule.blocked()),
             frozenset(schedule.blocked_dates),
         )
+        turns, open_ = [], []
+        for weekday in range(7):
+            minutes = {w.start for w in rules.allowed if w.day == weekday}
+            if minutes:
+                minutes |= {w.end for w in rules.blocked if w.day == weekday and w.end < 1440}
+            turns.append(tuple(sorted(minutes)))
+            open_.append(tuple(m for m in turns[-1] if rules.weekly_open(weekday, m)))
+        return cls(
+            rules.zone,
+            rules.allowed,
+            rules.blocked,
+            rules.blocked_dates,
+            tuple(turns),
+            tuple(open_),
+        )
+
+    def weekly_open(self, weekday: int, minute: int) -> bool:
+        """The wall-clock minute of that weekday is in an allowed window and in no
+        blocked one."""
+
+        def inside(w: WeeklyWindow) -> bool:
+            return w.day == weekday and w.start <= minute < w.end
+
+        return any(map(inside, self.allowed)) and not any(map(inside, self.blocked))
 
     def occurrence(self, local: datetime) -> Occurrence | None:
         for index, window in enumerate(self.allowed):
@@ -79,17 +116,26 @@ def may_start(schedule: DrillSchedule, at: datetime) -> bool:
     return blocked_reason(schedule, at) is None
 
 
+def _shifts(zone: ZoneInfo, day: date) -> bool:
+    """The zone's offset changes during local `day` (daylight saving)."""
+    start = datetime.combine(day, time(0), tzinfo=zone)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+    return start.utcoffset() != end.utcoffset()
+
+
 def _candidates(rules: _Rules, day: date) -> list[datetime]:
-    """Instants of local `day` at which starting may become possible: each allowed
-    window's start and each blocked window's end (as UTC)."""
+    """Instants of local `day` at which starting may become possible (as UTC). Only
+    those the weekly windows let start, except on a day whose wall clock jumps (a
+    minute that does not exist is read as another, so every turn is tried)."""
     weekday = day.weekday()
-    minutes = {w.start for w in rules.allowed if w.day == weekday}
-    if not minutes or day in rules.blocked_dates:
+    if not rules.turns[weekday] or day in rules.blocked_dates:
         return []
-    minutes |= {w.end for w in rules.blocked if w.day == weekday and w.end < 24 * 60}
+    minutes = rules.open[weekday]
+    if minutes != rules.turns[weekday] and _shifts(rules.zone, day):
+        minutes = rules.turns[weekday]
     return [
         datetime.combine(day, time(m // 60, m % 60), tzinfo=rules.zone).astimezone(UTC)
-        for m in sorted(minutes)
+        for m in minutes
     ]
 
 
@@ -117,3 +163,50 @@ def next_run(
             if at > now and fits(at):
                 return at
     return None
+
+
+def _by_service(world: World) -> dict[str, dict[str, Assignment]]:
+    """Service -> {region: its assignment}, in one pass over the assignments."""
+    index: dict[str, dict[str, Assignment]] = {}
+    for (region, service), assignment in world.assignments.items():
+        index.setdefault(service, {})[region] = assignment
+    return index
+
+
+def incident(world: World, schedule: DrillSchedule, services: set[str]) -> str | None:
+    """Why a practice run must not start now (a sentence), or None."""
+    for name in sorted(world.regions):
+        if name not in world.alive:
+            return f"region {name} is lost (unreachable): no practice during an incident"
+    for name in schedule.regions:
+        region = world.regions.get(name)
+        if region is None:
+            return f"region {name} does not exist"
+        if region.cordon is not None:
+            return f"region {name} is cordoned (by {region.cordon.by})"
+    assigned = _by_service(world)
+    for name in sorted(services):
+        found = world.services.get(name)
+        if found is None:
+            continue
+        placement = world.placements.get(name)
+        regions = assigned.get(name, {})
+        status = service_status(
+            found[0],
+            placement[0] if placement else None,
+            regions,
+            world.reports_of(name, regions),
+            world.alive,
+        )
+        if status["phase"] == Phase.PROGRESSING.value:
+            return f"service {name} is in a rollout (Progressing)"
+    return None
+
+
+def preflight(
+    world: World, schedule: DrillSchedule, region_ttl: float
+) -> tuple[DrillPlan, str | None]:
+    """The drill plan and why the run must not start (or None): CPU-bound, so the
+    scheduler runs it in a thread."""
+    plan = what_if(world, schedule.regions, datetime.now(UTC), region_ttl=region_ttl)
+    return plan, incident(world, schedule, {s.service for s in plan.services})

@@ -118,6 +118,15 @@ def drill_run_request(schedule: str) -> str:
     return DRILL_RUN_REQUESTS + schedule
 
 
+# practice-success/{region} -> {"at", "schedule", "run"}: the region's last SUCCEEDED
+# practice run, kept apart from the runs (which are pruned) for its metric.
+PRACTICE_SUCCESS = "practice-success/"
+
+
+def practice_success(region: str) -> str:
+    return PRACTICE_SUCCESS + region
+
+
 AUDIT = "audit/"  # audit/{seq:020d} -> AuditEntry, hash-chained (federation.store.audit)
 AUDIT_HEAD = "audit-head"  # {"seq", "hash"} of the last entry; every audited txn compares it
 

@@ -84,6 +84,16 @@ async def list_views(store: Store) -> tuple[list[RegionView], int]:
     return views, revision
 
 
+async def lost(store: Store) -> list[str]:
+    """Registered regions with no liveness key (lost: unreachable), sorted."""
+    records, _ = await store.scan(keys.REGIONS)
+    alive, _ = await store.scan(keys.ALIVE)
+    alive_names = {e.key.removeprefix(keys.ALIVE) for e in alive}
+    return sorted(
+        name for e in records if (name := e.key.removeprefix(keys.REGIONS)) not in alive_names
+    )
+
+
 async def get_view(store: Store, name: str) -> RegionView:
     """One region with its state; RegionNotFound if there is none."""
     entry = await record_entry(store, name)
@@ -196,7 +206,8 @@ async def set_capacity_limit(
 
 
 async def delete(store: Store, name: str, *, revision: int | None = None) -> None:
-    """Delete a region with its liveness, heartbeat, reports and tokens, in one txn.
+    """Delete a region with its liveness, heartbeat, reports, tokens and last practice
+    success, in one txn.
 
     The txn compares the region's record, and every region token is made in a txn
     that rewrites it (`mint_token`): a token made after the tokens were listed fails
@@ -215,6 +226,7 @@ async def delete(store: Store, name: str, *, revision: int | None = None) -> Non
                     Op.delete(keys.heartbeat(name)),
                     Op.delete_prefix(keys.reports(name)),
                     Op.delete(keys.REPORTS + name),  # a whole-region report (keys.REPORTS)
+                    Op.delete(keys.practice_success(name)),
                     *[Op.delete(t.key) for t in tokens],
                 ],
                 change=Change(

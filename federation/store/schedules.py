@@ -1,9 +1,11 @@
 """Drill schedules, their runs and on-demand run requests in etcd.
 
 `drill-schedules/{name}` holds the operator's document; writes are audited and take
-`If-Match`. `drill-runs/{schedule}/{id}` holds each practice run, written by the
-leader only (its txns compare the leader key), at most `MAX_HISTORY` per schedule:
-the oldest are deleted in the txn that stores a new one. `drill-run-requests/{name}`
+`If-Match`. `drill-runs/{schedule}/{id}` holds each practice run (deleted with its schedule),
+written by the leader only (its txns compare the leader key), at most `MAX_HISTORY` per schedule:
+the oldest are deleted in the txn that stores a new one. The txn that stores a
+SUCCEEDED run also sets `practice-success/{region}` for each of its regions, which
+no pruning deletes. `drill-run-requests/{name}`
 is an operator's on-demand run, created if absent (one pending per schedule) and
 deleted by the leader in the txn that records the run it started.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from federation.model.schedule import MAX_HISTORY, DrillSchedule, PracticeRun
+from federation.model.schedule import MAX_HISTORY, DrillSchedule, Outcome, PracticeRun
 from federation.store import audit, keys
 from federation.store.audit import Change
 from federation.store.errors import AlreadyExists, Conflict
@@ -68,8 +70,8 @@ async def put(
 
 
 async def delete(store: Store, name: str, *, if_match: int | None, actor: str) -> int | None:
-    """Delete the schedule and any pending on-demand request; its runs stay as
-    history. None when there is no such schedule."""
+    """Delete the schedule, its runs and any pending on-demand request, in one txn
+    (one range delete: under any op limit). None when there is no such schedule."""
     key = keys.drill_schedule(name)
     current = await store.get(key)
     if current is None:
@@ -80,8 +82,17 @@ async def delete(store: Store, name: str, *, if_match: int | None, actor: str) -
         key,
         change=change,
         revision=if_match if if_match is not None else current.revision,
-        also=[Op.delete(keys.drill_run_request(name))],
+        also=[Op.delete(keys.drill_run_request(name)), Op.delete_prefix(keys.drill_runs(name))],
     )
+
+
+async def delete_orphan_runs(store: Store, name: str, *, conditions: Sequence[Cond]) -> bool:
+    """Delete the runs of schedule `name` if it does not exist (runs stored before
+    their schedule's delete took them along); False when it exists or a condition
+    failed."""
+    conds = [*conditions, Cond.absent(keys.drill_schedule(name))]
+    ok, _, _ = await store.txn(conds, [Op.delete_prefix(keys.drill_runs(name))])
+    return ok
 
 
 async def request_run(store: Store, name: str, *, by: str, at: datetime) -> int:
@@ -122,6 +133,20 @@ async def runs(store: Store, schedule: str | None = None) -> list[tuple[Practice
     return found
 
 
+async def last_successes(store: Store) -> dict[str, float]:
+    """Each region's last SUCCEEDED practice run's end, as POSIX time."""
+    entries, _ = await store.scan(keys.PRACTICE_SUCCESS)
+    found = {}
+    for e in entries:
+        try:
+            found[e.key.removeprefix(keys.PRACTICE_SUCCESS)] = datetime.fromisoformat(
+                str(e.value["at"])
+            ).timestamp()
+        except (KeyError, TypeError, ValueError):
+            continue  # written by no server of ours
+    return found
+
+
 async def write_run(
     store: Store,
     run: PracticeRun,
@@ -137,6 +162,11 @@ async def write_run(
     key = keys.drill_run(run.schedule, run.id)
     conds = [*conditions]
     ops = [Op.put(key, run.model_dump(mode="json")), *also]
+    if run.outcome is Outcome.SUCCEEDED and run.ended_at is not None:
+        # Runs are pruned (BLOCKED retries push old ones out); a region's last
+        # success must not go with them.
+        success = {"at": run.ended_at.isoformat(), "schedule": run.schedule, "run": run.id}
+        ops += [Op.put(keys.practice_success(r), success) for r in run.regions]
     if revision is None:
         conds.append(Cond.absent(key))
         entries, _ = await store.scan(keys.drill_runs(run.schedule))

@@ -268,3 +268,8 @@ practice_webhook_failures = _meter.create_counter(
     "federation_practice_webhook_failures",
     description="Practice drill notifications that could not be delivered (the run goes on).",
 )
+practice_errors = _meter.create_counter(
+    "federation_practice_errors",
+    description="Practice scheduler steps (one schedule's work in a tick) that failed "
+    "unexpectedly; the other schedules go on.",
+)

@@ -26,9 +26,18 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from federation.model.schedule import (
+    MAX_HISTORY,
+    MAX_SCHEDULES,
+    DrillSchedule,
+    Outcome,
+    PracticeRun,
+    new_run_id,
+)
 from federation.processes.certs import make_kek_file
 from federation.processes.local_etcd import LocalEtcd
 from federation.store import Store, keys
+from federation.store import schedules as store_schedules
 from tests.conftest import Api, ServerProcess, server_config, serving
 from tests.integration.agents import (
     EU_PATIENT_DATA,
@@ -42,6 +51,7 @@ from tests.integration.test_plan_apply import Cli
 from tests.integration.test_telemetry import scrape, value
 
 COMMAND = ["python", "-m", "http.server", "{port}"]
+TICKS_S = 2.5  # more than two of the scheduler's ticks
 HOOK_KEY = "hook-key-for-tests-0123456789"
 # Tuesday 2026-06-02 in Berlin (CEST, UTC+2); the window is 09:00-12:00 local.
 MONDAY = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -95,7 +105,19 @@ async def outside() -> AsyncIterator[Outside]:
         state.hooks.append((dict(request.headers), await request.read()))
         return web.Response(status=204)
 
+    async def garbled(request: web.Request) -> web.Response:
+        # A Prometheus-shaped answer whose value is no number at all.
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "scalar", "result": [0, None]}}
+        )
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(SLOW_S)
+        return web.Response(text="late")
+
     app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/garbled/api/v1/query", garbled)
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/query", query)
     app.router.add_post("/hook", hook)
@@ -131,7 +153,7 @@ async def practice(
         status, body = await api.call(
             "PUT",
             "/v1/secrets/practice-hook",
-            json={"data_classes": ["public"], "data": {"key": HOOK_KEY}},
+            json={"data_classes": ["webhook-signing"], "data": {"key": HOOK_KEY}},
         )
         assert status == 201, body
         yield Practice(api, fed, clock, out)
@@ -201,7 +223,7 @@ def ended(run: dict[str, Any]) -> bool:
     return bool(run["outcome"] != "RUNNING")
 
 
-TICKS_S = 2.5  # more than two of the scheduler's ticks
+SLOW_S = 10  # a health endpoint that answers this late
 
 
 async def test_runs_inside_its_window_only_and_signs_start_and_end(practice: Practice) -> None:
@@ -316,6 +338,44 @@ async def test_failing_outcome_check_interrupts_and_uncordons(practice: Practice
     assert drill["state"] == "aborted" and "errors = 3" in drill["report"]["message"]
 
 
+async def test_a_garbled_check_answer_blocks_its_schedule_only(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await deploy_fr(fed, "one")
+    garbled = {"name": "g", "kind": "prometheus", "server": f"{out.url}/garbled", "query": "x"}
+    body = schedule(out, regions=["eu-de-1"], blocking_checks=[garbled])
+    await put_schedule(api, "a-garbled", body)  # looked at first: names sort
+    await put_schedule(api, "weekly", schedule(out))
+    for name in ("a-garbled", "weekly"):
+        assert (await api.call("POST", f"/v1/drill-schedules/{name}/run"))[0] == 202
+    async with reporting(fed):
+        bad = await wait_run(api, "a-garbled", ended, timeout=10, what="blocked")
+        good = await wait_run(api, "weekly", ended, timeout=30, what="the other run ended")
+    assert bad["outcome"] == "BLOCKED" and "not a number" in bad["message"], bad
+    assert good["outcome"] == "SUCCEEDED", good
+
+
+async def test_a_slow_blocking_check_does_not_delay_another_runs_safety_stop(
+    practice: Practice,
+) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await deploy_fr(fed, "one")
+    await put_schedule(api, "weekly", schedule(out))
+    slow = [{"name": "slow", "url": f"{out.url}/slow", "timeout_s": SLOW_S - 1}]
+    await put_schedule(api, "slow", schedule(out, regions=["ap-in-1"], blocking_checks=slow))
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    await wait_run(api, "weekly", lambda r: r["outcome"] == "RUNNING", timeout=10, what="running")
+    assert (await api.call("POST", "/v1/drill-schedules/slow/run"))[0] == 202
+    await asyncio.sleep(1.5)  # its blocking check is being waited for
+    out.alarm = "3"
+    started = asyncio.get_running_loop().time()
+    run = await wait_run(api, "weekly", ended, timeout=SLOW_S, what="interrupted")
+    assert run["outcome"] == "INTERRUPTED", run
+    assert asyncio.get_running_loop().time() - started < 4, "the safety stop waited"
+    assert await fed.region_state("eu-fr-1") == "ready"
+    blocked = await wait_run(api, "slow", ended, timeout=SLOW_S + 5, what="slow blocked")
+    assert blocked["outcome"] == "BLOCKED" and "timeout" in blocked["message"], blocked
+
+
 async def test_no_compliant_room_is_capacity_check_failed_and_cordons_nothing(
     practice: Practice,
 ) -> None:
@@ -349,6 +409,153 @@ async def test_a_region_lost_elsewhere_blocks_the_start(practice: Practice) -> N
     assert await fed.region_state("eu-fr-1") == "ready"
 
 
+async def test_webhook_keys_are_webhook_signing_secrets_only(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    patient = {"data_classes": ["phi-eu"], "data": {"password": "hunter2-patients"}}
+    assert (await api.call("PUT", "/v1/secrets/patient-db", json=patient))[0] == 201
+    for reference in ("patient-db#password", "missing#key", "practice-hook#other"):
+        hooks = {"webhooks": [{"url": f"{out.url}/hook", "secret": reference}]}
+        status, answer = await api.call(
+            "PUT", "/v1/drill-schedules/w", json=schedule(out, notifications=hooks)
+        )
+        assert status == 422, (reference, answer)
+        assert answer["error"]["details"][0]["field"] == "notifications.webhooks.0.secret"
+    # A plan says so before an apply would be refused.
+    hooks = {"webhooks": [{"url": f"{out.url}/hook", "secret": "patient-db#password"}]}
+    spec = {"name": "w", **schedule(out, notifications=hooks)}
+    status, plan = await api.call(
+        "POST", "/v1/plan", json={"documents": [{"kind": "drill-schedule", "spec": spec}]}
+    )
+    assert status == 200, plan
+    assert [(p["kind"], p["field"]) for p in plan["problems"]] == [
+        ("drill-schedule", "notifications.webhooks.0.secret")
+    ], plan
+    # A signing key is for signing only: mixed with another class, or given to a
+    # service (which would carry it to regions), it is refused.
+    mixed = {"data_classes": ["webhook-signing", "phi-eu"], "data": {"key": "k"}}
+    status, answer = await api.call("PUT", "/v1/secrets/mixed", json=mixed)
+    assert status == 422 and "webhook-signing" in str(answer), answer
+    spec = {"name": "leaky", "command": COMMAND, "secrets": {"KEY": "practice-hook#key"}}
+    status, answer = await api.call("PUT", "/v1/services/leaky", json=spec)
+    assert status == 422, answer
+    spec = {"name": "leaky", "command": COMMAND, "data_classes": ["webhook-signing"]}
+    status, answer = await api.call("PUT", "/v1/services/leaky", json=spec)
+    assert status == 422 and "webhook-signing" in str(answer), answer
+
+    # A key that stops being a signing key after the schedule was stored is not used.
+    out.health = 503
+    await put_schedule(api, "weekly", schedule(out))
+    demoted = {"data_classes": ["phi-eu"], "data": {"key": HOOK_KEY}}
+    assert (await api.call("PUT", "/v1/secrets/practice-hook", json=demoted))[0] == 200
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    run = await wait_run(api, "weekly", ended, timeout=10, what="blocked")
+    assert run["outcome"] == "BLOCKED", run
+    await asyncio.sleep(TICKS_S)
+    assert out.hooks == []
+    assert await fed.region_state("eu-fr-1") == "ready"
+
+
+async def test_a_region_lost_mid_run_interrupts_it(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await deploy_fr(fed, "one")
+    await put_schedule(api, "weekly", schedule(out))
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    # Nothing reports ready, so the drill stays evacuating until the outage.
+    await wait_run(api, "weekly", lambda r: r["outcome"] == "RUNNING", timeout=10, what="running")
+    await fed.wait_state("eu-fr-1", "cordoned", timeout=5)
+    await fed.stop_heartbeats("ap-in-1")
+    await fed.wait_state("ap-in-1", "unreachable", timeout=10)
+    run = await wait_run(api, "weekly", ended, timeout=5, what="interrupted by the outage")
+    assert run["outcome"] == "INTERRUPTED", run
+    assert "region ap-in-1 is lost" in run["message"], run
+    assert await fed.region_state("eu-fr-1") == "ready"
+
+
+async def test_the_last_success_outlives_a_hundred_blocked_attempts(practice: Practice) -> None:
+    api, fed, clock, out = practice.api, practice.federation, practice.clock, practice.out
+    await put_schedule(api, "weekly", schedule(out))
+    succeeded = datetime(2026, 5, 26, 8, tzinfo=UTC)
+    stored = [(succeeded, "SUCCEEDED")]
+    stored += [(succeeded + timedelta(hours=1 + i), "BLOCKED") for i in range(MAX_HISTORY)]
+    for at, outcome in stored:  # as the leader writes them
+        run = PracticeRun(
+            id=new_run_id(at),
+            schedule="weekly",
+            trigger="schedule",
+            regions=["eu-fr-1"],
+            outcome=Outcome(outcome),
+            started_at=at,
+            ended_at=at,
+        )
+        await store_schedules.write_run(fed.store, run, None)
+    assert all(r["outcome"] == "BLOCKED" for r in await runs(api, "weekly"))
+    clock.now = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    await asyncio.sleep(TICKS_S)
+    samples = await scrape(api)
+    since = value(samples, "federation_practice_since_success_seconds", region="eu-fr-1")
+    assert since == (clock.now - succeeded).total_seconds()
+
+    # A deleted region takes its last success along: no alert for a region gone.
+    await fed.stop_heartbeats("eu-fr-1")
+    assert (await api.call("DELETE", "/v1/regions/eu-fr-1"))[0] == 200
+    assert await fed.store.get(keys.practice_success("eu-fr-1")) is None
+    await asyncio.sleep(TICKS_S)
+    samples = await scrape(api)
+    assert ("federation_practice_since_success_seconds", (("region", "eu-fr-1"),)) not in samples
+
+
+async def test_at_most_max_schedules(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    body = DrillSchedule.model_validate({"name": "x", **schedule(out)})
+    for i in range(MAX_SCHEDULES):
+        named = body.model_copy(update={"name": f"s-{i:03}"})
+        await store_schedules.put(fed.store, named, if_match=None, actor="test")
+    status, answer = await api.call("PUT", "/v1/drill-schedules/one-more", json=schedule(out))
+    assert status == 409 and "delete one first" in answer["error"]["message"], answer
+    assert (await api.call("GET", "/v1/drill-schedules/one-more"))[0] == 404
+    assert (await api.call("PUT", "/v1/drill-schedules/s-000", json=schedule(out)))[0] == 200
+    status, listed = await api.call("GET", "/v1/drill-schedules")
+    assert status == 200 and len(listed["items"]) == MAX_SCHEDULES
+
+
+async def test_a_deleted_schedule_takes_its_runs_with_it(practice: Practice) -> None:
+    api, fed, out = practice.api, practice.federation, practice.out
+    await deploy_fr(fed, "one")
+    await put_schedule(api, "weekly", schedule(out))
+    assert (await api.call("POST", "/v1/drill-schedules/weekly/run"))[0] == 202
+    run = await wait_run(api, "weekly", lambda r: r["outcome"] == "RUNNING", timeout=10, what="run")
+    # Its outcome checks are its safety stop: not deleted from under a running drill.
+    status, answer = await api.call("DELETE", "/v1/drill-schedules/weekly")
+    assert status == 409 and run["drill_id"] in answer["error"]["message"], answer
+    assert (await api.call("POST", f"/v1/drills/{run['drill_id']}/abort"))[0] == 200
+    await wait_run(api, "weekly", ended, timeout=10, what="the run ended")
+    assert (await api.call("DELETE", "/v1/drill-schedules/weekly"))[0] == 200
+    entries, _ = await fed.store.scan(keys.drill_runs("weekly"))
+    assert entries == []
+    assert (await api.call("GET", "/v1/drill-schedules/weekly/runs"))[0] == 404
+    await put_schedule(api, "weekly", schedule(out))  # a new schedule, no old history
+    assert await runs(api, "weekly") == []
+
+    # Runs left behind by a schedule deleted before its runs went with it: the leader
+    # removes them.
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    orphan = PracticeRun(
+        id=new_run_id(at),
+        schedule="gone",
+        trigger="schedule",
+        regions=["eu-fr-1"],
+        outcome=Outcome.BLOCKED,
+        started_at=at,
+        ended_at=at,
+    )
+    await store_schedules.write_run(fed.store, orphan, None)
+
+    async def removed() -> bool:
+        return not (await fed.store.scan(keys.drill_runs("gone")))[0]
+
+    await wait_until(removed, timeout=5, what="the orphan runs removed")
+
+
 async def test_roles_and_bad_schedules(practice: Practice) -> None:
     api, out = practice.api, practice.out
     viewer, operator = await token(api, "viewer"), await token(api, "operator")
@@ -369,6 +576,8 @@ async def test_roles_and_bad_schedules(practice: Practice) -> None:
         ("blocked_dates", ["2026-02-30"]),
         ("blocking_checks", [{"name": "h", "url": "http://user:pw@10.0.0.1/health"}]),
         ("blocking_checks", [{"name": "h", "url": "file:///etc/passwd"}]),
+        ("blocking_checks", [{"name": "h", "url": "http://10.0.0.1/health?api_key=k"}]),
+        ("notifications", {"webhooks": [{"url": "http://h.example/?token=t", "secret": "a#b"}]}),
         ("notifications", {"webhooks": [{"url": "http://h.example/", "secret": "nokey"}]}),
         ("duration_s", 1e308),
         ("regions", ["nowhere-1"]),

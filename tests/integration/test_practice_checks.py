@@ -9,6 +9,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from json import dumps as json_dumps
 
 import aiohttp
 from aiohttp import web
@@ -40,7 +41,27 @@ async def hostile() -> AsyncIterator[str]:
             {"status": "success", "data": {"resultType": "vector", "result": result}}
         )
 
+    async def null_scalar(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "scalar", "result": [0, None]}}
+        )
+
+    async def vast(request: web.Request) -> web.Response:
+        result = [{"metric": {}, "value": [1, 10**400]}]
+        return web.Response(
+            text=json_dumps(
+                {"status": "success", "data": {"resultType": "vector", "result": result}}
+            ),
+            content_type="application/json",
+        )
+
+    async def deep(request: web.Request) -> web.Response:
+        return web.Response(text="[" * 60000, content_type="application/json")
+
     app = web.Application()
+    app.router.add_get("/null/api/v1/query", null_scalar)
+    app.router.add_get("/vast/api/v1/query", vast)
+    app.router.add_get("/deep/api/v1/query", deep)
     app.router.add_get("/slow/api/v1/query", slow)
     app.router.add_get("/slow", slow)
     app.router.add_post("/slow", slow)
@@ -87,3 +108,19 @@ async def test_checks_and_webhooks_are_bounded() -> None:
         nan = PrometheusCheck(name="nan", kind="prometheus", server=f"{url}/nan", query="up")
         result = await evaluate(session, nan, "outcome", now)
         assert not result.ok and result.value == "nan"
+
+
+async def test_an_answer_that_is_not_a_number_is_a_failing_check_not_a_crash() -> None:
+    now = datetime.now(UTC)
+    async with hostile() as url, aiohttp.ClientSession() as session:
+        for path, words in [
+            ("null", "not a number"),
+            ("vast", "out of range"),
+            ("deep", "nested too deeply"),
+        ]:
+            check = PrometheusCheck(
+                name=path, kind="prometheus", server=f"{url}/{path}", query="up"
+            )
+            result = await evaluate(session, check, "blocking", now)
+            assert (result.ok, result.value) == (False, "error"), result
+            assert words in result.message and "Traceback" not in result.message, result

@@ -85,6 +85,29 @@ def test_invalid_fields_name_themselves() -> None:
         assert err.value.errors()[0]["loc"][0] == field
 
 
+def test_urls_with_credentials_in_their_query_are_refused() -> None:
+    hook = {"url": "https://hooks.example/d", "secret": "hook#key"}
+    for field, value in [
+        ("blocking_checks", [{"name": "h", "url": "http://10.0.0.1/health?api_key=abc"}]),
+        ("blocking_checks", [{"name": "h", "url": "http://10.0.0.1/h?x=1&Token=abc"}]),
+        (
+            "outcome_checks",
+            [{"name": "p", "kind": "prometheus", "server": "http://p/?password=x", "query": "up"}],
+        ),
+        ("notifications", {"webhooks": [{**hook, "url": "https://hooks.example/d?secret=s"}]}),
+        (
+            "notifications",
+            {"webhooks": [{**hook, "url": "https://hooks.example/d?access_token=s"}]},
+        ),
+    ]:
+        with pytest.raises(ValidationError) as err:
+            schedule(**{field: value})
+        assert err.value.errors()[0]["loc"][0] == field
+        assert "credentials" in err.value.errors()[0]["msg"]
+    fine = [{"name": "h", "url": "http://10.0.0.1/health?verbose=1&region=eu"}]
+    assert schedule(blocking_checks=fine).blocking_checks[0].name == "h"
+
+
 minutes = st.integers(min_value=0, max_value=24 * 60 - 1)
 
 
