@@ -10,7 +10,15 @@ from typing import TypeVar
 from pydantic_core import from_json
 
 from federation.store import keys
-from federation.store.audit.chain import GENESIS, Head, Verification, check, check_raw, head_of
+from federation.store.audit.chain import (
+    GENESIS,
+    Head,
+    Verification,
+    check,
+    check_raw,
+    entry_key,
+    head_of,
+)
 from federation.store.etcd import JSON, Entry, Store
 
 T = TypeVar("T")
@@ -51,7 +59,7 @@ async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[lis
     consumer that sees ChainBroken has seen nothing past the break."""
     head: JSON | None = None
     expected, prev = 1, GENESIS
-    async for page in _read_ahead(store.scan_pages(_AUDIT_KEYS)):
+    async for page in _read_ahead(store.scan_pages(_AUDIT_KEYS, stride=_stride)):
         views = []
         for key, raw, revision, created in page:
             if key == keys.AUDIT_HEAD:
@@ -82,6 +90,18 @@ async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[lis
         raise ChainBroken(last + 1, "the audit head does not name an entry") from None
     if (named.seq, named.hash) != (last, prev if last else GENESIS):
         raise ChainBroken(last + 1, f"the head names entry {named.seq}; the log ends at {last}")
+
+
+def _stride(last: str, n: int) -> str | None:
+    """The key the `n` entries after entry key `last` lie before (None: not an entry's)."""
+    seq = last.removeprefix(keys.AUDIT)
+    if (
+        last == seq
+        or len(seq) != len(entry_key(0)) - len(keys.AUDIT)
+        or not (seq.isascii() and seq.isdigit())
+    ):
+        return None
+    return entry_key(int(seq) + 1 + n)
 
 
 async def _read_ahead(pages: AsyncIterator[T]) -> AsyncIterator[T]:
