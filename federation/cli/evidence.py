@@ -266,8 +266,9 @@ def _markdown(signed: JSON) -> str:
         "",
         "## Signature",
         "",
-        f"Ed25519 over the canonical JSON of the report, key `{sig['public_key']}`. Check the",
-        "JSON form with `federation residency evidence verify report.json`.",
+        f"Ed25519 over the SHA-256 of the report's canonical JSON ({sig.get('sha256', '-')}),",
+        f"key `{sig['public_key']}`. Check the JSON form with",
+        "`federation residency evidence verify report.json`.",
     ]
     return "\n".join(lines) + "\n"
 
