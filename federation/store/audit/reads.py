@@ -20,6 +20,7 @@ from federation.store.audit.chain import (
     head_of,
 )
 from federation.store.etcd import JSON, Entry, Store
+from federation.store.txn import decode
 
 T = TypeVar("T")
 
@@ -130,7 +131,12 @@ async def verify(store: Store, *, anchor: Head | None = None) -> Verification:
     The head and the entries are read in one scan, at one revision: every entry was
     there with that head, so an entry past the head is an anomaly, not a write that
     landed between two reads."""
-    found, _ = await store.scan(_AUDIT_KEYS)
+    # Pages bounded by entry number, as `walk` reads them (etcd's cost stays linear).
+    found = [
+        Entry(key, decode(raw), revision, created, 0)
+        async for page in store.scan_pages(_AUDIT_KEYS, stride=_stride)
+        for key, raw, revision, created in page
+    ]
     head = next((e for e in found if e.key == keys.AUDIT_HEAD), None)
     entries = [e for e in found if e.key.startswith(keys.AUDIT)]
     return check(entries, head, anchor=anchor)
