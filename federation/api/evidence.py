@@ -6,11 +6,20 @@ read (`store.audit.walk`), and replayed by `residency.evidence`. A log that does
 verify is a 409 and no report: evidence built on a broken chain proves nothing. `POST`
 the same route with a signed checkpoint in the body to have the chain checked against
 it as well. Admin only, as the audit log is.
+
+The report (hundreds of MB over a million entries) is sent as it is encoded: its
+canonical text a few thousand intervals at a time, hashed on the way, then the
+signature of that hash. The whole log is verified and replayed before the first byte,
+so a broken chain is always the 409; a send that fails half-way (or a client that
+stops reading) cuts the connection, and what arrived has no signature.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -18,16 +27,28 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from federation.api.audit import audit_key, check_checkpoint
 from federation.api.auth import require
-from federation.api.body import json_response, read_model
+from federation.api.body import read_model
 from federation.api.context import STORE, whole_read
 from federation.api.errors import ApiError, bad_parameter, invalid
 from federation.model.names import Name, is_valid_name
 from federation.model.token import Role
 from federation.residency.evidence import Evidence
 from federation.store import audit as store_audit
-from federation.store.audit.checkpoint import Checkpoint, public_key_text, sign_document
+from federation.store.audit.checkpoint import (
+    Checkpoint,
+    canonical,
+    canonical_chunks,
+    public_key_text,
+    sign_digest,
+)
 
 routes = web.RouteTableDef()
+log = logging.getLogger(__name__)
+
+# Intervals per piece of the answer, and how long one piece may wait for the client
+# to take it before the send is given up (the server's lock is held while it sends).
+_BATCH = 2000
+_STALLED_S = 60.0
 
 
 class EvidenceRequest(BaseModel):
@@ -65,7 +86,7 @@ def _moment(request: web.Request, name: str) -> datetime:
 
 
 @routes.get("/v1/residency/evidence")
-async def get_evidence(request: web.Request) -> web.Response:
+async def get_evidence(request: web.Request) -> web.StreamResponse:
     """The signed report for `data_class` over [`from`, `to`]."""
     await require(request, Role.ADMIN)
     data_class = request.query.get("data_class", "")
@@ -75,7 +96,7 @@ async def get_evidence(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/residency/evidence")
-async def post_evidence(request: web.Request) -> web.Response:
+async def post_evidence(request: web.Request) -> web.StreamResponse:
     """As the GET, with the chain also checked against a signed checkpoint."""
     await require(request, Role.ADMIN)
     body = await read_model(request, EvidenceRequest)
@@ -95,7 +116,7 @@ async def _report(
     start: datetime,
     end: datetime,
     checkpoint: Checkpoint | None = None,
-) -> web.Response:
+) -> web.StreamResponse:
     if end <= start:
         raise invalid("to", "must be after from")
     key = audit_key(request)
@@ -114,16 +135,42 @@ async def _report(
                 details={"first_bad": exc.seq, "reason": exc.reason},
             ) from None
         report = await asyncio.to_thread(evidence.report)
-    report["generated_at"] = datetime.now(UTC).isoformat()
-    report["chain"] = {
-        "verified": True,
-        "entries": evidence.entries,
-        "first_in_period": evidence.first,
-        "last_in_period": evidence.last,
-        "checkpoint": checkpoint.model_dump() if checkpoint is not None else None,
-        "signed_by": public_key_text(key),
-    }
-    return json_response({"report": report, "signature": sign_document(key, report)})
+        report["generated_at"] = datetime.now(UTC).isoformat()
+        report["chain"] = {
+            "verified": True,
+            "entries": evidence.entries,
+            "first_in_period": evidence.first,
+            "last_in_period": evidence.last,
+            "checkpoint": checkpoint.model_dump() if checkpoint is not None else None,
+            "signed_by": public_key_text(key),
+        }
+        response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+        await response.prepare(request)
+        digest = hashlib.sha256()
+        pieces = canonical_chunks(report, batch=_BATCH)
+        try:
+            await _send(response, b'{"report":')
+            while (piece := await asyncio.to_thread(_next, pieces)) is not None:
+                digest.update(piece)
+                await _send(response, piece)
+            signature = sign_digest(key, digest.hexdigest())
+            await _send(response, b',"signature":' + canonical(signature) + b"}")
+            await response.write_eof()
+        except Exception as exc:
+            # Too late for a status: the answer stops here, with no signature.
+            if not isinstance(exc, TimeoutError | ConnectionError):
+                log.exception("evidence report: failed while being sent")
+            if request.transport is not None:
+                request.transport.abort()
+        return response
+
+
+def _next(pieces: Iterator[bytes]) -> bytes | None:
+    return next(pieces, None)
+
+
+async def _send(response: web.StreamResponse, data: bytes) -> None:
+    await asyncio.wait_for(response.write(data), _STALLED_S)
 
 
 def _feed(evidence: Evidence, page: list[dict[str, object]]) -> None:

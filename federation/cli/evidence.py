@@ -22,7 +22,7 @@ from rich.table import Table
 
 from federation.cli.render import console, err_console
 from federation.cli.session import call
-from federation.client import ApiClient
+from federation.client import ApiClient, ApiError
 from federation.store.audit.checkpoint import document_signature_holds
 
 JSON = dict[str, Any]
@@ -86,8 +86,16 @@ def evidence(
         body["checkpoint"] = json.loads(checkpoint.read_text())
 
     async def go(client: ApiClient) -> JSON:
-        with console.status("verifying the audit log and replaying it"):
-            return await client.evidence(body)
+        with console.status("verifying the audit log, replaying it, receiving the report"):
+            try:
+                signed = await client.evidence(body)
+            except ApiError as exc:
+                if exc.status != 0:
+                    raise
+                raise _incomplete(exc.message) from exc
+        if not {"report", "signature"} <= signed.keys():
+            raise _incomplete("it has no signature")
+        return signed
 
     signed = call(ctx, go)
     report = signed["report"]
@@ -98,6 +106,16 @@ def evidence(
         console.print(f"report written to {escape(str(output))}")
     if report["summary"]["not_allowed"]:
         raise SystemExit(3)
+
+
+def _incomplete(why: str) -> ApiError:
+    # The server sends the report as it encodes it: a failure on the way cuts it short.
+    return ApiError(
+        0,
+        "incomplete",
+        f"the report did not arrive whole and signed ({why}): "
+        "what came proves nothing and was not kept",
+    )
 
 
 @evidence.command("verify")
@@ -248,8 +266,9 @@ def _markdown(signed: JSON) -> str:
         "",
         "## Signature",
         "",
-        f"Ed25519 over the canonical JSON of the report, key `{sig['public_key']}`. Check the",
-        "JSON form with `federation residency evidence verify report.json`.",
+        f"Ed25519 over the SHA-256 of the report's canonical JSON ({sig.get('sha256', '-')}),",
+        f"key `{sig['public_key']}`. Check the JSON form with",
+        "`federation residency evidence verify report.json`.",
     ]
     return "\n".join(lines) + "\n"
 

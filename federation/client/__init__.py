@@ -37,8 +37,9 @@ class ApiClient(Transport):
     (or `stream` for a watch)."""
 
     async def evidence(self, body: Json) -> Json:
-        """`POST /v1/residency/evidence`: the signed report ({"report", "signature"})."""
-        return await self._call("POST", "/v1/residency/evidence", body=body)
+        """`POST /v1/residency/evidence`: the signed report ({"report", "signature"}); a
+        long log's is verified and replayed for a minute before it comes."""
+        return await self._call("POST", "/v1/residency/evidence", body=body, slow_s=900)
 
     # -- a set of documents: plan, then apply resource by resource (cli/gitops.py) ------
 

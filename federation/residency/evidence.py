@@ -78,12 +78,18 @@ class Evidence:
     moves: list[JSON] = field(default_factory=list)
     unclassified: set[str] = field(default_factory=set)
     first: JSON | None = None
-    last: JSON | None = None
+    # The last entry in the period (its mark is `last`): kept whole, not copied each time.
+    last_entry: Mapping[str, Any] | None = None
     entries: int = 0
     # Verdicts already computed, keyed by what decides them (see `_verdict`); the
     # version moves on every policy or group change, which is what empties it.
     version: int = 0
     verdicts: dict[tuple[Any, ...], tuple[bool, tuple[str, ...]]] = field(default_factory=dict)
+    # The policies binding a set of classes, and their revisions, under the rules in
+    # force (emptied with `verdicts`): every interval of the class asks the same.
+    bindings: dict[tuple[str, ...], tuple[list[Policy], list[Policy], JSON]] = field(
+        default_factory=dict
+    )
 
     # -- the replay ------------------------------------------------------------------
 
@@ -94,9 +100,9 @@ class Evidence:
         if at > self.end:
             return
         if at >= self.start:
-            mark = {"seq": entry["seq"], "hash": entry["hash"], "at": entry["at"]}
-            self.first = self.first or mark
-            self.last = mark
+            self.last_entry = entry
+            if self.first is None:
+                self.first = self._mark(entry)
         action = str(entry.get("action", ""))
         details = entry.get("details") or {}
         name = str(entry.get("resource", "")).rpartition("/")[2]
@@ -129,16 +135,20 @@ class Evidence:
     def _classes(self, service: str, classes: Any, at: datetime, seq: int) -> None:
         """Record the service's data classes; when they start or stop including the
         class, its intervals start or end here."""
-        was = self.data_class in (self.classes.get(service) or ())
+        had = self.classes.get(service)
+        was = had is not None and self.data_class in had
         if isinstance(classes, list):
-            self.classes[service] = [str(c) for c in classes]
+            if classes != had:  # most decisions repeat the service's classes
+                self.classes[service] = [str(c) for c in classes]
         elif service not in self.classes:
             self.classes[service] = None  # written before the log kept data classes
         now = self.data_class in (self.classes.get(service) or ())
+        if now == was:
+            return
         why = {"seq": seq, "reason": "DataClassesChanged"}
-        if now and not was and service in self.elsewhere:
+        if now and service in self.elsewhere:
             self._place(service, _wanted(self.elsewhere.pop(service)), at, why)
-        elif was and not now and service in self.placed:
+        elif not now and service in self.placed:
             for key in [k for k in self.open if k[0] == service]:
                 self._close(key, at)
             held = self.placed.pop(service)
@@ -266,6 +276,7 @@ class Evidence:
                 )
         self.version += 1
         self.verdicts.clear()
+        self.bindings.clear()
         try:
             if kind == "policy":
                 if isinstance(value, dict):
@@ -299,10 +310,19 @@ class Evidence:
             return
         self.intervals.append(self._judge(opened, at))
 
+    def _binding(self, classes: list[str]) -> tuple[list[Policy], list[Policy], JSON]:
+        """The policies in force, those binding `classes`, and the revisions of those."""
+        found = self.bindings.get(tuple(classes))
+        if found is None:
+            policies = [p for p, _ in self.policies.values()]
+            bound = [p for p in bound_policies(classes, policies) if isinstance(p, Policy)]
+            revisions = {p.name: self.policies[p.name][1] for p in bound}
+            found = self.bindings[tuple(classes)] = (policies, bound, revisions)
+        return found
+
     def _judge(self, opened: _Open, end: datetime | None) -> JSON:
         classes = self.classes.get(opened.service) or [self.data_class]
-        policies = [p for p, _ in self.policies.values()]
-        bound = [p for p in bound_policies(classes, policies) if isinstance(p, Policy)]
+        policies, bound, revisions = self._binding(classes)
         checks = [max(opened.start, self.start)]
         last = min(end, self.end) if end is not None else self.end
         if last - _INSTANT > checks[0]:
@@ -334,7 +354,7 @@ class Evidence:
             "to": last.isoformat(),
             "open_at_end": end is None or end > self.end,
             "data_classes": classes,
-            "policies": {p.name: self.policies[p.name][1] for p in bound},
+            "policies": dict(revisions),
             "decision": opened.decision,
             "allowed": allowed,
             "reasons": reasons,
@@ -374,6 +394,15 @@ class Evidence:
             ).verdicts[0]
             found = self.verdicts[key] = (verdict.allowed, tuple(verdict.reasons))
         return found
+
+    @property
+    def last(self) -> JSON | None:
+        """The last entry in the period: its seq, hash and time."""
+        return self._mark(self.last_entry) if self.last_entry is not None else None
+
+    @staticmethod
+    def _mark(entry: Mapping[str, Any]) -> JSON:
+        return {"seq": entry["seq"], "hash": entry["hash"], "at": entry["at"]}
 
     # -- the answer ------------------------------------------------------------------
 

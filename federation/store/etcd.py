@@ -244,11 +244,14 @@ class Store:
             revision = at
         return entries, revision
 
-    async def scan_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, bytes, int, int]]]:
+    async def scan_pages(
+        self, prefix: str, *, stride: Callable[[str, int], str | None] | None = None
+    ) -> AsyncIterator[list[tuple[str, bytes, int, int]]]:
         """A prefix too big to hold at once (a long audit log), a page at a time, all at
         the first page's revision, undecoded: (key, raw value, mod_revision,
-        create_revision) per key."""
-        async for kvs, _ in self._pages(prefix):
+        create_revision) per key. `stride(last key, n)`: the key the next n keys lie
+        before (None: unknown), for keys laid out so that it can be named (`_pages`)."""
+        async for kvs, _ in self._pages(prefix, stride):
             yield [
                 (self._rel(kv.key), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision))
                 for kv in kvs
@@ -264,25 +267,32 @@ class Store:
             revision = at
         return found, revision
 
-    async def _pages(self, prefix: str) -> AsyncIterator[tuple[Sequence[Any], int]]:
-        start = self._abs(prefix)
-        end = prefix_range_end(start)
+    async def _pages(
+        self, prefix: str, stride: Callable[[str, int], str | None] | None = None
+    ) -> AsyncIterator[tuple[Sequence[Any], int]]:
+        end = prefix_range_end(self._abs(prefix))
         # In pages, all at the first page's revision (one consistent read): one reply
-        # must stay under gRPC's 4 MiB message limit whatever the number of keys.
-        key: str | bytes = start
-        revision = 0
+        # must stay under gRPC's 4 MiB message limit whatever the number of keys. etcd
+        # counts every key from a Range's start to its end, whatever its limit, so
+        # pages of a long prefix cost O(n) each; a `stride` bounds each page's end.
+        key, upto, revision = self._abs(prefix).encode(), end, 0
         while True:
             resp = await self._call(
                 "list",
-                lambda t, k=key, r=revision: self._kv.get(  # type: ignore[misc]
-                    k, range_end=end, revision=r, limit=_SCAN_PAGE, timeout=t
+                lambda t, k=key, e=upto, r=revision: self._kv.get(  # type: ignore[misc]
+                    k, range_end=e, revision=r, limit=_SCAN_PAGE, timeout=t
                 ),
             )
             revision = revision or int(resp.header.revision)
             yield resp.kvs, revision
-            if not resp.more or not resp.kvs:
+            full = resp.more or len(resp.kvs) >= _SCAN_PAGE
+            if upto == end and not resp.more:
                 return
-            key = bytes(resp.kvs[-1].key) + b"\0"
+            key = bytes(resp.kvs[-1].key) + b"\0" if resp.kvs else upto
+            bound = stride(self._rel(resp.kvs[-1].key), _SCAN_PAGE) if stride and resp.kvs else None
+            # After a short bounded page, one read to the end finds what lies beyond.
+            ahead = self._abs(bound).encode() if bound and (full or upto == end) else end
+            upto = ahead if key < ahead < end else end
 
     async def count(self, prefix: str) -> int:
         """Number of keys under `prefix` (Range count_only)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -14,7 +15,16 @@ import grpc.aio
 import pytest
 
 from federation.processes.local_etcd import LocalEtcd
-from federation.store import AlreadyExists, Cond, CredentialRevoked, Op, Store, audit, fence_writes
+from federation.store import (
+    AlreadyExists,
+    Cond,
+    CredentialRevoked,
+    Op,
+    Store,
+    audit,
+    fence_writes,
+    keys,
+)
 from federation.store.audit import Change
 from federation.store.etcd import Entry
 from tests.conftest import lose_answers
@@ -457,3 +467,39 @@ async def test_stopping_a_committer_that_never_ran_is_harmless(store: Store) -> 
     await audit.committer(store).stop()
     assert (await audit.txn(store, *create("things/a")))[0]
     await assert_whole_chain(store, 1)
+
+
+async def _written(store: Store, n: int) -> list[str]:
+    """`n` chained entries written straight into etcd, as the committer writes them
+    (and the head moved last); their keys."""
+    head, at = audit.Head(), datetime.now(UTC)
+    written: list[str] = []
+    for i in range(0, n, 100):
+        ops = []
+        for _ in range(min(100, n - i)):
+            text, head = audit.make_entry(head, thing(), at)
+            written.append(audit.entry_key(head.seq))
+            ops.append(Op.put_raw(written[-1], text))
+        await store.txn([], ops)
+    await store.put(keys.AUDIT_HEAD, {"seq": head.seq, "hash": head.hash})
+    return written
+
+
+async def walked(store: Store) -> int:
+    return sum([len(page) async for page in audit.walk(store)])
+
+
+async def test_a_long_log_is_walked_whole_and_a_key_in_it_or_past_a_gap_breaks_it(
+    store: Store,
+) -> None:
+    """The walk reads pages bounded by entry numbers (etcd would count the whole rest
+    of the log for each open-ended page): it still sees every key under the log."""
+    written = await _written(store, 2500)
+    assert await walked(store) == 2500
+    await store.put(audit.entry_key(4000), {"seq": 4000})  # past the head, after a gap
+    with pytest.raises(audit.ChainBroken, match="entry 2501 is missing"):
+        await walked(store)
+    await store.delete(audit.entry_key(4000))
+    await store.put(written[1499] + "x", {"seq": 1501})  # a key between two entries
+    with pytest.raises(audit.ChainBroken, match="entry 1501 is missing"):
+        await walked(store)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,12 +19,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
+from bench.evidence import changes as bench_changes
+from federation.api import evidence as evidence_api
 from federation.cli import main
 from federation.processes.local_etcd import LocalEtcd
-from federation.store import Store, keys
-from federation.store.audit import digest, entry_key
+from federation.store import Op, Store, keys
+from federation.store.audit import digest, entry_key, make_entry, read_head
+from federation.store.audit.chain import head_value
+from federation.store.audit.checkpoint import document_signature_holds
 from tests.conftest import Api, server_config, serving
 from tests.integration.agents import Federation, reporting, wait_until
 from tests.integration.test_audit_checkpoint import write_key
@@ -136,6 +143,9 @@ async def test_the_report_lists_what_ran_where_through_a_loss_a_policy_change_an
     assert [d["id"] for d in report["drills"]] == [started["id"]]
     assert any(m["drill"] == started["id"] and m["region"] == "eu-nl-1" for m in report["moves"])
     assert report["chain"]["verified"] and report["chain"]["entries"] > 5
+    # Sent as encoded, signed by its canonical text's SHA-256.
+    assert signed["signature"]["algorithm"] == "ed25519-sha256"
+    assert document_signature_holds(report, signed["signature"])
 
     # Saved, it verifies offline; a one-byte change does not.
     saved = tmp_path / "report.json"
@@ -261,3 +271,87 @@ async def test_times_out_of_range_and_entries_the_server_never_writes_are_4xx_no
     now = datetime.now(UTC)
     status, body = await evidence(keyed, now - timedelta(hours=1), now + timedelta(hours=1))
     assert status == 409 and body["error"]["code"] == "audit_log_broken", body
+
+
+@pytest.mark.parametrize("ending", ["cut", "unsigned"])
+async def test_a_report_that_does_not_arrive_whole_and_signed_is_refused_and_not_kept(
+    tmp_path: Path, ending: str
+) -> None:
+    """The report is sent as it is encoded, so a failure half-way can no longer be a
+    status: the answer stops without its signature. The CLI must say so, exit non-zero
+    and keep nothing (a server that sends such answers stands in for the failure)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        if ending == "cut":
+            await response.write(b'{"report":{"chain":{"verified":true},"intervals":[')
+            assert request.transport is not None
+            request.transport.abort()
+        else:
+            await response.write(b'{"report":{"summary":{"not_allowed":0}}}')
+            await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/residency/evidence", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        saved = tmp_path / "report.json"
+        url = f"http://127.0.0.1:{port}"
+        env = {"FEDERATION_URL": url, "FEDERATION_TOKEN": "t" * 40, "COLUMNS": "300"}
+        args = ["residency", "evidence", "--data-class", "phi-eu", "--from", "2026-10-01T00:00:00Z"]
+        args += ["--to", "2026-12-31T00:00:00Z", "-o", str(saved)]
+        result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+        assert result.exit_code == 1, result.output
+        assert "did not arrive whole and signed" in result.output, result.output
+        assert await asyncio.to_thread(os.listdir, tmp_path) == []
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_client_that_stops_reading_loses_its_report_and_frees_the_server(
+    keyed: Api, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report far bigger than the socket's buffers, asked by a client that then reads
+    nothing: the server gives up the send (here after 1 s without progress instead of
+    60) and its one-at-a-time lock, so the next report is answered, not refused."""
+    monkeypatch.setattr(evidence_api, "_STALLED_S", 1.0)
+    head, at = await read_head(store), datetime.now(UTC)
+    start = at - timedelta(seconds=1)
+    rng = random.Random(3)
+    ops: list[Op] = []
+    for change in bench_changes(40_000, rng):
+        text, head = make_entry(head, change, at)
+        ops.append(Op.put_raw(entry_key(head.seq), text))
+        at += timedelta(seconds=5)
+        if len(ops) == 100:
+            await store.txn([], ops)
+            ops = []
+    ops.append(Op.put_raw(keys.AUDIT_HEAD, head_value(head)))
+    await store.txn([], ops)
+    query = urlencode({"data_class": "phi-eu", "from": start.isoformat(), "to": at.isoformat()})
+    path = f"/v1/residency/evidence?{query}"
+
+    port = int(keyed.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1024)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keyed.admin_token}\r\n"
+    writer.write((request + "\r\n").encode())
+    await writer.drain()
+    try:
+        seen: list[int] = []
+        async with asyncio.timeout(60):
+            while not seen or seen[-1] == 429:  # while the stalled send holds the lock
+                await asyncio.sleep(0.5)
+                status, signed = await keyed.call("GET", path)
+                seen.append(status)
+        assert seen[0] == 429 and seen[-1] == 200, (seen, signed)
+        assert signed["report"]["chain"]["entries"] == 40_000
+        assert b'"report"' in await reader.read(1 << 16)  # it had begun
+    finally:
+        writer.close()

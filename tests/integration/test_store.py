@@ -144,3 +144,27 @@ async def test_a_watch_from_far_behind_catches_up_past_grpcs_default_message_siz
             if seen >= 60:
                 break
     assert seen == 60
+
+
+async def test_a_strided_scan_reads_every_key_once_wherever_the_stride_guesses_wrong(
+    store: Store,
+) -> None:
+    """Pages bounded by a stride (etcd counts a Range to its end, so an unbounded page
+    of a long prefix costs the whole prefix) still read every key once: past a page
+    holding more keys than the stride said, a gap, and keys the stride cannot name."""
+    names = [f"log/{n:06d}" for n in range(1, 5001) if not 2200 < n <= 3300]  # a gap
+    names += ["log/000005x", "log/-", "log/zzz", "log-head"]  # no stride names them
+    for i in range(0, len(names), 100):
+        await store.txn([], [Op.put(k, {"k": k}) for k in names[i : i + 100]])
+    calls: list[str] = []
+
+    def stride(last: str, n: int) -> str | None:
+        calls.append(last)
+        tail = last.removeprefix("log/")
+        return f"log/{int(tail) + 1 + n:06d}" if tail.isdigit() else None
+
+    got = [
+        k for page in [p async for p in store.scan_pages("log", stride=stride)] for k, *_ in page
+    ]
+    assert got == sorted(names)
+    assert len(calls) >= 4  # bounded pages were read, and past the gap again

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import pytest
@@ -14,9 +15,14 @@ from federation.store import keys
 from federation.store.audit import GENESIS, Change, Head, check, entry_key, make_entry
 from federation.store.audit.checkpoint import (
     Checkpoint,
+    canonical,
+    canonical_chunks,
+    document_signature_holds,
     private_key_from_pem,
     public_key_text,
     sign,
+    sign_digest,
+    sign_document,
     signature_holds,
 )
 from federation.store.txn import Entry, decode
@@ -131,3 +137,37 @@ def test_the_raw_check_of_an_entry_agrees_with_the_digest_of_its_value() -> None
     tricked = _json.dumps({**_json.loads(forged), "__hash_checked": True}).encode()
     assert "does not match its hash" in str(check_raw(key, tricked, 5, 5, 1, GENESIS)[1])
     assert check_raw(key, text.encode(), 6, 5, 1, GENESIS)[1] is not None  # rewritten
+
+
+documents = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    st.dictionaries(st.text(), documents | st.lists(documents, min_size=0, max_size=9), max_size=6),
+    st.integers(min_value=1, max_value=4),
+)
+def test_a_document_encoded_in_pieces_is_its_canonical_text(
+    doc: dict[str, object], batch: int
+) -> None:
+    """A report is sent as it is encoded, a few items of its long lists at a time; the
+    pieces must be exactly the canonical text its signature is checked against."""
+    assert b"".join(canonical_chunks(doc, batch=batch)) == canonical(doc)
+
+
+def test_a_streamed_signature_holds_for_its_document_only() -> None:
+    """A report is signed by the SHA-256 of its canonical text, hashed as it is sent."""
+    report = {"intervals": [{"country": "DE", "n": i} for i in range(2500)], "to": "é"}
+    digest = hashlib.sha256(b"".join(canonical_chunks(report))).hexdigest()
+    signature = sign_digest(KEY, digest)
+    assert document_signature_holds(report, signature)
+    assert signature == sign_document(KEY, report)
+    report["intervals"][1234]["country"] = "US"
+    assert not document_signature_holds(report, signature)
+    report["intervals"][1234]["country"] = "DE"
+    assert not document_signature_holds(report, {**signature, "sha256": "0" * 64})
+    other = sign_digest(Ed25519PrivateKey.generate(), digest)
+    assert not document_signature_holds(report, {**signature, "signature": other["signature"]})

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -112,25 +114,72 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def canonical_chunks(document: Mapping[str, Any], *, batch: int = 1000) -> Iterator[bytes]:
+    """`canonical(document)` in pieces, a document too big to encode at once (a report
+    of a million audit entries): its top-level lists `batch` items at a time."""
+    encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+    sep = b"{"
+    for name in sorted(document):
+        value = document[name]
+        yield sep + encode(name).encode() + b":"
+        sep = b","
+        if not isinstance(value, list) or len(value) <= batch:
+            yield encode(value).encode()
+            continue
+        for i in range(0, len(value), batch):
+            # A list's items as its canonical text has them: `[a,b]` is `[` a `,` b `]`.
+            text = encode(value[i : i + batch])[1:-1]
+            yield (b"[" if i == 0 else b",") + text.encode()
+        yield b"]"
+    yield b"{}" if sep == b"{" else b"}"
+
+
+# What a streamed report's signature covers: its canonical text's SHA-256 (Ed25519
+# signs a whole message at once, and the report is sent before it is all encoded).
+STREAMED: Final = "ed25519-sha256"
+
+
+def _digest_message(sha256: str) -> bytes:
+    return canonical({"algorithm": STREAMED, "sha256": sha256})
+
+
 def sign_document(key: Ed25519PrivateKey, document: Any) -> dict[str, str]:
-    """A signature of `document` (e.g. a residency evidence report) with the audit key:
-    `{"algorithm", "public_key", "signature"}`, checked by `document_signature_holds`."""
+    """A signature of `document` with the audit key: `{"algorithm", "public_key",
+    "sha256", "signature"}`, checked by `document_signature_holds`."""
+    return sign_digest(key, hashlib.sha256(canonical(document)).hexdigest())
+
+
+def sign_digest(key: Ed25519PrivateKey, sha256: str) -> dict[str, str]:
+    """`sign_document` of a document whose canonical text's SHA-256 is `sha256` (hex),
+    for one hashed as it is sent (`canonical_chunks`)."""
     return {
-        "algorithm": "ed25519",
+        "algorithm": STREAMED,
         "public_key": public_key_text(key),
-        "signature": base64.b64encode(key.sign(canonical(document))).decode(),
+        "sha256": sha256,
+        "signature": base64.b64encode(key.sign(_digest_message(sha256))).decode(),
     }
 
 
 def document_signature_holds(document: Any, signature: Any) -> bool:
-    """True when `signature` (as `sign_document` made it) covers `document` exactly, by
-    the public key it names; the caller decides whether that key is one it trusts."""
-    if not isinstance(signature, dict) or signature.get("algorithm") != "ed25519":
+    """True when `signature` (as `sign_document` made it, or the earlier `ed25519` over
+    the canonical text itself) covers `document` exactly, by the public key it names;
+    the caller decides whether that key is one it trusts."""
+    if not isinstance(signature, dict):
+        return False
+    algorithm = signature.get("algorithm")
+    if algorithm == STREAMED:
+        sha256 = hashlib.sha256(canonical(document)).hexdigest()
+        if signature.get("sha256") != sha256:
+            return False
+        message = _digest_message(sha256)
+    elif algorithm == "ed25519":
+        message = canonical(document)
+    else:
         return False
     try:
         raw_key = base64.b64decode(str(signature.get("public_key", "")), validate=True)
         raw_sig = base64.b64decode(str(signature.get("signature", "")), validate=True)
-        Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, canonical(document))
+        Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, message)
     except (InvalidSignature, binascii.Error, ValueError, UnsupportedAlgorithm):
         return False
     return True

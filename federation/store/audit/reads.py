@@ -10,8 +10,17 @@ from typing import TypeVar
 from pydantic_core import from_json
 
 from federation.store import keys
-from federation.store.audit.chain import GENESIS, Head, Verification, check, check_raw, head_of
+from federation.store.audit.chain import (
+    GENESIS,
+    Head,
+    Verification,
+    check,
+    check_raw,
+    entry_key,
+    head_of,
+)
 from federation.store.etcd import JSON, Entry, Store
+from federation.store.txn import decode
 
 T = TypeVar("T")
 
@@ -51,7 +60,7 @@ async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[lis
     consumer that sees ChainBroken has seen nothing past the break."""
     head: JSON | None = None
     expected, prev = 1, GENESIS
-    async for page in _read_ahead(store.scan_pages(_AUDIT_KEYS)):
+    async for page in _read_ahead(store.scan_pages(_AUDIT_KEYS, stride=_stride)):
         views = []
         for key, raw, revision, created in page:
             if key == keys.AUDIT_HEAD:
@@ -84,6 +93,18 @@ async def walk(store: Store, *, anchor: Head | None = None) -> AsyncIterator[lis
         raise ChainBroken(last + 1, f"the head names entry {named.seq}; the log ends at {last}")
 
 
+def _stride(last: str, n: int) -> str | None:
+    """The key the `n` entries after entry key `last` lie before (None: not an entry's)."""
+    seq = last.removeprefix(keys.AUDIT)
+    if (
+        last == seq
+        or len(seq) != len(entry_key(0)) - len(keys.AUDIT)
+        or not (seq.isascii() and seq.isdigit())
+    ):
+        return None
+    return entry_key(int(seq) + 1 + n)
+
+
 async def _read_ahead(pages: AsyncIterator[T]) -> AsyncIterator[T]:
     """`pages`, with the next one asked of etcd while the caller works on this one: etcd
     reading a page and this process checking the one before overlap."""
@@ -110,7 +131,12 @@ async def verify(store: Store, *, anchor: Head | None = None) -> Verification:
     The head and the entries are read in one scan, at one revision: every entry was
     there with that head, so an entry past the head is an anomaly, not a write that
     landed between two reads."""
-    found, _ = await store.scan(_AUDIT_KEYS)
+    # Pages bounded by entry number, as `walk` reads them (etcd's cost stays linear).
+    found = [
+        Entry(key, decode(raw), revision, created, 0)
+        async for page in store.scan_pages(_AUDIT_KEYS, stride=_stride)
+        for key, raw, revision, created in page
+    ]
     head = next((e for e in found if e.key == keys.AUDIT_HEAD), None)
     entries = [e for e in found if e.key.startswith(keys.AUDIT)]
     return check(entries, head, anchor=anchor)
