@@ -10,7 +10,7 @@ any (`federation.store.fence`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -36,6 +36,7 @@ from federation.telemetry import metrics as _metrics
 __all__ = ["ATTEMPT_TIMEOUT", "JSON", "Cond", "Entry", "Event", "Op", "Result", "Store"]
 
 T = TypeVar("T")
+Stride = Callable[[str, int], str | None]  # (last key, n) -> the key n more lie before
 
 _EVENT_DELETE = 1  # mvccpb.Event.EventType
 _SCAN_PAGE = 1000  # keys per Range reply of a scan
@@ -245,13 +246,13 @@ class Store:
         return entries, revision
 
     async def scan_pages(
-        self, prefix: str, *, stride: Callable[[str, int], str | None] | None = None
-    ) -> AsyncIterator[list[tuple[str, bytes, int, int]]]:
-        """A prefix too big to hold at once (a long audit log), a page at a time, all at
-        the first page's revision, undecoded: (key, raw value, mod_revision,
-        create_revision) per key. `stride(last key, n)`: the key the next n keys lie
-        before (None: unknown), for keys laid out so that it can be named (`_pages`)."""
-        async for kvs, _ in self._pages(prefix, stride):
+        self, prefix: str, *, stride: Stride | None = None, start: str | None = None
+    ) -> AsyncGenerator[list[tuple[str, bytes, int, int]], None]:
+        """A prefix too big to hold at once (a long audit log), from its key `start` if
+        given, a page at a time, all at the first page's revision, undecoded: (key, raw
+        value, mod_revision, create_revision) per key. `stride(last key, n)`: the key the
+        next n keys lie before (None: unknown), for keys laid out so it can be named."""
+        async for kvs, _ in self._pages(prefix, stride, start):
             yield [
                 (self._rel(kv.key), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision))
                 for kv in kvs
@@ -268,14 +269,14 @@ class Store:
         return found, revision
 
     async def _pages(
-        self, prefix: str, stride: Callable[[str, int], str | None] | None = None
+        self, prefix: str, stride: Stride | None = None, start: str | None = None
     ) -> AsyncIterator[tuple[Sequence[Any], int]]:
         end = prefix_range_end(self._abs(prefix))
         # In pages, all at the first page's revision (one consistent read): one reply
         # must stay under gRPC's 4 MiB message limit whatever the number of keys. etcd
         # counts every key from a Range's start to its end, whatever its limit, so
         # pages of a long prefix cost O(n) each; a `stride` bounds each page's end.
-        key, upto, revision = self._abs(prefix).encode(), end, 0
+        key, upto, revision = self._abs(start or prefix).encode(), end, 0
         while True:
             resp = await self._call(
                 "list",

@@ -503,3 +503,17 @@ async def test_a_long_log_is_walked_whole_and_a_key_in_it_or_past_a_gap_breaks_i
     await store.put(written[1499] + "x", {"seq": 1501})  # a key between two entries
     with pytest.raises(audit.ChainBroken, match="entry 1501 is missing"):
         await walked(store)
+
+
+async def test_entries_since_a_sequence_number_are_read_from_it_on(store: Store) -> None:
+    n = 1200  # more than a page of etcd's replies (1,000)
+    await asyncio.gather(
+        *(audit.create(store, f"things/{i:04d}", {"i": i}, change=thing()) for i in range(n))
+    )
+    entries, _ = await audit.since(store, 1100, limit=1000)
+    assert [e["seq"] for e in entries] == list(range(1101, n + 1))
+    entries, _ = await audit.since(store, 150, limit=1000)
+    assert [e["seq"] for e in entries] == list(range(151, 1151))
+    assert (await audit.since(store, n))[0] == []
+    entries, _ = await audit.since(store, 0, limit=3)
+    assert [e["seq"] for e in entries] == [1, 2, 3]

@@ -46,9 +46,17 @@ def view(entry: Entry) -> JSON:
 
 
 async def since(store: Store, seq: int, *, limit: int = 1000) -> tuple[list[JSON], int]:
-    """Entries with a sequence number above `seq` (at most `limit`), and the read's revision."""
-    entries, revision = await store.scan(keys.AUDIT)
-    found = [view(e) for e in entries if int(e.value.get("seq", 0)) > seq]
+    """Entries with a sequence number above `seq` (at most `limit`), and the revision
+    read at. Read from entry `seq + 1` on, in pages bounded by entry number: what the
+    dashboard polls (the latest few) costs those few, however long the log."""
+    revision = await store.revision()
+    found: list[JSON] = []
+    pages = store.scan_pages(keys.AUDIT, stride=_stride, start=entry_key(seq + 1))
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            found += [{**from_json(raw), "after_revision": rev} for _, raw, rev, _ in page]
+            if len(found) >= limit:
+                break
     return found[:limit], revision
 
 
