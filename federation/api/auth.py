@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,17 +87,7 @@ async def principal(request: web.Request) -> Principal:
     # nothing, `confirm` reads the token.
     changes = request.method not in SAFE_METHODS
     store = request.app[STORE]
-    caught_up = changes
-    if changes:
-        found = await tokens.lookup(store, digest, mirror)
-    elif mirror.has(keys.TOKENS, digest):
-        # A token this server's copy holds: its read and the barrier's go out together
-        # (one round trip of waiting, not two). Any other token is read alone first,
-        # so a bad one costs etcd no more than its own read.
-        found, _ = await asyncio.gather(tokens.lookup(store, digest), mirror.catch_up())
-        caught_up = True
-    else:
-        found = await tokens.lookup(store, digest)
+    found = await tokens.lookup(store, digest, mirror if changes else None)
     if found is None:
         failures.unknown.add(digest)
         _refuse(request, failures, "unknown", limit=False)
@@ -108,8 +97,11 @@ async def principal(request: web.Request) -> Principal:
         _refuse(request, failures, "expired", limit=False)
     if record.role is Role.REGION and not await _incarnation_stands(request, record):
         raise ApiError(401, "invalid or expired token")
-    if not caught_up:
-        await mirror.catch_up()
+    if not changes:
+        # After the token, so a bad one costs etcd no more reads. The token's read
+        # (shared, but begun after this request arrived) tells etcd's revision: a copy
+        # that holds it is current; otherwise the audit head is read too.
+        await mirror.catch_up(store.last_read)
     who = Principal(request, record, digest, revision)
     _PRINCIPAL.set(who)
     # Every audited write made for this request names this token's subject.

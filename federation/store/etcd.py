@@ -70,9 +70,9 @@ class Store:
         self._tls_server_name = tls_server_name
         self._client = self._make_client(self._endpoints, tls_server_name)
         self._connected = False
-        # The highest revision this client wrote: a mirror of the store waits for it,
-        # so what this process wrote, it reads (federation.store.mirror).
-        self.last_write = 0
+        # The highest revision this client wrote, and the highest etcd answered a `get`
+        # at: a mirror waits for them (read your writes; reads after a token's read).
+        self.last_write = self.last_read = 0
         # Concurrent reads of one key share a round trip (see get_shared).
         self._next_reads: dict[str, asyncio.Future[Entry | None]] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
@@ -108,9 +108,8 @@ class Store:
         client = Etcd3Client(
             endpoints,
             rpc_max_attempts=1,
-            # Every request waits for the mirror's watch (read your writes): after an
-            # etcd member dies, its streams must come back within a second, not the
-            # library's default of up to 5 s between tries.
+            # Requests wait for the mirror's watch: after a member dies, its streams must
+            # be back within a second, not the library's default of up to 5 s a try.
             watch_max_reconnect_backoff_seconds=0.5,
             tls_server_name=tls_server_name,
             ca_cert=ca_cert,
@@ -191,6 +190,7 @@ class Store:
     async def get(self, key: str) -> Entry | None:
         """Linearizable read of one key (Range)."""
         resp = await self._call("get", lambda t: self._kv.get(self._abs(key), timeout=t))
+        self.last_read = max(self.last_read, int(resp.header.revision))
         return self._entry(resp.kvs[0]) if resp.kvs else None
 
     async def get_shared(self, key: str) -> Entry | None:

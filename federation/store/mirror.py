@@ -298,13 +298,19 @@ class Mirror:
             await self.wait_for(self.store.last_write)
         return self.revision
 
-    async def catch_up(self) -> int:
+    async def catch_up(self, known: int = 0) -> int:
         """Wait until the copy holds every audited write acknowledged before this call,
         through any server (see the module's docstring): one shared linearizable read
-        of `audit-head`, then the watch. StoreUnavailable when etcd cannot answer or the
-        watch does not get there within `sync_timeout`. Returns the mirror's revision."""
+        of `audit-head`, then the watch. `known`: etcd's revision as a linearizable read
+        begun after the caller's own start found it; a copy already there needs no more
+        (the usual case when this prefix is etcd's only user). StoreUnavailable when
+        etcd cannot answer or the watch does not get there within `sync_timeout`.
+        Returns the mirror's revision."""
+        running = self._task is not None and not self._task.done() and self._loaded.is_set()
+        if running and known and self.revision >= known:
+            return self.revision
         head = await self.store.get_shared(keys.AUDIT_HEAD)
-        if self._task is None or self._task.done() or not self._loaded.is_set():
+        if not running:
             await self.start()
         if head is not None:
             await self.wait_for(head.revision)
