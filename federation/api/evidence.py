@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # to take it before the send is given up (the server's lock is held while it sends).
 _BATCH = 2000
 _STALLED_S = 60.0
+_MIN_RATE = 256 * 1024  # bytes a second a client must take a report at, on the whole
 
 
 class EvidenceRequest(BaseModel):
@@ -148,14 +149,20 @@ async def _report(
         await response.prepare(request)
         digest = hashlib.sha256()
         pieces = canonical_chunks(report, batch=_BATCH)
+        started, sent = asyncio.get_running_loop().time(), 0
         try:
-            await _send(response, b'{"report":')
-            while (piece := await asyncio.to_thread(_next, pieces)) is not None:
-                digest.update(piece)
-                await _send(response, piece)
-            signature = sign_digest(key, digest.hexdigest())
-            await _send(response, b',"signature":' + canonical(signature) + b"}")
-            await response.write_eof()
+            # The lock is held while sending: a client must read at _MIN_RATE on the
+            # whole (after _STALLED_S of grace), not merely a piece per _STALLED_S.
+            async with asyncio.timeout(started + _STALLED_S) as deadline:
+                await _send(response, b'{"report":')
+                while (piece := await asyncio.to_thread(_next, pieces)) is not None:
+                    digest.update(piece)
+                    await _send(response, piece)
+                    sent += len(piece)
+                    deadline.reschedule(started + _STALLED_S + sent / _MIN_RATE)
+                signature = sign_digest(key, digest.hexdigest())
+                await _send(response, b',"signature":' + canonical(signature) + b"}")
+                await response.write_eof()  # drains what is left, under the deadline too
         except Exception as exc:
             # Too late for a status: the answer stops here, with no signature.
             if not isinstance(exc, TimeoutError | ConnectionError):

@@ -208,6 +208,12 @@ class PracticeScheduler:
             return ""  # the start of it is reading its checks this moment
         self._busy.add(run.id)
         try:
+            # Read again now that it is ours: the list may predate a start that has
+            # since sent its events (they would go twice).
+            current = await store_schedules.run(self.store, run.schedule, run.id)
+            if current is None:
+                return ""
+            run, revision = current
             schedule = by_name.get(run.schedule)
             if schedule is not None and self._unsent(run):
                 # What a previous leader did not get to send (it stopped in between).

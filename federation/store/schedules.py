@@ -133,6 +133,17 @@ async def runs(store: Store, schedule: str | None = None) -> list[tuple[Practice
     return found
 
 
+async def run(store: Store, schedule: str, run_id: str) -> tuple[PracticeRun, int] | None:
+    """One run as etcd holds it now, with its revision (None: gone or not ours)."""
+    entry = await store.get(keys.drill_run(schedule, run_id))
+    if entry is None:
+        return None
+    try:
+        return PracticeRun.model_validate(entry.value), entry.revision
+    except ValidationError:
+        return None
+
+
 async def last_successes(store: Store) -> dict[str, float]:
     """Each region's last SUCCEEDED practice run's end, as POSIX time."""
     entries, _ = await store.scan(keys.PRACTICE_SUCCESS)
