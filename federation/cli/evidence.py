@@ -118,19 +118,35 @@ def _incomplete(why: str) -> ApiError:
     )
 
 
+_REPORT_KEYS = {"data_class", "from", "to", "summary", "chain", "intervals"}
+
+
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key is given twice")
+    return found
+
+
 @evidence.command("verify")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--public-key", help="Require this signer (base64, as the checkpoint shows it).")
 def verify(path: Path, public_key: str | None) -> None:
     """Check a saved report.json: its signature covers every byte of the report."""
     try:
-        signed = json.loads(path.read_text())
+        # A key given twice would verify as its last value and read, in some tools, as
+        # its first: refused.
+        signed = json.loads(path.read_text(), object_pairs_hook=_no_repeated_keys)
         report, signature = signed["report"], signed["signature"]
     except (ValueError, KeyError, TypeError):
         err_console.print(f"[red]not a signed report[/red]: {escape(str(path))}")
         raise SystemExit(1) from None
     if not document_signature_holds(report, signature):
         err_console.print("[red]signature does not hold[/red]: the report was changed")
+        raise SystemExit(1)
+    if not isinstance(report, dict) or not report.keys() >= _REPORT_KEYS:
+        # Signed by the audit key, but something else it signs (a checkpoint).
+        err_console.print("[red]signed, but not a residency evidence report[/red]")
         raise SystemExit(1)
     if public_key is not None and signature.get("public_key") != public_key:
         err_console.print("[red]signed by another key[/red] than --public-key")

@@ -161,6 +161,10 @@ async def test_the_report_lists_what_ran_where_through_a_loss_a_policy_change_an
     saved.write_text(text.replace('"DE"', '"US"', 1))
     result = await asyncio.to_thread(CliRunner().invoke, main, verify)
     assert result.exit_code == 1 and "does not hold" in result.output
+    # A forged report before the signed one: JSON keeps the last, some readers the first.
+    saved.write_text('{"report": {"summary": {"not_allowed": 0}}, ' + text.lstrip()[1:])
+    result = await asyncio.to_thread(CliRunner().invoke, main, verify)
+    assert result.exit_code == 1 and "not a signed report" in result.output, result.output
     markdown = tmp_path / "report.md"
     args[-1] = str(markdown)
     result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
