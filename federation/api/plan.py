@@ -131,7 +131,8 @@ async def post_plan(request: web.Request) -> web.Response:
     changes = change_set(body)
     async with whole_read(request):
         world = await read_world(request.app[STORE])
-        secrets = await _stored_secrets(request, changes)
+        read: dict[str, Any] = {}  # secrets by name, each read once
+        secrets = await _stored_secrets(request, changes, read)
         schedules, _ = await store_schedules.list_all(request.app[STORE])
         answer = await asyncio.to_thread(
             partial(
@@ -144,7 +145,7 @@ async def post_plan(request: web.Request) -> web.Response:
             changes,
             datetime.now(UTC),
         )
-        problems = await _secret_problems(request, changes)
+        problems = await _secret_problems(request, changes, read)
     if problems:  # what the services' PUTs would refuse: nothing can be applied
         answer["problems"] = [*answer["problems"], *problems]
         answer["exit_code"] = EXIT_ERROR
@@ -152,48 +153,45 @@ async def post_plan(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
-async def _stored_secrets(request: web.Request, changes: ChangeSet) -> dict[str, StoredSecret]:
-    """The metadata of each stored secret the set declares."""
+async def _stored_secrets(
+    request: web.Request, changes: ChangeSet, read: dict[str, Any]
+) -> dict[str, StoredSecret]:
+    """The metadata of each stored secret the set declares; what was read goes in
+    `read` (by name), which the services' reference checks share."""
     found = {}
     for name in sorted(changes.secrets):
-        got = await store_secrets.get(request.app[STORE], name)
+        read[name] = got = await store_secrets.get(request.app[STORE], name)
         if got is not None:
             record, revision = got
-            meta = record.metadata(revision)
-            found[name] = StoredSecret(tuple(meta["data_classes"]), tuple(meta["keys"]), revision)
+            keys = tuple(sorted(record.current().fingerprints))
+            found[name] = StoredSecret(tuple(record.data_classes), keys, revision)
     return found
 
 
-async def _secret_problems(request: web.Request, changes: ChangeSet) -> list[dict[str, str]]:
+def _problems(kind: str, name: str, exc: ApiError, field: str) -> list[dict[str, str]]:
+    """A refusal the resource's own PUT would give, as plan problems (one per field)."""
+    details = exc.details if isinstance(exc.details, list) else []
+    return [
+        {"kind": kind, "name": name, "field": str(d.get("field", field)), "message": exc.message}
+        for d in details
+    ]
+
+
+async def _secret_problems(
+    request: web.Request, changes: ChangeSet, read: dict[str, Any]
+) -> list[dict[str, str]]:
     """Each service's secret references checked as its PUT checks them (the secret and
     its key exist, its data classes are among the service's), and each drill schedule's
-    webhook keys (signing keys only), as plan problems."""
+    webhook keys (signing keys only), as plan problems. `read`: the secrets read so far."""
     problems = []
-    read: dict[str, Any] = {}
     for name, spec in sorted(changes.services.items()):
         try:
             await check_references(request, spec, read=read)
         except ApiError as exc:
-            for detail in exc.details if isinstance(exc.details, list) else []:
-                problems.append(
-                    {
-                        "kind": "service",
-                        "name": name,
-                        "field": str(detail.get("field", "secrets")),
-                        "message": exc.message,
-                    }
-                )
+            problems += _problems("service", name, exc, "secrets")
     for name, schedule in sorted(changes.schedules.items()):
         try:
             await check_signing_keys(request, schedule)
         except ApiError as exc:
-            for detail in exc.details if isinstance(exc.details, list) else []:
-                problems.append(
-                    {
-                        "kind": "drill-schedule",
-                        "name": name,
-                        "field": str(detail.get("field", "notifications")),
-                        "message": exc.message,
-                    }
-                )
+            problems += _problems("drill-schedule", name, exc, "notifications")
     return problems
